@@ -1,0 +1,114 @@
+"""BERT-family text encoders (BERT, RoBERTa, MiniLM) from a local Hugging Face folder; candidates En0..N-1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
+from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
+from das_tune.backbones.processing import load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
+from das_tune.errors import UserError
+
+TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+
+
+def load_encoder(checkpoint: str | None, tiny: bool, num_layers: int) -> nn.Module:
+    """A frozen BertModel/RobertaModel: random tiny (MiniLM vocabulary) or loaded from ``checkpoint``."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if tiny:
+        config = BertConfig(vocab_size=minilm_vocab_size(), num_hidden_layers=num_layers, **TINY)
+        return BertModel(config, add_pooling_layer=False).eval()
+    folder = require_folder(checkpoint, "BERT-family checkpoint", "checkpoint=PATH")
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    model.pooler = None  # features are pooled by the backbone itself
+    return model
+
+
+def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: int) -> None:
+    """PETL on one kept BertLayer/RobertaLayer: parallel adapters on both output blocks, or LoRA on q, v."""
+    if petl == "lora":
+        add_lora(layer, ["query", "value"], lora_rank)
+        return
+    layer.attention.output = ParallelAdapter(layer.attention.output, Adapter(dim, width))
+    layer.output = ParallelAdapter(layer.output, Adapter(dim, width))
+
+
+def skippable_layers(
+    layers: nn.ModuleList, prefix: str, dim: int, adapter_width: int, skip_width: int, petl: str, lora_rank: int
+) -> nn.ModuleList:
+    check_petl(petl)
+    wrapped = []
+    for i, layer in enumerate(layers):
+        adapt_layer(layer, dim, adapter_width, petl, lora_rank)
+        wrapped.append(SkippableLayer(f"{prefix}{i}", layer, dim, skip_width))
+    return nn.ModuleList(wrapped)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TextEncoderBackbone(LayerSkipBackbone):
+    """A BERT-family encoder: frozen embeddings → skippable layers → mean (or CLS) pooling."""
+
+    def __init__(
+        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
+        petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 128, pooling: str = "mean",
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise UserError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
+        dim = encoder.config.hidden_size
+        self.embeddings = encoder.embeddings
+        self.layers = skippable_layers(
+            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank
+        )
+        self.layer_names = [layer.name for layer in self.layers]
+        self.feature_dim = dim
+        self.tokenizer_path = tokenizer_path
+        self.max_text_len = max_text_len
+        self.pooling = pooling
+        self.freeze()
+
+    @classmethod
+    def build(
+        cls, checkpoint: str | None = None, tiny: bool = False, tokenizer: str | None = None,
+        num_layers: int = 12, **options: Any,
+    ) -> TextEncoderBackbone:
+        encoder = load_encoder(checkpoint, tiny, num_layers)
+        tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
+        return cls(encoder, tokenizer_path, **options)
+
+    def preprocess(self, texts, images=None, text_pairs=None) -> dict[str, torch.Tensor]:
+        if images is not None:
+            raise UserError("this backbone is a text encoder and takes no images; use a vision-language backbone")
+        return tokenize(load_tokenizer(self.tokenizer_path), texts, text_pairs, self.max_text_len)
+
+    def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        length = min(self.max_text_len, 128)
+        return {
+            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
+            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+        }
+
+    def features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        mask = additive_mask(attention_mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x[:, 0] if self.pooling == "cls" else masked_mean(x, attention_mask)
+
+
+def build_bert(checkpoint=None, tiny=False, **options) -> TextEncoderBackbone:
+    return TextEncoderBackbone.build(checkpoint, tiny, **options)
+
+
+def build_minilm(checkpoint=None, tiny=False, **options) -> TextEncoderBackbone:
+    return TextEncoderBackbone.build(checkpoint or minilm_path(), tiny, num_layers=6, **options)

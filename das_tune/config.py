@@ -1,0 +1,51 @@
+"""Reading declarative YAML files into validated pydantic models, with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from das_tune.errors import UserError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}")
+    return data
+
+
+def validation_message(source: str, err: ValidationError) -> str:
+    """One line naming the source, each bad field and what was expected."""
+    parts = []
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"field '{field}': {message}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse(model: type[Model], data: dict, source: str) -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UserError(validation_message(source, err)) from None
+
+
+def load(model: type[Model], path: Path) -> Model:
+    return parse(model, read_yaml(path), str(path))

@@ -1,0 +1,239 @@
+"""Inspecting studies in optuna-dashboard: the search's own plots and a note, saved into the storage.
+
+``save_study_report`` writes three plots and a markdown note into a study with optuna-dashboard's
+public API (the plots show on the study page ``/dashboard/studies/<id>``, the note on its Note
+tab); ``serve`` runs the dashboard for a storage URL on loopback.
+
+Scale (``benchmarks/dashboard_scale.py``; a paper-scale METER/VQAv2 search has ~10,000 trials)
+-----------------------------------------------------------------------------------------------
+optuna-dashboard 0.21 sends a study's whole trial list in one JSON response, each param as a dict
+with its distribution (~230 B per param). Measured on a 2-CPU machine under load (times vary 2x between runs), SQLite, ``meter_global``
+(24 keys per trial plus ``skipped``, ``round``, ``phase``, ``additional_gmacs``, ``trainable_params``):
+
+* ``GET /api/studies``: 0.01 s at any size (it reads no trials);
+* ``GET /api/studies/<id>?after=0``: 1k trials 6.8 MB, 2.1 s first / 0.7 s cached; 10k trials
+  67 MB, 26 s first / 8 s cached (x12.7: linear in trials); the 24 ``skip.*`` keys are 82 % of
+  the 6.7 kB per trial — with 12 keys (``meter_fusion``) 3.7 kB per trial, 16 s / 3.9 s;
+* every request, the page's periodic refresh (``?after=N``) included, re-walks all params of a
+  finished study (its search-space cache only advances past unfinished trials): 6–8 s at 10k;
+* the report saved here adds 0.2 MB (plots down-sampled to ``MAX_POINTS`` rounds; a full-resolution
+  plot would be scanned once per trial, since the dashboard scans the study's system attributes
+  for every trial it serialises).
+
+So, per trial: keep the ``skip.<layer>`` keys (they are the search space every sampler needs, and
+samplers replay from them); keep ``skipped`` a short list of names (~50 B; one 0/1 attribute per
+layer would add ~20 %); keep the other attributes a few scalars; no per-trial notes, artifacts or
+intermediate values during the search. 10k trials is the dashboard's practical limit (a first page
+load of tens of seconds and ~70 MB of JSON): keep one study per seed, as the
+``<study>-<sampler>-seed<k>`` names do, and read paper-scale searches from the saved plots and note.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as _wsgi_server
+
+import numpy as np
+import optuna
+import optuna_dashboard
+import plotly.graph_objects as go
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from das_tune.errors import UserError
+from das_tune.samplers import SAMPLER_ATTR, chosen_skip, recorded_sampler
+from das_tune.samplers.das import DASSampler
+from das_tune.spaces import SkipSpace
+
+MAX_POINTS = 200  # rounds per plotted line: keeps each saved plot a few kB at any study size
+PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "result": "das-tune-result"}
+_TEMPLATE = "plotly_white"
+
+
+# -- the report -----------------------------------------------------------------------------------
+def save_study_report(
+    study: optuna.Study,
+    space: SkipSpace,
+    *,
+    sampler: BaseSampler | None = None,
+    chosen: frozenset[str] | set[str] | list[str] | None = None,
+    result: dict[str, Any] | None = None,
+    artifacts_dir: str | Path | None = None,
+) -> None:
+    """Save the layer plot, the loss plot, the result plot (if ``result``) and a note into ``study``.
+
+    Plots have fixed ids, so saving again replaces them. ``result`` holds at least ``metric``,
+    ``value``, ``additional_gmacs`` and ``skipped`` of the retrained subnet.
+    """
+    sampler = sampler or recorded_sampler(study, space) or study.sampler
+    chosen = frozenset(chosen) if chosen is not None else chosen_skip(study, space, sampler)
+    trials = observations(study, space)
+    if isinstance(sampler, DASSampler):
+        layers = gate_figure(space, sampler.gate_history(study), chosen)
+    else:
+        layers = frequency_figure(space, trials)
+    optuna_dashboard.save_plotly_graph_object(study, layers, graph_object_id=PLOT_IDS["layers"])
+    optuna_dashboard.save_plotly_graph_object(study, loss_figure(trials), graph_object_id=PLOT_IDS["loss"])
+    if result is not None:
+        optuna_dashboard.save_plotly_graph_object(study, result_figure(result), graph_object_id=PLOT_IDS["result"])
+    optuna_dashboard.save_note(study, note(study, space, sampler, chosen, len(trials), result, artifacts_dir))
+
+
+def observations(study: optuna.Study, space: SkipSpace) -> list[FrozenTrial]:
+    """The study's completed observation trials of ``space`` with a finite value."""
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("phase", "search") == "search" and space.subset_of(t) is not None and math.isfinite(t.value)
+    ]
+
+
+def round_of(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get("round", trial.number))
+
+
+def _sample_rows(n: int) -> np.ndarray:
+    """At most MAX_POINTS evenly spread row indices of ``n``, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(n, MAX_POINTS)).round().astype(int))
+
+
+# -- figures --------------------------------------------------------------------------------------
+def gate_figure(space: SkipSpace, gates: np.ndarray, chosen: frozenset[str]) -> go.Figure:
+    rows = _sample_rows(len(gates))
+    p = 1.0 / (1.0 + np.exp(-gates[rows]))
+    fig = go.Figure()
+    for i, layer in enumerate(space.candidates):
+        picked = layer in chosen
+        fig.add_trace(go.Scatter(
+            x=rows, y=p[:, i].astype(np.float32), mode="lines", name=f"{layer} (skipped)" if picked else layer,
+            line={"width": 3 if picked else 1},
+        ))
+    return _layout(fig, "DAS: skip probability sigmoid(gate) of each layer", "rounds observed", "p(skip)")
+
+
+def frequency_figure(space: SkipSpace, trials: list[FrozenTrial]) -> go.Figure:
+    """How often each layer was skipped, per bin of rounds (samplers without gates)."""
+    rounds = np.array([round_of(t) for t in trials], dtype=int)
+    subsets = [space.subset_of(t) for t in trials]
+    skipped = np.array([[c in s for c in space.candidates] for s in subsets], dtype=float).reshape(len(trials), len(space.candidates))
+    width = math.ceil((rounds.max() + 1) / MAX_POINTS) if len(rounds) else 1
+    bins = rounds // width
+    n = bins.max() + 1 if len(bins) else 0
+    counts = np.bincount(bins, minlength=n)
+    freq = np.stack([np.bincount(bins, weights=skipped[:, i], minlength=n) for i in range(len(space.candidates))])
+    with np.errstate(invalid="ignore"):  # a bin without observations stays empty (NaN)
+        freq = (freq / counts).astype(np.float32)
+    fig = go.Figure(go.Heatmap(x=np.arange(n, dtype=np.int32) * width, y=list(space.candidates), z=freq,
+                               colorscale="Blues", colorbar={"title": "skipped"}))
+    return _layout(fig, "How often each layer was skipped, per round", "round", "layer")
+
+
+def loss_figure(trials: list[FrozenTrial]) -> go.Figure:
+    by_round: dict[int, list[float]] = defaultdict(list)
+    for t in trials:
+        by_round[round_of(t)].append(t.value)
+    rounds = np.array(sorted(by_round), dtype=np.int32)
+    rows = _sample_rows(len(rounds)) if len(rounds) else rounds
+    fig = go.Figure([
+        go.Scattergl(x=np.array([round_of(t) for t in trials], dtype=np.int32), y=np.array([t.value for t in trials], dtype=np.float32),
+                     mode="markers", name="observation", marker={"size": 4, "opacity": 0.5, "color": "gray"}),
+        go.Scatter(x=rounds[rows], y=np.array([np.mean(by_round[r]) for r in rounds[rows]], dtype=np.float32), name="mean per round"),
+        go.Scatter(x=rounds[rows], y=np.array([np.min(by_round[r]) for r in rounds[rows]], dtype=np.float32), name="min per round"),
+    ])
+    return _layout(fig, "Observed loss per round", "round", "loss")
+
+
+def result_figure(result: dict[str, Any]) -> go.Figure:
+    label = ", ".join(result["skipped"])
+    fig = go.Figure(go.Scatter(
+        x=[result["additional_gmacs"]], y=[result["value"]], mode="markers+text", text=[f"skip {label}"],
+        textposition="top right", marker={"size": 12}, name="retrained subnet",
+    ))
+    fig.add_vline(x=0, line_dash="dot", annotation_text="original model")
+    return _layout(fig, "Retrained subnet", "additional GMACs (negative = saved)", result["metric"])
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    return fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template=_TEMPLATE)
+
+
+# -- the note -------------------------------------------------------------------------------------
+def note(
+    study: optuna.Study,
+    space: SkipSpace,
+    sampler: BaseSampler,
+    chosen: frozenset[str],
+    n_observations: int,
+    result: dict[str, Any] | None,
+    artifacts_dir: str | Path | None,
+) -> str:
+    recorded = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR, {})
+    how = ", ".join(f"{k} {v}" for k, v in recorded.items() if k != "name")
+    lines = [
+        f"## {study.study_name}",
+        "",
+        f"- **space**: {space.label} — skip {space.num_skip} of {len(space.candidates)} layers",
+        f"- **sampler**: {recorded.get('name', type(sampler).__name__)}" + (f" ({how})" if how else ""),
+        f"- **observations**: {n_observations} completed trials",
+        f"- **chosen layers (skipped)**: {', '.join(space.ordered(chosen))}",
+    ]
+    if result is not None:
+        lines.append(
+            f"- **retrained**: {result['metric']} = {result['value']:.4g}, "
+            f"additional GMACs = {result['additional_gmacs']:+.3f} (negative = saved)"
+        )
+    if artifacts_dir is not None:
+        lines.append(f"- **artifacts**: `{Path(artifacts_dir)}`")
+    if isinstance(sampler, DASSampler):
+        lines += ["", "| layer | p(skip) |", "|---|---|"]
+        probabilities = sampler.probabilities(study)
+        lines += [f"| {c} | {probabilities[c]:.3f} |" for c in sorted(probabilities, key=probabilities.get, reverse=True)]
+    return "\n".join(lines) + "\n"
+
+
+# -- the server -----------------------------------------------------------------------------------
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # the dashboard's browser page polls; one slow request must not block others
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the page polls every few seconds
+        pass
+
+
+def make_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> WSGIServer:
+    """A dashboard server for ``storage_url`` bound to ``host:port`` (0: a free port), not yet serving."""
+    app = optuna_dashboard.wsgi(_open_storage(storage_url))
+    try:
+        return _wsgi_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    except OSError as err:
+        raise UserError(f"dashboard: cannot listen on {host}:{port} ({err.strerror}); pass another --port") from None
+
+
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, quiet: bool = False) -> None:
+    """Run optuna-dashboard for ``storage_url`` until Ctrl-C."""
+    server = make_server(storage_url, host, port)
+    if not quiet:
+        print(f"optuna-dashboard for {storage_url}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def _open_storage(url: str) -> optuna.storages.BaseStorage:
+    local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else (None if "://" in url else url)
+    if local is not None and not Path(local).expanduser().is_file():
+        raise UserError(f"storage {url!r} does not exist: expected an Optuna storage a study was run with (e.g. sqlite:///das_tune.db)")
+    if "://" not in url:
+        backend = optuna.storages.journal.JournalFileBackend(str(Path(url).expanduser()))
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as err:  # a bad URL, a missing driver, an unreachable server
+        raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None

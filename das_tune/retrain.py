@@ -1,0 +1,139 @@
+"""The final retrain: the chosen subnet, exported from a fresh pre-trained backbone, trained to the
+retrain budget, evaluated, and written out as plain artifacts.
+
+Artifacts in the run folder:
+    subnet.json          the space, the skipped layers and how they were found
+    adapters.safetensors the trained adapters, skip-adapters and head (nothing frozen)
+    metrics.json         the metric, additional FLOPs/MACs, trainable params, latency, wall-clock
+    study.yaml           the resolved study spec (what ``das-tune retrain RUN_DIR`` reads back)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import save_file
+
+from das_tune import training
+from das_tune.backbones.base import SkippableBackbone
+from das_tune.backbones.flops import CostModel, measure_latency
+from das_tune.components import Components
+from das_tune.errors import UserError
+from das_tune.progress import Reporter
+from das_tune.study import StudySpec
+
+SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
+
+
+def retrain(
+    spec: StudySpec, parts: Components, skipped: frozenset[str], found_by: dict[str, Any], reporter: Reporter
+) -> dict[str, Any]:
+    """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts."""
+    training.seed_everything(spec.seed)
+    full = parts.fresh_backbone()
+    subnet = full.export(skipped)
+    subnet.task_head = parts.task.build_head(subnet.feature_dim)
+    start = time.perf_counter()
+    val = _train(spec, parts, subnet, reporter)
+    test = training.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
+    seconds = time.perf_counter() - start
+    metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds)
+    metrics["search_seconds"] = found_by.get("search_seconds")
+    write_artifacts(spec, subnet, skipped, found_by, metrics)
+    return metrics
+
+
+def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> dict[str, float]:
+    retrain, task = spec.retrain, parts.task
+    steps = training.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
+    optimizer, scheduler = training.make_optimizer(subnet, retrain, steps * retrain.epochs)
+    val: dict[str, float] = {}
+    for epoch in range(retrain.epochs):
+        reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
+        for batch in training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch):
+            reporter.advance(training.train_step(subnet, task, batch, optimizer, scheduler))
+        val = training.evaluate(subnet, task, "val", retrain.batch_size)
+        reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
+    return val
+
+
+def _metrics(
+    spec: StudySpec,
+    parts: Components,
+    full: SkippableBackbone,
+    subnet: SkippableBackbone,
+    skipped: frozenset[str],
+    val: dict[str, float],
+    test: dict[str, float],
+    seconds: float,
+) -> dict[str, Any]:
+    costs = CostModel(full)
+    cost, unskipped = costs.cost(skipped), costs.cost(())
+    inputs = full.example_inputs(batch_size=1)
+    full.set_skipped(())
+    full_ms = measure_latency(full, inputs) * 1e3
+    subnet_ms = measure_latency(subnet, inputs) * 1e3
+    return {
+        "metric": parts.task.metric,
+        "value": test[parts.task.metric],
+        "test": test,
+        "val": val,
+        "skipped": parts.space.ordered(skipped),
+        **cost,
+        "additional_gmacs": cost["additional_macs"] / 1e9,
+        "flops_saved": 1 - cost["flops"] / unskipped["flops"],
+        "latency_full_ms": full_ms,
+        "latency_subnet_ms": subnet_ms,
+        "speedup": full_ms / subnet_ms,
+        "retrain_seconds": seconds,
+    }
+
+
+def write_artifacts(
+    spec: StudySpec, subnet: SkippableBackbone, skipped: frozenset[str], found_by: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space = spec.load_space()
+    subnet_info = {
+        "space": space.name,
+        "candidates": list(space.candidates),
+        "num_skip": space.num_skip,
+        "skipped": space.ordered(skipped),
+        "backbone": spec.backbone.model_dump(),
+        "task": spec.task.model_dump(),
+        **found_by,
+    }
+    save_file({k: v.contiguous() for k, v in subnet.trainable_state_dict().items()}, run_dir / WEIGHTS_FILE)
+    (run_dir / SUBNET_FILE).write_text(json.dumps(subnet_info, indent=2) + "\n")
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def save_spec(spec: StudySpec) -> None:
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (spec.run_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+
+
+def finished_metrics(spec: StudySpec, skipped: frozenset[str]) -> dict[str, Any] | None:
+    """The metrics of an earlier retrain of the same subnet in this run folder, if there is one."""
+    path = spec.run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if set(metrics.get("skipped", ())) == skipped else None
+
+
+def read_run(run_dir: Path) -> tuple[StudySpec, dict[str, Any]]:
+    """The spec and subnet of a finished run folder, for ``das-tune retrain RUN_DIR``."""
+    spec_path, subnet_path = run_dir / SPEC_FILE, run_dir / SUBNET_FILE
+    for path in (spec_path, subnet_path):
+        if not path.is_file():
+            raise UserError(f"{run_dir}: not a das-tune run folder (expected {path.name} in it)")
+    from das_tune import config
+
+    spec = config.load(StudySpec, spec_path)
+    return spec, json.loads(subnet_path.read_text())

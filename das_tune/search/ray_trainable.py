@@ -1,0 +1,96 @@
+"""One Ray Tune trial, run in a worker: a subnet trained briefly from the shared warm-up state.
+
+Every trial sees the same batches in the same order (those after the warm-up's), so trials differ
+only in the layers they skip. The loss reported every ``ray.report_every`` steps is the mean loss on
+the task's observation batches, with a checkpoint (model, optimizer, step) so that a retried trial
+resumes where it stopped.
+
+Failure injection (for tests and drills): the driver reads ``DAS_TUNE_FAIL_TRIALS`` (comma-separated
+Optuna trial numbers) and those trials raise after each attempt's first report.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from das_tune import training
+from das_tune.components import Components, build_components
+from das_tune.study import StudySpec
+from das_tune.tasks.base import Batch
+
+FAIL_ENV = "DAS_TUNE_FAIL_TRIALS"
+_STATE = "state.pt"
+
+
+class InjectedFailure(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def _components(spec_json: str) -> tuple[Components, list[Batch]]:
+    """Built once per worker: Ray reuses the worker for the next trial (``reuse_actors``)."""
+    spec = StudySpec.model_validate_json(spec_json)
+    parts = build_components(spec)
+    parts.model.to("cuda" if torch.cuda.is_available() else "cpu")
+    n = spec.search.observation_batches
+    observations = list(itertools.islice(parts.task.observation_batches(parts.model, spec.search.batch_size, n), n))
+    return parts, observations
+
+
+def train_subnet(config: dict[str, Any], spec: StudySpec, start_state: dict[str, torch.Tensor], fail_trials: frozenset[int] = frozenset()) -> None:
+    parts, observations = _components(spec.model_dump_json())
+    model, task, steps = parts.model, parts.task, spec.ray.steps_per_trial
+    skipped = parts.space.decode(config)
+    training.seed_everything(spec.seed)
+    model.load_state_dict(start_state, strict=False)
+    model.set_skipped(skipped)
+    optimizer, scheduler = training.make_optimizer(model, spec.search, steps)
+    start = _restore(model, optimizer, scheduler)
+    for step, batch in enumerate(itertools.islice(_train_batches(parts, spec), start, steps), start + 1):
+        training.train_step(model, task, batch, optimizer, scheduler)
+        if step % spec.ray.report_every and step < steps:
+            continue
+        loss = sum(training.observe(model, task, b, skipped) for b in observations) / len(observations)
+        _report(loss, step, model, optimizer, scheduler)
+        if not math.isfinite(loss):
+            return
+        if config["trial_number"] in fail_trials:
+            raise InjectedFailure(f"injected failure of trial {config['trial_number']} at step {step} (resumed from step {start})")
+
+
+def _train_batches(parts: Components, spec: StudySpec) -> Iterator[Batch]:
+    """Endless training batches, continuing the warm-up's epochs."""
+    search = spec.search
+    for epoch in itertools.count(search.warmup_epochs):
+        yield from training.epoch_batches(
+            parts.task, parts.model, search.batch_size, seed=spec.seed, epoch=epoch, max_steps=search.max_steps_per_epoch
+        )
+
+
+def _report(loss: float, step: int, model, optimizer, scheduler) -> None:
+    state = {"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / _STATE)
+        tune.report({"loss": loss, "step": step}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restore(model, optimizer, scheduler) -> int:
+    """The step to continue from: 0, or the last checkpoint's after a retry."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / _STATE, map_location=next(model.parameters()).device, weights_only=False)
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]

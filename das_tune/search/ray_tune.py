@@ -1,0 +1,316 @@
+"""Ray Tune executor: each trial trains one subnetwork briefly from the shared warm-up checkpoint.
+
+The flow
+--------
+1. Warm-up (in the driver): ``OneShotSearch.warm_up`` (epochs of uniformly random subnets), saved
+   once as ``run_dir/warmup_state.pt`` (reused when present, e.g. from a one-shot run of the study).
+2. Ray Tune: :class:`SkipSearch` (an ``OptunaSearch``) asks the study's own sampler for a skip subset
+   per Ray trial; the trial (``ray_trainable.train_subnet``) loads the warm-up state, trains that subnet
+   for ``ray.steps_per_trial`` steps and reports the loss on the task's observation batches every
+   ``ray.report_every`` steps, with a checkpoint. A scheduler (``ray.scheduler``: asha, median or null
+   for FIFO) stops bad subnets early; ``FailureConfig(max_failures)`` retries a crashed trial from its
+   last checkpoint. ``gpus_per_trial: 0.25`` with ``max_concurrent_trials: 4`` packs four trials on one
+   GPU (Ray does not cap GPU memory per trial: size the batch so four fit).
+
+What Optuna is told (the rule DAS relies on)
+--------------------------------------------
+* COMPLETE, value = last loss: only a trial that trained all ``steps_per_trial`` steps;
+* PRUNED: a trial the scheduler stopped early (its loss is truncated, not comparable), so DAS's
+  reward and TPE's "good" set never count it (Ray's own OptunaSearch would tell it COMPLETE);
+* FAIL: a trial that errored after its retries, or whose loss is NaN/inf (never left RUNNING).
+
+Resume
+------
+The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_dir>/ray``). Running the
+same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
+e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died were
+marked FAIL when the study was reopened (``storage.open_study``); Ray resumes them from their
+checkpoints, so :meth:`SkipSearch.restore` gives each one a new Optuna trial with the same skip keys
+(user attr ``retry_of``) instead of telling the finished one twice (``UpdateFinishedTrialError``).
+After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
+experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
+
+Clusters (``--address auto``)
+-----------------------------
+The driver connects with ``ray.init(address=...)`` and the cluster's own resources. Every node needs
+das-tune installed and the study's data and checkpoint paths; ``ray.storage_path`` must be storage
+all nodes share (``s3://…``, ``gs://…`` or an NFS path) for checkpoints and restores. Only the driver
+talks to Optuna (the searcher runs there), so a local SQLite storage is fine; the warm-up state
+reaches the trials through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pyarrow.fs
+import ray
+import torch
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from das_tune.backbones.flops import CostModel
+from das_tune.components import Components
+from das_tune.progress import Reporter
+from das_tune.search.oneshot import WARMUP_CHECKPOINT, OneShotSearch
+from das_tune.search.ray_trainable import FAIL_ENV, train_subnet
+from das_tune.spaces import SkipSpace
+from das_tune.storage import get_storage
+from das_tune.study import RaySpec, StudySpec
+
+METRIC, MODE = "loss", "min"
+PHASE = "ray"
+QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    # CheckpointConfig(num_to_keep=1) snapshots the experiment at every report, on purpose.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+SCHEDULERS: dict[str, Callable[[RaySpec], TrialScheduler]] = {
+    "asha": lambda r: ASHAScheduler(metric=METRIC, mode=MODE, max_t=reports_per_trial(r), grace_period=r.grace_period),
+    "median": lambda r: MedianStoppingRule(metric=METRIC, mode=MODE, time_attr="training_iteration", grace_period=r.grace_period),
+}
+
+
+def reports_per_trial(ray_spec: RaySpec) -> int:
+    return -(-ray_spec.steps_per_trial // ray_spec.report_every)
+
+
+# -- what Optuna is told ---------------------------------------------------------------------------
+def trial_outcome(result: dict | None, error: bool, steps_per_trial: int) -> tuple[TrialState, float | None]:
+    """The Optuna state and value of a finished Ray trial (the rule in the module docstring)."""
+    if error:
+        return TrialState.FAIL, None
+    loss = (result or {}).get(METRIC)
+    if loss is None:
+        return TrialState.PRUNED, None
+    if not math.isfinite(loss):
+        return TrialState.FAIL, None
+    if result.get("step", 0) < steps_per_trial:
+        return TrialState.PRUNED, None
+    return TrialState.COMPLETE, float(loss)
+
+
+@dataclass(frozen=True)
+class SuggestSkip:
+    """The define-by-run space: suggest the skip keys, record the subset and its costs.
+
+    Costs add up per layer (see ``CostModel``), so a base and per-layer deltas stand in for the cost
+    model: the searcher is pickled (std pickle) with everything it holds, and the model must not be.
+    """
+
+    space: SkipSpace
+    round_size: int
+    base: dict[str, float]
+    deltas: dict[str, dict[str, float]]
+
+    @classmethod
+    def build(cls, space: SkipSpace, round_size: int, cost: CostModel) -> SuggestSkip:
+        base = _cost_attrs(cost.cost([]))
+        deltas = {c: {k: v - base[k] for k, v in _cost_attrs(cost.cost([c])).items()} for c in space.candidates}
+        return cls(space, round_size, base, deltas)
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        skipped = self.space.suggest(trial)
+        attrs = {k: v + sum(self.deltas[c][k] for c in skipped) for k, v in self.base.items()}
+        attrs["trainable_params"] = int(attrs["trainable_params"])
+        for key, value in {**attrs, "round": trial.number // self.round_size, "phase": PHASE}.items():
+            trial.set_user_attr(key, value)
+        return {"trial_number": trial.number}
+
+
+def _cost_attrs(cost: dict[str, Any]) -> dict[str, float]:
+    return {"additional_gmacs": cost["additional_macs"] / 1e9, "trainable_params": cost["trainable_params"]}
+
+
+class SkipSearch(OptunaSearch):
+    """``OptunaSearch`` that tells scheduler-stopped trials PRUNED and NaN/inf or errored ones FAIL."""
+
+    def __init__(self, *, steps_per_trial: int, **kwargs: Any) -> None:
+        super().__init__(metric=METRIC, mode=MODE, **kwargs)
+        self.steps_per_trial = steps_per_trial
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._completed_trials and math.isfinite(result[METRIC]):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        state, value = trial_outcome(result, error, self.steps_per_trial)
+        trial = self._ot_trials[trial_id]
+        if state == TrialState.PRUNED and result and math.isfinite(result.get(METRIC, math.nan)):
+            trial.report(result[METRIC], result["training_iteration"])  # where it was stopped
+        self._ot_study.tell(trial, value, state=state)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore, then re-attach the trials Ray will resume whose Optuna trials were closed."""
+        super().restore(checkpoint_path)
+        stored = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, trial in list(self._ot_trials.items()):
+            if trial_id in self._completed_trials:
+                continue
+            state = stored[trial.number].state
+            if state == TrialState.FAIL:  # marked FAIL as interrupted when the study was reopened
+                self._ot_trials[trial_id] = self._retry(trial)
+            elif state.is_finished():  # told after the searcher's last save: do not tell it twice
+                self._completed_trials.add(trial_id)
+
+    def _retry(self, trial: optuna.Trial) -> optuna.Trial:
+        self._ot_study.enqueue_trial(trial.params)
+        retry = self._ot_study.ask()
+        self._space(retry)  # the same keys (enqueued), the same user attrs, a new number
+        retry.set_user_attr("retry_of", trial.number)
+        return retry
+
+
+# -- progress --------------------------------------------------------------------------------------
+# Tune pickles its callbacks into the experiment and a restored experiment uses the pickled ones, so
+# the callback looks the running search's reporter up here instead of holding it.
+_reporter: Reporter = Reporter()
+
+
+class _Progress(tune.Callback):
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _reporter.advance(trial.last_result.get(METRIC))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _reporter.advance()
+
+
+# -- the executor ----------------------------------------------------------------------------------
+class RaySearch:
+    """The Ray Tune executor of one study (see the module docstring); ``run()`` returns Tune's results."""
+
+    def __init__(self, *, spec: StudySpec, parts: Components, study: optuna.Study, cost: CostModel, reporter: Reporter) -> None:
+        self.spec, self.parts, self.study, self.cost, self.reporter = spec, parts, study, cost, reporter
+        self.ray = spec.ray
+
+    @property
+    def storage_path(self) -> str:
+        path = self.ray.storage_path or str(Path(self.spec.output_dir) / "ray")
+        return path if "://" in path else str(Path(path).expanduser().resolve())
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.study.study_name}"
+
+    def run(self) -> tune.ResultGrid:
+        global _reporter
+        start_state = self.warm_up()
+        started = self._init_ray()
+        _reporter = self.reporter
+        try:
+            tuner, restored = self._tuner(start_state)
+            done = _finished(tuner.get_results()) if restored else 0
+            self.reporter.phase("ray trials", self.ray.num_trials - done)
+            grid = tuner.fit()
+        finally:
+            _reporter = Reporter()
+            if started:
+                ray.shutdown()
+        if _finished(grid) < self.ray.num_trials:  # Tune returns normally after Ctrl+C; its state is saved
+            raise KeyboardInterrupt
+        self._fail_leftovers()
+        return grid
+
+    # -- warm-up ----------------------------------------------------------------------------------
+    def warm_up(self) -> dict[str, torch.Tensor]:
+        """The trainable state every trial starts from: after the warm-up epochs (run once here)."""
+        if self.spec.search.warmup_epochs == 0:
+            return self.parts.model.trainable_state_dict()
+        path = self.spec.run_dir / WARMUP_CHECKPOINT
+        if not path.exists():
+            path = OneShotSearch(
+                search=self.spec.search, space=self.parts.space, model=self.parts.model, task=self.parts.task,
+                study=self.study, seed=self.spec.seed, run_dir=self.spec.run_dir,
+                trial_attrs=lambda skipped: {}, reporter=self.reporter,  # the warm-up asks no trials
+            ).warm_up()
+        return torch.load(path, weights_only=False)["model"]
+
+    # -- Ray ----------------------------------------------------------------------------------------
+    def _init_ray(self) -> bool:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        if ray.is_initialized():
+            return False
+        if self.ray.address:
+            ray.init(address=self.ray.address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            cpus = max(1, math.ceil(self.ray.cpus_per_trial * self.ray.max_concurrent_trials))
+            ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+        return True
+
+    def _trainable(self, start_state: dict[str, torch.Tensor]) -> Any:
+        fail = frozenset(int(n) for n in os.environ.get(FAIL_ENV, "").split(",") if n.strip())
+        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), start_state=start_state, fail_trials=fail)
+        return tune.with_resources(fn, {"cpu": self.ray.cpus_per_trial, "gpu": self.ray.gpus_per_trial})
+
+    def _tuner(self, start_state: dict[str, torch.Tensor]) -> tuple[tune.Tuner, bool]:
+        """The experiment restored if this study has one, else a new one; and whether restored."""
+        path, trainable = self.experiment_path, self._trainable(start_state)
+        if tune.Tuner.can_restore(path):
+            if self.study.trials:
+                self.reporter.log(f"resuming the Ray Tune experiment {path}")
+                return tune.Tuner.restore(path, trainable), True
+            fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)  # the study was started afresh
+            fs.delete_dir(fs_path)
+        searcher = SkipSearch(
+            space=SuggestSkip.build(self.parts.space, self.spec.search.round_size, self.cost),
+            sampler=self.study.sampler, study_name=self.study.study_name, storage=get_storage(self.spec.storage),
+            steps_per_trial=self.ray.steps_per_trial,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=self._scheduler(), num_samples=self.ray.num_trials,
+                max_concurrent_trials=self.ray.max_concurrent_trials, reuse_actors=True,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=self.study.study_name, storage_path=self.storage_path, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=self.ray.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[_Progress()],
+            ),
+        )
+        return tuner, False
+
+    def _scheduler(self) -> TrialScheduler | None:
+        return None if self.ray.scheduler is None else SCHEDULERS[self.ray.scheduler](self.ray)
+
+    def _fail_leftovers(self) -> None:
+        """The experiment is over: none of its trials can still be running."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("phase") == PHASE:
+                self.study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _trial_dirname(trial: tune.experiment.Trial) -> str:
+    return f"optuna{trial.config['trial_number']}_{trial.trial_id}"
+
+
+def _finished(grid: tune.ResultGrid) -> int:
+    return grid.num_terminated + grid.num_errors
+
+
+def _absolute_paths(spec: StudySpec) -> StudySpec:
+    """Workers may run elsewhere (another folder, another node): local paths made absolute."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    return spec.model_copy(update={
+        "backbone": spec.backbone.model_copy(update={"checkpoint": absolute(spec.backbone.checkpoint)}),
+        "task": spec.task.model_copy(update={"data_dir": absolute(spec.task.data_dir)}),
+    })

@@ -1,0 +1,73 @@
+"""Opening a study's Optuna storage: create, resume, or start fresh on request — never overwrite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from das_tune.errors import UserError
+from das_tune.samplers import SAMPLER_ATTR
+from das_tune.spaces import SkipSpace
+
+
+def get_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as err:  # a bad URL, a missing driver, an unreachable server
+        raise UserError(f"storage {url!r} cannot be opened: {err}") from None
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def open_study(
+    url: str,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    sampler_record: dict,
+    space: SkipSpace,
+    *,
+    fresh: bool = False,
+    log=print,
+) -> optuna.Study:
+    """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
+
+    Trials left RUNNING by a process that died are marked FAIL on resume: one-shot search owns its
+    study, so nothing else can be running them.
+    """
+    storage = get_storage(url)
+    if study_exists(storage, name):
+        if fresh:
+            count = len(optuna.load_study(study_name=name, storage=storage).trials)
+            optuna.delete_study(study_name=name, storage=storage)
+            log(f"--fresh: deleted study {name!r} ({count} trials) from {url}")
+        else:
+            return _resume(storage, url, name, sampler, sampler_record, space, log)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
+    storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, sampler_record)
+    study.set_user_attr("space", space.name)
+    study.set_user_attr("candidates", list(space.candidates))
+    study.set_user_attr("num_skip", space.num_skip)
+    return study
+
+
+def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: SkipSpace, log) -> optuna.Study:
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    recorded = storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
+    if recorded is not None and recorded != sampler_record:
+        raise UserError(
+            f"study {name!r} in {url} was run with sampler {recorded}, not {sampler_record}; "
+            "pass --fresh to start it again or --set study_name=NEW for a new study"
+        )
+    if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.num_skip):
+        raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {len(stale)} interrupted ones marked FAIL" if stale else ""))
+    return study

@@ -1,0 +1,115 @@
+"""The CLI in subprocesses on tiny models: search, choose, retrain, artifacts, storage, resume, errors."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from safetensors.torch import load_file
+
+from das_tune.samplers import SAMPLER_ATTR
+
+pytestmark = pytest.mark.slow
+
+
+def study_trials(db):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    study = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage)
+    return study, study.trials
+
+
+def test_tiny_run_end_to_end(cli, tmp_path):
+    result = cli("run", "--study", "easyvqa_minilm", "--tiny", "--quiet", check=True)
+    run_dir = tmp_path / "runs" / "easyvqa_minilm-das-seed0"
+    assert result.stdout.strip() == str(run_dir.relative_to(tmp_path))
+
+    subnet = json.loads((run_dir / "subnet.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert subnet["space"] == "minilm_vqa" and len(subnet["skipped"]) == 2
+    assert subnet["sampler"] == "das" and subnet["study_name"] == "easyvqa_minilm-das-seed0"
+    assert metrics["skipped"] == subnet["skipped"] and 0 <= metrics["value"] <= 1
+    assert metrics["flops_saved"] > 0 and metrics["additional_macs"] < metrics["macs"]
+    weights = load_file(run_dir / "adapters.safetensors")
+    backbone_weights = {k: v for k, v in weights.items() if not k.startswith("task_head.")}
+    assert len(backbone_weights) < len(weights)  # the task head is saved too ...
+    assert sum(v.numel() for v in backbone_weights.values()) == metrics["trainable_params"]  # ... not counted
+
+    study, trials = study_trials(tmp_path / "das_tune.db")
+    assert len(trials) >= 3 and len(trials) % 3 == 0
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert {"skipped", "round", "phase", "additional_gmacs", "trainable_params"} <= set(trials[0].user_attrs)
+    assert study._storage.get_study_system_attrs(study._study_id)[SAMPLER_ATTR]["name"] == "das"
+
+    again = cli("run", "--study", "easyvqa_minilm", "--tiny", check=True)  # resumes: nothing new to do
+    assert "resuming study" in again.stderr and "already retrained" in again.stderr
+    assert len(study_trials(tmp_path / "das_tune.db")[1]) == len(trials)
+
+
+def test_killed_search_resumes(tmp_path):
+    db = tmp_path / "das_tune.db"
+    args = ["run", "--study", "easyvqa_minilm", "--tiny", "--quiet", "--set", "search.search_epochs=8"]
+    proc = subprocess.Popen([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and completed_trials(db) < 6:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = completed_trials(db)
+    assert before >= 6
+
+    from conftest import run_cli
+
+    result = run_cli(*args[:-1], "search.search_epochs=8", cwd=tmp_path, check=True)
+    study, trials = study_trials(db)
+    assert len(trials) > before
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert (tmp_path / "runs" / "easyvqa_minilm-das-seed0" / "metrics.json").exists()
+    assert result.returncode == 0
+
+
+def completed_trials(db):
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--space", "nope"], "unknown search space 'nope'"),
+        (["run", "--study", "easyvqa_minilm", "--sampler", "annealing"], "unknown sampler 'annealing'"),
+        (["run", "--study", "easyvqa_minilm", "--num-skip", "6"], "num_skip"),
+        (["run", "--study", "easyvqa_minilm", "--set", "search.warmup_epochs=-1"], "search.warmup_epochs"),
+        (["run", "--study", "missing.yaml"], "unknown study 'missing.yaml'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, args, message):
+    result = cli(*args, "--tiny")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "das_tune.db").exists()
+
+
+def test_meter_without_checkpoint_says_which_files_to_put_where(cli, tmp_path):
+    result = cli("run", "--space", "meter_fusion")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "checkpoint" in result.stderr and not (tmp_path / "das_tune.db").exists()
+
+
+def test_retrain_a_given_subnet_without_searching(cli, tmp_path):
+    cli("retrain", "--study", "easyvqa_minilm", "--skip", "En1,En3", "--tiny", "--quiet", check=True)
+    run_dir = tmp_path / "runs" / "easyvqa_minilm-das-seed0"
+    assert json.loads((run_dir / "metrics.json").read_text())["skipped"] == ["En1", "En3"]
+    assert json.loads((run_dir / "subnet.json").read_text())["sampler"] == "given by --skip"
+    again = cli("retrain", str(run_dir), "--tiny", "--quiet", check=True)
+    assert again.returncode == 0
+    bad = cli("retrain", "--study", "easyvqa_minilm", "--skip", "En1,FV0", "--tiny")
+    assert bad.returncode == 2 and "FV0" in bad.stderr

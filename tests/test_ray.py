@@ -1,0 +1,131 @@
+"""The Ray Tune executor with real Ray on 2 CPUs: a CLI run killed and resumed, ASHA pruning,
+an injected failing trial, and what Optuna is told."""
+
+import logging
+import math
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from das_tune.backbones.flops import CostModel
+from das_tune.components import build_components
+from das_tune.progress import Reporter
+from das_tune.runner import open_spec_study
+from das_tune.search.ray_trainable import FAIL_ENV
+from das_tune.search.ray_tune import RaySearch, SkipSearch, SuggestSkip, trial_outcome
+from das_tune.study import load_study_spec
+
+pytestmark = pytest.mark.slow
+
+STUDY = "easyvqa_minilm-das-seed0"
+RUN = ["run", "--space", "minilm_vqa", "--tiny", "--executor", "ray", "--set", "ray.num_trials=6"]
+
+
+def finished_trials(db) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED', 'FAIL')").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_outcome_rule():
+    assert trial_outcome({"loss": 1.5, "step": 4}, False, 4) == (TrialState.COMPLETE, 1.5)
+    assert trial_outcome({"loss": 1.5, "step": 1}, False, 4) == (TrialState.PRUNED, None)  # stopped by ASHA
+    assert trial_outcome({"loss": math.nan, "step": 4}, False, 4) == (TrialState.FAIL, None)
+    assert trial_outcome({"loss": math.inf, "step": 1}, False, 4) == (TrialState.FAIL, None)
+    assert trial_outcome({"loss": 1.5, "step": 2}, True, 4) == (TrialState.FAIL, None)
+    assert trial_outcome(None, False, 4) == (TrialState.PRUNED, None)
+
+
+def test_cli_run_killed_then_resumed(tmp_path):
+    """A hard kill in the middle of the trials, then the same command: the experiment continues."""
+    db = tmp_path / "das_tune.db"
+    cmd = [sys.executable, "-m", "das_tune.cli", *RUN]
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen([*cmd, "--quiet"], cwd=tmp_path, start_new_session=True, stdout=out, stderr=out)
+    deadline = time.time() + 240
+    while finished_trials(db) < 2 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert first.poll() is None, log.read_text()[-3000:]
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    first.wait()
+    before = finished_trials(db)
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the Ray Tune experiment" in again.stderr
+    assert (tmp_path / "runs" / STUDY / "subnet.json").exists()
+
+    trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}").trials
+    by_number = {t.number: t for t in trials}
+    assert finished_trials(db) > before
+    assert all(t.state.is_finished() for t in trials)
+    outcomes = [t for t in trials if t.state != TrialState.FAIL]  # FAIL: in flight at the kill
+    assert len(outcomes) == 6  # one per Ray trial
+    assert all(t.user_attrs["phase"] == "ray" and len(t.user_attrs["skipped"]) == 2 for t in outcomes)
+    assert {"round", "additional_gmacs", "trainable_params"} <= set(outcomes[0].user_attrs)
+    assert any(t.state == TrialState.PRUNED for t in outcomes), "ASHA stopped no trial early"
+    for t in trials:  # an interrupted trial Ray resumed: the same subset under a new Optuna trial
+        if "retry_of" in t.user_attrs:
+            assert by_number[t.user_attrs["retry_of"]].state == TrialState.FAIL
+            assert t.user_attrs["skipped"] == by_number[t.user_attrs["retry_of"]].user_attrs["skipped"]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.phases, self.advances = [], 0
+
+    def phase(self, name, total):
+        self.phases.append((name, total))
+
+    def advance(self, loss=None, probabilities=None):
+        self.advances += self.phases[-1][0] == "ray trials"
+
+
+def test_failing_trial_is_retried_then_failed(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(FAIL_ENV, "1")  # Optuna trial 1 raises after each attempt's first report
+    overrides = {"tiny": True, "search.executor": "ray", "ray.num_trials": 3, "ray.scheduler": None, "ray.max_failures": 1}
+    spec = load_study_spec("easyvqa_minilm", overrides)
+    parts = build_components(spec)
+    study = open_spec_study(spec, parts, fresh=False, reporter=Reporter())
+    progress = Recorder()
+    grid = RaySearch(spec=spec, parts=parts, study=study, cost=CostModel(parts.model), reporter=progress).run()
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    errors = [str(r.error) for r in grid if r.error]
+    assert len(errors) == 1 and "injected failure of trial 1 at step 2 (resumed from step 1)" in errors[0]  # retried once
+    assert ("ray trials", 3) in progress.phases and progress.advances == 3
+    assert (spec.run_dir / "warmup_state.pt").exists()
+
+
+def test_searcher_pickles_with_std_pickle(tmp_path):
+    spec = load_study_spec("easyvqa_minilm", {"tiny": True, "storage": f"sqlite:///{tmp_path}/s.db"})
+    parts = build_components(spec)
+    study = open_spec_study(spec, parts, fresh=False, reporter=Reporter())
+    searcher = SkipSearch(
+        space=SuggestSkip.build(parts.space, 3, CostModel(parts.model)), sampler=study.sampler,
+        study_name=study.study_name, storage=study._storage, steps_per_trial=4,
+    )
+    config = searcher.suggest("t0")
+    copy = pickle.loads(pickle.dumps(searcher.__dict__))
+    assert parts.space.decode(config) == frozenset(study.trials[0].user_attrs["skipped"])
+    assert copy["_ot_trials"]["t0"].number == 0 and config["trial_number"] == 0
