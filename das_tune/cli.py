@@ -128,7 +128,7 @@ def run(
 def retrain(
     run_dir: Annotated[Optional[Path], typer.Argument(help="A run folder written by `das-tune run`.")] = None,
     study: Annotated[Optional[str], typer.Option(help="A study (with --skip) instead of a run folder.")] = None,
-    skip: Annotated[Optional[str], typer.Option(help="Comma-separated layers to skip, e.g. FL2,FV0.")] = None,
+    skip: Annotated[Optional[str], typer.Option(help="Comma-separated layers to skip, e.g. FL2,FV0; 'none' keeps every layer.")] = None,
     storage: Storage = None,
     seed: Seed = None,
     tiny: Tiny = False,
@@ -139,25 +139,32 @@ def retrain(
     from das_tune.components import build_components
     from das_tune.progress import reporter
     from das_tune.retrain import read_run, retrain as retrain_subnet, save_spec
-    from das_tune.study import StudySpec, load_study_spec
+    from das_tune.study import load_study_spec, override_spec
 
     overrides = _overrides(storage, seed, tiny, set_)
     if run_dir is not None:
         spec, subnet = read_run(run_dir)
-        spec = StudySpec.model_validate({**spec.model_dump(), **overrides})
-        layers = skip.split(",") if skip else subnet["skipped"]
+        spec = override_spec(spec, overrides, str(run_dir / "study.yaml"))
+        layers = _skip_list(skip) if skip else subnet["skipped"]
         found_by = {k: v for k, v in subnet.items() if k not in ("space", "candidates", "num_skip", "skipped", "backbone", "task")}
     elif study is not None and skip:
         spec = load_study_spec(study, overrides)
-        layers, found_by = skip.split(","), {"sampler": "given by --skip"}
+        layers, found_by = _skip_list(skip), {"sampler": "given by --skip"}
     else:
-        raise UserError("give a run folder, or --study with --skip LAYER,LAYER")
+        raise UserError("give a run folder, or --study with --skip LAYER,LAYER (or --skip none)")
     parts = build_components(spec)
-    skipped = parts.space.validate_subset([name.strip() for name in layers])
+    skipped = parts.space.validate_subset(layers)
+    if run_dir is None and spec.study_name is None:  # its own folder: a search's artifacts are never overwritten
+        label = "+".join(parts.space.ordered(skipped)) or "none"
+        spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
     save_spec(spec)
     with reporter(quiet) as progress:
         metrics = retrain_subnet(spec, parts, skipped, found_by, progress)
     _report(spec, metrics, quiet)
+
+
+def _skip_list(skip: str) -> list[str]:
+    return [] if skip.strip().lower() == "none" else [name.strip() for name in skip.split(",")]
 
 
 @app.command()
@@ -169,7 +176,7 @@ def bench(
     methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; every method runs once per seed.")] = 5,
     ground_truth: Annotated[bool, typer.Option(help="Also retrain every subset (small spaces): regret, rank, Kendall τ.")] = False,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
     quiet: Quiet = False,

@@ -43,6 +43,7 @@ def retrain(
     seconds = time.perf_counter() - start
     metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds)
     metrics["search_seconds"] = found_by.get("search_seconds")
+    metrics["retrain_budget"] = _budget(spec)
     write_artifacts(spec, subnet, skipped, found_by, metrics)
     return metrics
 
@@ -119,12 +120,19 @@ def save_spec(spec: StudySpec) -> None:
 
 
 def finished_metrics(spec: StudySpec, skipped: frozenset[str]) -> dict[str, Any] | None:
-    """The metrics of an earlier retrain of the same subnet in this run folder, if there is one."""
+    """The metrics of an earlier retrain of the same subnet, task and retrain budget in this run
+    folder, if there is one."""
     path = spec.run_dir / METRICS_FILE
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
-    return metrics if set(metrics.get("skipped", ())) == skipped else None
+    same = set(metrics.get("skipped", ())) == skipped and metrics.get("retrain_budget") == _budget(spec)
+    return metrics if same else None
+
+
+def _budget(spec: StudySpec) -> dict[str, Any]:
+    """What a retrain's result depends on besides the subnet (JSON-normalised for comparison)."""
+    return json.loads(json.dumps({"seed": spec.seed, "task": spec.task.model_dump(mode="json"), "retrain": spec.retrain.model_dump(mode="json")}))
 
 
 def read_run(run_dir: Path) -> tuple[StudySpec, dict[str, Any]]:

@@ -42,9 +42,9 @@ def open_spec_study(spec: StudySpec, parts: Components, *, fresh: bool, reporter
 
 def search(
     spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, warmup_checkpoint: Path | None = None
-) -> dict[str, Any]:
-    """Run (or resume) the search, one-shot ones from ``warmup_checkpoint`` if given; returns how the
-    subnet was found (for subnet.json)."""
+) -> tuple[optuna.Study, dict[str, Any]]:
+    """Run (or resume) the search, one-shot ones from ``warmup_checkpoint`` if given; returns the study
+    and how the subnet was found (for subnet.json)."""
     study = open_spec_study(spec, parts, fresh=fresh, reporter=reporter)
     cost = CostModel(parts.model)
     start = time.perf_counter()

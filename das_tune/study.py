@@ -119,12 +119,23 @@ def load_study_spec(name_or_path: str | Path, overrides: dict[str, Any] | None =
     data = config.read_yaml(path)
     data.setdefault("name", path.stem)
     overrides = overrides or {}
-    if overrides.get("tiny", data.get("tiny")):
+    return _apply(data, overrides, str(path), tiny_budgets=bool(overrides.get("tiny", data.get("tiny"))))
+
+
+def override_spec(spec: StudySpec, overrides: dict[str, Any], source: str) -> StudySpec:
+    """A resolved spec (a run's ``study.yaml``) with more dotted-key overrides. Its budgets are kept:
+    the tiny ones are applied only when the overrides turn ``tiny`` on."""
+    turns_tiny_on = bool(overrides.get("tiny")) and not spec.tiny
+    return _apply(spec.model_dump(), overrides, source, tiny_budgets=turns_tiny_on)
+
+
+def _apply(data: dict[str, Any], overrides: dict[str, Any], source: str, *, tiny_budgets: bool) -> StudySpec:
+    if tiny_budgets:
         for key, value in TINY_BUDGETS.items():
             _set_dotted(data, key, value)
     for key, value in overrides.items():
         _set_dotted(data, key, value)
-    return config.parse(StudySpec, data, str(path))
+    return config.parse(StudySpec, data, source)
 
 
 def default_study_for_space(space: str) -> str:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -159,3 +160,19 @@ def test_ground_truth_is_refused_for_large_spaces():
 
 def test_numbers_are_printed_one_way():
     assert fmt(None) == "—" and fmt(math.nan) == "—" and fmt(3) == "3" and fmt(0.123456) == "0.1235"
+
+
+def test_readme_bench_numbers_come_from_the_committed_results():
+    root = Path(__file__).resolve().parents[1]
+    committed = sorted((root / "bench").glob("*/results.json"))
+    assert committed, "no committed benchmark results under bench/"
+    allowed = set()
+    for path in committed:
+        results = json.loads(path.read_text())
+        assert not results["tiny"] and len(results["seeds"]) >= 5 and results["ground_truth"] is not None
+        json_numbers(results, allowed)
+    readme = (root / "README.md").read_text()
+    tables = re.findall(r"<!-- bench-table -->(.*?)<!-- /bench-table -->", readme, re.S)
+    assert tables, "README has no bench table"
+    strays = [n for table in tables for n in NUMBER.findall(table) if n not in allowed]
+    assert not strays, f"numbers in README's bench tables that are not in bench/*/results.json: {strays}"

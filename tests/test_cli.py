@@ -48,6 +48,10 @@ def test_tiny_run_end_to_end(cli, tmp_path):
     assert "resuming study" in again.stderr and "already retrained" in again.stderr
     assert len(study_trials(tmp_path / "das_tune.db")[1]) == len(trials)
 
+    longer = cli("run", "--study", "easyvqa_minilm", "--tiny", "--set", "retrain.epochs=2", check=True)
+    assert "already retrained" not in longer.stderr  # another budget is retrained, not reused
+    assert json.loads((run_dir / "metrics.json").read_text())["retrain_budget"]["retrain"]["epochs"] == 2
+
 
 def test_killed_search_resumes(tmp_path):
     db = tmp_path / "das_tune.db"
@@ -105,11 +109,15 @@ def test_meter_without_checkpoint_says_which_files_to_put_where(cli, tmp_path):
 
 
 def test_retrain_a_given_subnet_without_searching(cli, tmp_path):
-    cli("retrain", "--study", "easyvqa_minilm", "--skip", "En1,En3", "--tiny", "--quiet", check=True)
-    run_dir = tmp_path / "runs" / "easyvqa_minilm-das-seed0"
+    cli("retrain", "--study", "easyvqa_minilm", "--skip", "En3,En1", "--tiny", "--quiet", check=True)
+    run_dir = tmp_path / "runs" / "easyvqa_minilm-skip-En1+En3-seed0"  # not a search's run folder
     assert json.loads((run_dir / "metrics.json").read_text())["skipped"] == ["En1", "En3"]
     assert json.loads((run_dir / "subnet.json").read_text())["sampler"] == "given by --skip"
-    again = cli("retrain", str(run_dir), "--tiny", "--quiet", check=True)
-    assert again.returncode == 0
+    cli("retrain", str(run_dir), "--quiet", "--set", "retrain.epochs=2", check=True)
+    budget = json.loads((run_dir / "metrics.json").read_text())["retrain_budget"]["retrain"]
+    assert budget["epochs"] == 2 and budget["batch_size"] == 4  # the run's tiny budgets are kept
+    cli("retrain", "--study", "easyvqa_minilm", "--skip", "none", "--tiny", "--quiet", check=True)
+    full = json.loads((tmp_path / "runs" / "easyvqa_minilm-skip-none-seed0" / "metrics.json").read_text())
+    assert full["skipped"] == [] and full["flops_saved"] == 0 and full["additional_macs"] > 0  # adapters only
     bad = cli("retrain", "--study", "easyvqa_minilm", "--skip", "En1,FV0", "--tiny")
     assert bad.returncode == 2 and "FV0" in bad.stderr

@@ -11,13 +11,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from das_tune.backbones.adapters import Adapter, SkippableLayer
+from das_tune.backbones.base import evaluating
 from das_tune.backbones.layered import LayerSkipBackbone
 
 
@@ -29,19 +29,8 @@ def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
 CUSTOM = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-@contextmanager
-def _evaluating(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _count(run: Callable[[], object], model: nn.Module) -> int:
-    with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter, _evaluating(model):
+    with FlopCounterMode(display=False, custom_mapping=CUSTOM) as counter, evaluating(model):
         run()
     return counter.get_total_flops()
 
@@ -59,7 +48,7 @@ def _record_calls(backbone: nn.Module, inputs: dict[str, torch.Tensor], kinds: t
         for m in backbone.modules() if isinstance(m, kinds)
     ]
     try:
-        with _evaluating(backbone):
+        with evaluating(backbone):
             backbone.features(**inputs)
     finally:
         for hook in hooks:
@@ -126,7 +115,7 @@ def measure_latency(
     """Median seconds of one ``features`` pass (eval, no gradients; CUDA synchronised)."""
     sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs.values()) else (lambda: None)
     times = []
-    with _evaluating(model):
+    with evaluating(model):
         for i in range(warmup + repeats):
             sync()
             start = time.perf_counter()

@@ -3,7 +3,7 @@
     from das_tune.bench import BenchConfig, run_bench
     results = run_bench(BenchConfig(study="easyvqa_minilm", seeds=5, ground_truth=True))
 
-writes ``results.json``, ``results.md`` and PNGs into ``bench/<space>/`` (or ``config.out``) and
+writes ``results.json``, ``results.md`` and PNGs into ``bench/<space>-skip<num_skip>/`` (or ``config.out``) and
 returns the results document. See :mod:`das_tune.bench.runs` for what is shared between runs.
 """
 

@@ -56,7 +56,7 @@ class BenchConfig:
     seeds: int = 5
     ground_truth: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
-    out: Path | None = None  # default: bench/<space>
+    out: Path | None = None  # default: bench/<space>-skip<num_skip>
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def plan(config: BenchConfig) -> Plan:
             f"--ground-truth retrains every subset: space {space.label} with num_skip {space.num_skip} has "
             f"{space.num_subsets} (at most {MAX_GROUND_TRUTH_SUBSETS}); lower num_skip with --set num_skip=N"
         )
-    out = config.out or Path("bench") / space.label
+    out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip}"
     url = config.overrides.get("storage") or f"sqlite:///{out / 'bench.db'}"
     return Plan(config, base, space, out, url)
 

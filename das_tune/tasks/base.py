@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -45,18 +44,6 @@ def move_to(data: Any, device: torch.device) -> Any:
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextmanager
-def evaluating(model: nn.Module):
-    """Eval mode without gradients; the previous mode comes back afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 class Task(ABC):

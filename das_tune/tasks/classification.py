@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from das_tune.backbones.base import SkippableBackbone
+from das_tune.backbones.base import SkippableBackbone, evaluating
 from das_tune.tasks import metrics
-from das_tune.tasks.base import Batch, Task, evaluating, model_device, move_to
+from das_tune.tasks.base import Batch, Task, model_device, move_to
 
 
 class ClassificationTask(Task):

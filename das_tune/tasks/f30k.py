@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from das_tune.backbones.base import SkippableBackbone
+from das_tune.backbones.base import SkippableBackbone, evaluating
 from das_tune.errors import UserError
 from das_tune.tasks import metrics
-from das_tune.tasks.base import Batch, Task, check_split, evaluating, model_device, move_to
+from das_tune.tasks.base import Batch, Task, check_split, model_device, move_to
 from das_tune.tasks.files import LazySequence, data_folder, decode_image, entry_keys, read_arrow
 from das_tune.tasks.heads import itm_head
 
