@@ -131,8 +131,8 @@ def finished_metrics(spec: StudySpec, skipped: frozenset[str]) -> dict[str, Any]
 
 
 def _budget(spec: StudySpec) -> dict[str, Any]:
-    """What a retrain's result depends on besides the subnet (JSON-normalised for comparison)."""
-    return json.loads(json.dumps({"seed": spec.seed, "task": spec.task.model_dump(mode="json"), "retrain": spec.retrain.model_dump(mode="json")}))
+    """What a retrain's result depends on besides the subnet, as metrics.json stores it."""
+    return {"seed": spec.seed, "task": spec.task.model_dump(mode="json"), "retrain": spec.retrain.model_dump(mode="json")}
 
 
 def read_run(run_dir: Path) -> tuple[StudySpec, dict[str, Any]]:
