@@ -48,6 +48,7 @@ from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR, chosen_skip, recorded_sampler
 from das_tune.samplers.das import DASSampler
 from das_tune.spaces import SkipSpace
+from das_tune.storage import get_storage, shown_url
 
 MAX_POINTS = 200  # rounds per plotted line: keeps each saved plot a few kB at any study size
 PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "result": "das-tune-result"}
@@ -217,7 +218,7 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, quiet: bo
     """Run optuna-dashboard for ``storage_url`` until Ctrl-C."""
     server = make_server(storage_url, host, port)
     if not quiet:
-        print(f"optuna-dashboard for {storage_url}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)")
+        print(f"optuna-dashboard for {shown_url(storage_url)}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -233,7 +234,4 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
     if "://" not in url:
         backend = optuna.storages.journal.JournalFileBackend(str(Path(url).expanduser()))
         return optuna.storages.JournalStorage(backend)
-    try:
-        return optuna.storages.get_storage(url)
-    except Exception as err:  # a bad URL, a missing driver, an unreachable server
-        raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None
+    return get_storage(url)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from das_tune.progress import Reporter
 from das_tune.retrain import finished_metrics, retrain, save_spec
 from das_tune.samplers import chosen_skip, make_sampler
 from das_tune.search.oneshot import OneShotSearch
-from das_tune.storage import open_study
+from das_tune.storage import get_storage, open_study, shown_url
 from das_tune.study import StudySpec
 from das_tune.training import seed_everything
 
@@ -64,7 +65,7 @@ def search(
         "sampler": spec.sampler.name,
         "executor": spec.search.executor,
         "study_name": study.study_name,
-        "storage": spec.storage,
+        "storage": shown_url(spec.storage),
         "observations": len(study.trials),
         "search_seconds": time.perf_counter() - start,
         "chosen": parts.space.ordered(skipped),
@@ -72,6 +73,15 @@ def search(
     if spec.sampler.name == "das":
         found_by["probabilities"] = study.sampler.probabilities(study)
     return study, found_by
+
+
+def engine_session(spec: StudySpec) -> AbstractContextManager:
+    """Ray, connected for the search when the executor runs on it."""
+    if spec.search.executor != "ray":
+        return nullcontext()
+    from das_tune.search.ray_cluster import ray_session
+
+    return ray_session(spec.ray)
 
 
 def _trial_attrs(cost: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +93,10 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     reporter = reporter or Reporter()
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
-    save_spec(spec)
-    study, found_by = search(spec, parts, fresh=fresh, reporter=reporter)
+    get_storage(spec.storage)  # so does a storage that refuses us
+    with engine_session(spec):  # and a Ray cluster that does not answer
+        save_spec(spec)
+        study, found_by = search(spec, parts, fresh=fresh, reporter=reporter)
     skipped = frozenset(found_by["chosen"])
     reporter.log(f"chosen subnet: skip {found_by['chosen']}")
     metrics = None if fresh else finished_metrics(spec, skipped)

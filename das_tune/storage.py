@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from das_tune.errors import UserError
@@ -13,12 +14,29 @@ from das_tune.spaces import SkipSpace
 
 
 def get_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's storage for ``url`` (SQLite, PostgreSQL, MySQL …); bad input is one clear line."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.get_storage(url)
-    except Exception as err:  # a bad URL, a missing driver, an unreachable server
-        raise UserError(f"storage {url!r} cannot be opened: {err}") from None
+    except ImportError:
+        raise UserError(f"storage {shown_url(url)}: its database driver is not installed (PostgreSQL: pip install 'das-tune[postgresql]')") from None
+    except Exception as err:  # a bad URL, an unreachable server, a refused password, a missing database
+        raise UserError(f"storage {shown_url(url)} cannot be opened: {_first_line(err)}") from None
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden: storage URLs end up in messages and logs."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL
+        return url
+
+
+def _first_line(err: Exception) -> str:
+    cause = getattr(err, "orig", None) or err  # SQLAlchemy wraps the driver's own error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return " ".join(lines[:1]) or type(cause).__name__
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -45,7 +63,7 @@ def open_study(
         if fresh:
             count = len(optuna.load_study(study_name=name, storage=storage).trials)
             optuna.delete_study(study_name=name, storage=storage)
-            log(f"--fresh: deleted study {name!r} ({count} trials) from {url}")
+            log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
         else:
             return _resume(storage, url, name, sampler, sampler_record, space, log)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
@@ -61,7 +79,7 @@ def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: 
     recorded = storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
     if recorded is not None and recorded != sampler_record:
         raise UserError(
-            f"study {name!r} in {url} was run with sampler {recorded}, not {sampler_record}; "
+            f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
             "pass --fresh to start it again or --set study_name=NEW for a new study"
         )
     if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.num_skip):

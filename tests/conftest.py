@@ -21,3 +21,18 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> s
 @pytest.fixture
 def cli(tmp_path):
     return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """One throw-away PostgreSQL server on 127.0.0.1 for the whole session (skipped, saying why,
+    only when it cannot be installed)."""
+    import pg_server
+
+    problem = pg_server.install()
+    if problem:
+        print(f"\nSKIPPING the PostgreSQL tests: {problem}")
+        pytest.skip(problem)
+    server = pg_server.start()
+    yield server
+    server.stop()

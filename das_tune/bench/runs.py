@@ -111,6 +111,7 @@ def execute(p: Plan, reporter: Reporter) -> tuple[list[dict[str, Any]], dict[int
 
     Returns the run records and ``{seed: {subset key: retrain metrics}}`` (None without ground truth).
     """
+    storage.get_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
     _check_plan_file(p)
     records, truth = [], {} if p.config.ground_truth else None
     for seed in p.seeds:

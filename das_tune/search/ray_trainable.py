@@ -5,29 +5,44 @@ only in the layers they skip. The loss reported every ``ray.report_every`` steps
 the task's observation batches, with a checkpoint (model, optimizer, step) so that a retried trial
 resumes where it stopped.
 
+Every trial starts from the warm-up state the driver wrote to ``<experiment>/warmup_state.pt`` on
+the experiment's storage (``ray.storage_path``: a folder, NFS, ``s3://`` …), so any node can run it;
+each report carries the node it ran on (``node_id``, ``node_ip``), which the searcher records.
+
 Failure injection (for tests and drills): the driver reads ``DAS_TUNE_FAIL_TRIALS`` (comma-separated
-Optuna trial numbers) and those trials raise after each attempt's first report.
+Optuna trial numbers) and those trials raise after each attempt's first report. A node started with
+``DAS_TUNE_PAUSE_DIR=FOLDER`` in its environment holds every trial that starts there after its first
+report, writes ``FOLDER/trial<N>`` and waits for ``FOLDER/release``: a node can then be killed at a
+known point of a trial.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import math
+import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import pyarrow.fs
 from ray import tune
 
 from das_tune import training
 from das_tune.components import Components, build_components
+from das_tune.search.ray_cluster import current_node
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
 FAIL_ENV = "DAS_TUNE_FAIL_TRIALS"
+PAUSE_ENV = "DAS_TUNE_PAUSE_DIR"
+PAUSE_LIMIT_S = 600
+WARMUP_FILE = "warmup_state.pt"
 _STATE = "state.pt"
 
 
@@ -46,12 +61,19 @@ def _components(spec_json: str) -> tuple[Components, list[Batch]]:
     return parts, observations
 
 
-def train_subnet(config: dict[str, Any], spec: StudySpec, start_state: dict[str, torch.Tensor], fail_trials: frozenset[int] = frozenset()) -> None:
+@functools.lru_cache(maxsize=1)
+def _warmup_state(uri: str) -> dict[str, torch.Tensor]:
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as stream:
+        return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
+
+
+def train_subnet(config: dict[str, Any], spec: StudySpec, experiment: str, fail_trials: frozenset[int] = frozenset()) -> None:
     parts, observations = _components(spec.model_dump_json())
     model, task, steps = parts.model, parts.task, spec.ray.steps_per_trial
     skipped = parts.space.decode(config)
     training.seed_everything(spec.seed)
-    model.load_state_dict(start_state, strict=False)
+    model.load_state_dict(_warmup_state(f"{experiment.rstrip('/')}/{WARMUP_FILE}"), strict=False)
     model.set_skipped(skipped)
     optimizer, scheduler = training.make_optimizer(model, spec.search, steps)
     start = _restore(model, optimizer, scheduler)
@@ -63,6 +85,8 @@ def train_subnet(config: dict[str, Any], spec: StudySpec, start_state: dict[str,
         _report(loss, step, model, optimizer, scheduler)
         if not math.isfinite(loss):
             return
+        if start == 0 and step == spec.ray.report_every and os.environ.get(PAUSE_ENV):
+            _pause(os.environ[PAUSE_ENV], config["trial_number"])
         if config["trial_number"] in fail_trials:
             raise InjectedFailure(f"injected failure of trial {config['trial_number']} at step {step} (resumed from step {start})")
 
@@ -80,7 +104,14 @@ def _report(loss: float, step: int, model, optimizer, scheduler) -> None:
     state = {"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / _STATE)
-        tune.report({"loss": loss, "step": step}, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report({"loss": loss, "step": step, **current_node()}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _pause(folder: str, trial_number: int) -> None:
+    Path(folder, f"trial{trial_number}").write_text(current_node()["node_id"])
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while not Path(folder, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _restore(model, optimizer, scheduler) -> int:

@@ -41,7 +41,7 @@ reaches the trials through Ray's object store.
 
 from __future__ import annotations
 
-import logging
+import io
 import math
 import os
 from collections.abc import Callable
@@ -51,7 +51,6 @@ from typing import Any
 
 import optuna
 import pyarrow.fs
-import ray
 import torch
 from optuna.trial import TrialState
 from ray import tune
@@ -62,20 +61,14 @@ from das_tune.backbones.flops import CostModel
 from das_tune.components import Components
 from das_tune.progress import Reporter
 from das_tune.search.oneshot import WARMUP_CHECKPOINT, OneShotSearch
-from das_tune.search.ray_trainable import FAIL_ENV, train_subnet
+from das_tune.search.ray_cluster import ray_session
+from das_tune.search.ray_trainable import FAIL_ENV, WARMUP_FILE, train_subnet
 from das_tune.spaces import SkipSpace
 from das_tune.storage import get_storage
 from das_tune.study import RaySpec, StudySpec
 
 METRIC, MODE = "loss", "min"
 PHASE = "ray"
-QUIET_ENV = {
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    # CheckpointConfig(num_to_keep=1) snapshots the experiment at every report, on purpose.
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
 
 SCHEDULERS: dict[str, Callable[[RaySpec], TrialScheduler]] = {
     "asha": lambda r: ASHAScheduler(metric=METRIC, mode=MODE, max_t=reports_per_trial(r), grace_period=r.grace_period),
@@ -142,8 +135,25 @@ class SkipSearch(OptunaSearch):
         self.steps_per_trial = steps_per_trial
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials and math.isfinite(result[METRIC]):
+        if trial_id in self._completed_trials:
+            return
+        self._record_node(trial_id, result)
+        if math.isfinite(result[METRIC]):
             super().on_trial_result(trial_id, result)
+
+    def _record_node(self, trial_id: str, result: dict) -> None:
+        """User attrs ``node_id`` / ``node_ip``: where the trial reported last; ``previous_node_ids``:
+        the nodes it ran on before, if it was retried elsewhere (e.g. its node died)."""
+        node = result.get("node_id")
+        nodes = self.__dict__.setdefault("_nodes", {}).setdefault(trial_id, [])
+        if node is None or (nodes and nodes[-1] == node):
+            return
+        trial = self._ot_trials[trial_id]
+        if nodes:
+            trial.set_user_attr("previous_node_ids", list(nodes))
+        nodes.append(node)
+        trial.set_user_attr("node_id", node)
+        trial.set_user_attr("node_ip", result.get("node_ip"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
@@ -209,18 +219,17 @@ class RaySearch:
 
     def run(self) -> tune.ResultGrid:
         global _reporter
-        start_state = self.warm_up()
-        started = self._init_ray()
-        _reporter = self.reporter
-        try:
-            tuner, restored = self._tuner(start_state)
-            done = _finished(tuner.get_results()) if restored else 0
-            self.reporter.phase("ray trials", self.ray.num_trials - done)
-            grid = tuner.fit()
-        finally:
-            _reporter = Reporter()
-            if started:
-                ray.shutdown()
+        with ray_session(self.ray):
+            start_state = self.warm_up()
+            _reporter = self.reporter
+            try:
+                tuner, restored = self._tuner()
+                self._share(start_state)
+                done = _finished(tuner.get_results()) if restored else 0
+                self.reporter.phase("ray trials", self.ray.num_trials - done)
+                grid = tuner.fit()
+            finally:
+                _reporter = Reporter()
         if _finished(grid) < self.ray.num_trials:  # Tune returns normally after Ctrl+C; its state is saved
             raise KeyboardInterrupt
         self._fail_leftovers()
@@ -240,27 +249,24 @@ class RaySearch:
             ).warm_up()
         return torch.load(path, weights_only=False)["model"]
 
-    # -- Ray ----------------------------------------------------------------------------------------
-    def _init_ray(self) -> bool:
-        for key, value in QUIET_ENV.items():
-            os.environ.setdefault(key, value)
-        if ray.is_initialized():
-            return False
-        if self.ray.address:
-            ray.init(address=self.ray.address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            cpus = max(1, math.ceil(self.ray.cpus_per_trial * self.ray.max_concurrent_trials))
-            ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
-        return True
+    def _share(self, start_state: dict[str, torch.Tensor]) -> None:
+        """The warm-up state, written next to the trials' checkpoints: every node reads it there."""
+        buffer = io.BytesIO()
+        torch.save(start_state, buffer)
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.experiment_path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{WARMUP_FILE}") as out:
+            out.write(buffer.getvalue())
 
-    def _trainable(self, start_state: dict[str, torch.Tensor]) -> Any:
+    # -- Ray ----------------------------------------------------------------------------------------
+    def _trainable(self) -> Any:
         fail = frozenset(int(n) for n in os.environ.get(FAIL_ENV, "").split(",") if n.strip())
-        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), start_state=start_state, fail_trials=fail)
+        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), experiment=self.experiment_path, fail_trials=fail)
         return tune.with_resources(fn, {"cpu": self.ray.cpus_per_trial, "gpu": self.ray.gpus_per_trial})
 
-    def _tuner(self, start_state: dict[str, torch.Tensor]) -> tuple[tune.Tuner, bool]:
+    def _tuner(self) -> tuple[tune.Tuner, bool]:
         """The experiment restored if this study has one, else a new one; and whether restored."""
-        path, trainable = self.experiment_path, self._trainable(start_state)
+        path, trainable = self.experiment_path, self._trainable()
         if tune.Tuner.can_restore(path):
             if self.study.trials:
                 self.reporter.log(f"resuming the Ray Tune experiment {path}")
