@@ -93,8 +93,8 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     reporter = reporter or Reporter()
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
-    get_storage(spec.storage)  # so does a storage that refuses us
-    with engine_session(spec):  # and a Ray cluster that does not answer
+    with engine_session(spec):  # so does a Ray cluster that does not answer
+        get_storage(spec.storage)  # and a storage that refuses us
         save_spec(spec)
         study, found_by = search(spec, parts, fresh=fresh, reporter=reporter)
     skipped = frozenset(found_by["chosen"])
