@@ -99,6 +99,7 @@ def run(
     num_skip: Annotated[Optional[int], typer.Option(help="How many layers to skip.")] = None,
     executor: Annotated[Optional[str], typer.Option(help="oneshot (supernet, the paper) or ray (Ray Tune trials).")] = None,
     address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,
     fresh: Annotated[bool, typer.Option(help="Delete the study and its run folder's progress and start again.")] = False,
     storage: Storage = None,
     seed: Seed = None,
@@ -117,6 +118,8 @@ def run(
         overrides["search.executor"] = executor
     if address:
         overrides["ray.address"] = address
+    if workers is not None:
+        overrides["search.workers"] = workers
     spec = _load_spec(study, space, overrides)
     with reporter(quiet) as progress:
         metrics = run_study(spec, fresh=fresh, reporter=progress)

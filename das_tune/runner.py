@@ -53,8 +53,12 @@ def search(
         from das_tune.search.ray_tune import RaySearch
 
         RaySearch(spec=spec, parts=parts, study=study, cost=cost, reporter=reporter).run()
+    elif spec.search.workers > 1:
+        from das_tune.search.data_parallel import run_data_parallel
+
+        run_data_parallel(spec, warmup_checkpoint, reporter)
     else:
-        attrs = lambda skipped: _trial_attrs(cost.cost(skipped))  # noqa: E731
+        attrs = lambda skipped: trial_attrs(cost.cost(skipped))  # noqa: E731
         OneShotSearch(
             search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study,
             seed=spec.seed, run_dir=spec.run_dir, trial_attrs=attrs, reporter=reporter,
@@ -64,6 +68,7 @@ def search(
     found_by = {
         "sampler": spec.sampler.name,
         "executor": spec.search.executor,
+        "workers": spec.search.workers,
         "study_name": study.study_name,
         "storage": shown_url(spec.storage),
         "observations": len(study.trials),
@@ -76,15 +81,15 @@ def search(
 
 
 def engine_session(spec: StudySpec) -> AbstractContextManager:
-    """Ray, connected for the search when the executor runs on it."""
-    if spec.search.executor != "ray":
+    """Ray, connected for the search when it runs on Ray (Ray Tune trials, data-parallel workers)."""
+    if spec.search.executor != "ray" and spec.search.workers == 1:
         return nullcontext()
     from das_tune.search.ray_cluster import ray_session
 
-    return ray_session(spec.ray)
+    return ray_session(spec.ray, num_cpus=spec.search.workers if spec.search.workers > 1 else None)
 
 
-def _trial_attrs(cost: dict[str, Any]) -> dict[str, Any]:
+def trial_attrs(cost: dict[str, Any]) -> dict[str, Any]:
     return {"additional_gmacs": cost["additional_macs"] / 1e9, "trainable_params": cost["trainable_params"]}
 
 

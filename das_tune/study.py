@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from das_tune import config, resources
 from das_tune.errors import UserError
@@ -58,6 +58,15 @@ class SearchSpec(OptimSpec):
     round_size: int = Field(default=3, gt=0, description="distinct subsets scored per observation round")
     observation_batches: int = Field(default=4, gt=0, description="validation batches the observations cycle over")
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
+    workers: int = Field(default=1, gt=0, description="data-parallel workers of the one-shot search (PyTorch DDP via Ray Train)")
+
+    @model_validator(mode="after")
+    def _workers_fit(self) -> SearchSpec:
+        if self.workers > 1 and self.executor != "oneshot":
+            raise ValueError(f"workers: data-parallel training is for the one-shot executor; executor {self.executor!r} runs one trial per worker")
+        if self.workers > self.batch_size:
+            raise ValueError(f"workers: expected at most batch_size ({self.batch_size}) workers, each takes a share of every batch; got {self.workers}")
+        return self
 
 
 class RetrainSpec(OptimSpec):

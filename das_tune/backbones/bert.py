@@ -78,9 +78,13 @@ class TextEncoderBackbone(LayerSkipBackbone):
     @classmethod
     def build(
         cls, checkpoint: str | None = None, tiny: bool = False, tokenizer: str | None = None,
-        num_layers: int = 12, **options: Any,
+        num_layers: int = 12, dropout: float | None = None, **options: Any,
     ) -> TextEncoderBackbone:
         encoder = load_encoder(checkpoint, tiny, num_layers)
+        if dropout is not None:  # e.g. 0: deterministic training steps (data-parallel runs equal one process's)
+            for module in encoder.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = dropout
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 

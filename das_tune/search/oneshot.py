@@ -101,7 +101,7 @@ class OneShotSearch:
                 continue
             subset = self._uniform() if warmup else draw_subset(self.space, self.probabilities, self.rng)
             self.model.set_skipped(subset)
-            loss = training.train_step(self.model, self.task, batch, self.optimizer, self.scheduler)
+            loss = self._train_step(batch)
             pos.step_in_epoch, pos.global_step = step + 1, pos.global_step + 1
             if not warmup and pos.global_step % self.search.observe_every == 0:
                 self._observation_round()
@@ -111,6 +111,9 @@ class OneShotSearch:
         self._save()
         if pos.epoch == self.search.warmup_epochs:
             self._save(WARMUP_CHECKPOINT)
+
+    def _train_step(self, batch: Batch) -> float:
+        return training.train_step(self.model, self.task, batch, self.optimizer, self.scheduler)
 
     def _observation_round(self) -> None:
         """Ask trials until the sampler's round is full, score each subnet, tell."""
@@ -148,7 +151,7 @@ class OneShotSearch:
             "scheduler": self.scheduler.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "study_name": self.study.study_name,
+            "study_name": self.study_name,
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / f"{filename}.tmp"
@@ -159,7 +162,7 @@ class OneShotSearch:
         """Continue this study's own search, else start from a shared warm-up checkpoint if given."""
         own = self.run_dir / CHECKPOINT
         state = torch.load(own, weights_only=False) if own.exists() else None
-        if state is None or state["study_name"] != self.study.study_name:
+        if state is None or state["study_name"] != self.study_name:
             if self.warmup_checkpoint is None:
                 return
             state = torch.load(self.warmup_checkpoint, weights_only=False)
@@ -174,6 +177,10 @@ class OneShotSearch:
             next(self.observations)
         if not self.position.finished:
             self.reporter.log(f"resuming the search at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch}")
+
+    @property
+    def study_name(self) -> str:
+        return self.study.study_name
 
     @property
     def finished(self) -> bool:

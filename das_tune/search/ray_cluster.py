@@ -69,7 +69,10 @@ def ray_session(spec: RaySpec, num_cpus: int | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "_node_ip_address": driver_ip(spec.address)}
+    ip = driver_ip(spec.address)
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "_node_ip_address": ip}
+    if ip == LOOPBACK and _loopback_interface():  # gloo (data-parallel workers) binds by interface
+        quiet["runtime_env"] = {"env_vars": {"GLOO_SOCKET_IFNAME": _loopback_interface()}}
     if spec.address:
         check_reachable(spec.address)
         try:
@@ -83,6 +86,11 @@ def ray_session(spec: RaySpec, num_cpus: int | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _loopback_interface() -> str | None:
+    names = [name for _, name in socket.if_nameindex()]
+    return next((name for name in ("lo", "lo0") if name in names), None)
 
 
 def current_node() -> dict[str, str]:

@@ -30,13 +30,15 @@ checkpoints, so :meth:`SkipSearch.restore` gives each one a new Optuna trial wit
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
 
-Clusters (``--address auto``)
------------------------------
-The driver connects with ``ray.init(address=...)`` and the cluster's own resources. Every node needs
-das-tune installed and the study's data and checkpoint paths; ``ray.storage_path`` must be storage
-all nodes share (``s3://…``, ``gs://…`` or an NFS path) for checkpoints and restores. Only the driver
-talks to Optuna (the searcher runs there), so a local SQLite storage is fine; the warm-up state
-reaches the trials through Ray's object store.
+Clusters (``--address HOST:PORT`` or ``auto``)
+-----------------------------------------------
+The driver connects through ``ray_cluster.ray_session`` (an address that does not answer is bad input)
+and uses the cluster's own resources. Every node needs das-tune installed and the study's data and
+checkpoint paths; ``ray.storage_path`` must be storage all nodes share (``s3://…``, ``gs://…`` or an
+NFS path): the warm-up state is written there once (``<experiment>/warmup_state.pt``) and every trial,
+on any node, starts from it and checkpoints next to it, so a trial whose node dies is retried on
+another one from its last checkpoint. Only the driver talks to Optuna (the searcher runs there), so a
+local SQLite storage is fine. Each trial's user attrs ``node_id`` / ``node_ip`` say where it ran.
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ class RaySearch:
     # -- Ray ----------------------------------------------------------------------------------------
     def _trainable(self) -> Any:
         fail = frozenset(int(n) for n in os.environ.get(FAIL_ENV, "").split(",") if n.strip())
-        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), experiment=self.experiment_path, fail_trials=fail)
+        fn = tune.with_parameters(train_subnet, spec=absolute_paths(self.spec), experiment=self.experiment_path, fail_trials=fail)
         return tune.with_resources(fn, {"cpu": self.ray.cpus_per_trial, "gpu": self.ray.gpus_per_trial})
 
     def _tuner(self) -> tuple[tune.Tuner, bool]:
@@ -311,12 +313,17 @@ def _finished(grid: tune.ResultGrid) -> int:
     return grid.num_terminated + grid.num_errors
 
 
-def _absolute_paths(spec: StudySpec) -> StudySpec:
+def absolute_paths(spec: StudySpec) -> StudySpec:
     """Workers may run elsewhere (another folder, another node): local paths made absolute."""
     def absolute(path: str | None) -> str | None:
         return str(Path(path).resolve()) if path and Path(path).exists() else path
 
+    storage = spec.storage
+    if storage.startswith("sqlite:///"):
+        storage = "sqlite:///" + str(Path(storage.removeprefix("sqlite:///")).expanduser().resolve())
     return spec.model_copy(update={
         "backbone": spec.backbone.model_copy(update={"checkpoint": absolute(spec.backbone.checkpoint)}),
         "task": spec.task.model_copy(update={"data_dir": absolute(spec.task.data_dir)}),
+        "output_dir": str(Path(spec.output_dir).resolve()),
+        "storage": storage,
     })
