@@ -47,12 +47,12 @@ def test_two_workers_equal_one_process(ray_cluster, tmp_path):
 
 
 def test_rows_split_covers_the_batch_once():
-    batch = {"input_ids": torch.arange(10).reshape(5, 2), "targets": torch.arange(5), "questions": list("abcde"), "n": 7}
+    batch = {"inputs": {"input_ids": torch.arange(10).reshape(5, 2)}, "targets": torch.arange(5), "questions": list("abcde"), "n": 7}
     parts = [rows_of(batch, rank, 2) for rank in range(2)]
     assert [(mine, total) for _, mine, total in parts] == [(3, 5), (2, 5)]
     assert sorted(torch.cat([p["targets"] for p, _, _ in parts]).tolist()) == list(range(5))
     assert parts[1][0]["questions"] == ["b", "d"] and parts[1][0]["n"] == 7
-    assert parts[0][0]["input_ids"].tolist() == [[0, 1], [4, 5], [8, 9]]
+    assert parts[0][0]["inputs"]["input_ids"].tolist() == [[0, 1], [4, 5], [8, 9]]
 
 
 def test_workers_flag_bad_input(cli, tmp_path):

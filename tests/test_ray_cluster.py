@@ -113,3 +113,13 @@ def test_unreachable_address_is_bad_input(tmp_path, cli):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "no Ray cluster answers" in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written: no storage, no run folder
+
+
+def test_driver_address_is_loopback_unless_the_cluster_is_elsewhere():
+    from das_tune.errors import UserError
+    from das_tune.search.ray_cluster import driver_ip
+
+    assert driver_ip(None) == LOOPBACK and driver_ip(f"{LOOPBACK}:6379") == LOOPBACK and driver_ip("localhost:6379") == LOOPBACK
+    assert driver_ip("10.1.2.3:6379") is None and driver_ip("auto") is None  # the address of this machine's node
+    with pytest.raises(UserError, match="HOST:PORT"):
+        driver_ip("no-port")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,23 @@ def rows_of(batch: Batch, rank: int, workers: int) -> tuple[Batch, int, int]:
     return part, len(range(rank, total, workers)), total
 
 
-def _batch_rows(batch: Batch) -> int:
+def _batch_rows(batch: Mapping[str, Any]) -> int:
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
+        if isinstance(value, Mapping):
+            return _batch_rows(value)
     raise ValueError("a batch without tensors cannot be split between workers")
 
 
 def _take(value: Any, total: int, rank: int, workers: int) -> Any:
+    """The rows of one batch field (tensors and lists of ``total`` rows, nested mappings of them)."""
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
         return value[rank::workers]
     if isinstance(value, (list, tuple)) and len(value) == total:
         return type(value)(value[rank::workers])
+    if isinstance(value, Mapping):
+        return {key: _take(v, total, rank, workers) for key, v in value.items()}
     return value
 
 
