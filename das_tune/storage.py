@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -18,11 +19,23 @@ def get_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.get_storage(url)
+        return _create(url)
     except ImportError:
         raise UserError(f"storage {shown_url(url)}: its database driver is not installed (PostgreSQL: pip install 'das-tune[postgresql]')") from None
     except Exception as err:  # a bad URL, an unreachable server, a refused password, a missing database
         raise UserError(f"storage {shown_url(url)} cannot be opened: {_first_line(err)}") from None
+
+
+def _create(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """Optuna creates its tables on first use; processes that start at once on a fresh database
+    (several studies, several machines) race on that DDL and the losers see a duplicate table or
+    type. Once the winner is done the schema exists, so a loser simply tries again."""
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.get_storage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return optuna.storages.get_storage(url)
 
 
 def shown_url(url: str) -> str:
