@@ -15,16 +15,23 @@ from das_tune.errors import UserError
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
 
 
-def load_encoder(checkpoint: str | None, tiny: bool, num_layers: int) -> nn.Module:
-    """A frozen BertModel/RobertaModel: random tiny (MiniLM vocabulary) or loaded from ``checkpoint``."""
+def load_encoder(checkpoint: str | None, tiny: bool, num_layers: int, dropout: float | None = None) -> nn.Module:
+    """A frozen BertModel/RobertaModel: random tiny (MiniLM vocabulary) or loaded from ``checkpoint``.
+    ``dropout`` replaces the encoder's own (e.g. 0: deterministic steps, so a data-parallel search
+    equals one process's exactly)."""
     from transformers import AutoModel, BertConfig, BertModel
 
     if tiny:
         config = BertConfig(vocab_size=minilm_vocab_size(), num_hidden_layers=num_layers, **TINY)
-        return BertModel(config, add_pooling_layer=False).eval()
-    folder = require_folder(checkpoint, "BERT-family checkpoint", "checkpoint=PATH")
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    model.pooler = None  # features are pooled by the backbone itself
+        model = BertModel(config, add_pooling_layer=False).eval()
+    else:
+        folder = require_folder(checkpoint, "BERT-family checkpoint", "checkpoint=PATH")
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        model.pooler = None  # features are pooled by the backbone itself
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
     return model
 
 
@@ -80,11 +87,7 @@ class TextEncoderBackbone(LayerSkipBackbone):
         cls, checkpoint: str | None = None, tiny: bool = False, tokenizer: str | None = None,
         num_layers: int = 12, dropout: float | None = None, **options: Any,
     ) -> TextEncoderBackbone:
-        encoder = load_encoder(checkpoint, tiny, num_layers)
-        if dropout is not None:  # e.g. 0: deterministic training steps (data-parallel runs equal one process's)
-            for module in encoder.modules():
-                if isinstance(module, nn.Dropout):
-                    module.p = dropout
+        encoder = load_encoder(checkpoint, tiny, num_layers, dropout)
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 

@@ -59,9 +59,9 @@ class SingleStreamVL(LayerSkipBackbone):
     @classmethod
     def build(
         cls, checkpoint: str | None = None, tiny: bool = False, tokenizer: str | None = None,
-        num_layers: int = 12, **options: Any,
+        num_layers: int = 12, dropout: float | None = None, **options: Any,
     ) -> SingleStreamVL:
-        encoder = load_encoder(checkpoint, tiny, num_layers)
+        encoder = load_encoder(checkpoint, tiny, num_layers, dropout)
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 
