@@ -85,7 +85,7 @@ def test_cli_run_killed_then_resumed(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     yield
     ray.shutdown()
 

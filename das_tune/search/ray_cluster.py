@@ -81,7 +81,7 @@ def ray_session(spec: RaySpec, num_cpus: int | None = None) -> Iterator[None]:
             raise UserError(f"--address {spec.address}: {str(err).splitlines()[0]}") from None
     else:
         cpus = num_cpus or max(1, math.ceil(spec.cpus_per_trial * spec.max_concurrent_trials))
-        ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)  # "local": never another Ray found on this machine
     try:
         yield
     finally:
