@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from das_tune.bench import BenchConfig, plan, stats
-from das_tune.bench.baselines import angular_distance, block_influence, pick
+from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.errors import UserError
 from das_tune.spaces import SkipSpace
@@ -66,8 +66,9 @@ def test_block_influence_and_angular_distance_on_hand_made_tokens():
 
 def test_pick_takes_the_highest_scores_ties_by_candidate_order():
     space = SkipSpace(candidates=("En0", "En1", "En2", "En3"), num_skip=2)
-    assert pick(space, {"En0": 0.1, "En1": 0.9, "En2": 0.5, "En3": 0.2}) == {"En1", "En2"}
-    assert pick(space, dict.fromkeys(space.candidates, 1.0)) == {"En0", "En1"}
+    assert space.top({"En0": 0.1, "En1": 0.9, "En2": 0.5, "En3": 0.2}) == {"En1", "En2"}
+    assert space.top(dict.fromkeys(space.candidates, 1.0)) == {"En0", "En1"}
+    assert space.top([0.0, 0.5, 0.5, 0.5]) == {"En1", "En2"}
 
 
 # -- the command, end to end --------------------------------------------------------------------------

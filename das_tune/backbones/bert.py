@@ -56,6 +56,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TextEncoderBackbone(LayerSkipBackbone):
     """A BERT-family encoder: frozen embeddings → skippable layers → mean (or CLS) pooling."""
 
+    tiny_ignores = ("tokenizer", "max_text_len")
+
     def __init__(
         self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 128, pooling: str = "mean",
@@ -106,9 +108,9 @@ class TextEncoderBackbone(LayerSkipBackbone):
         return x[:, 0] if self.pooling == "cls" else masked_mean(x, attention_mask)
 
 
-def build_bert(checkpoint=None, tiny=False, **options) -> TextEncoderBackbone:
-    return TextEncoderBackbone.build(checkpoint, tiny, **options)
+class MiniLM(TextEncoderBackbone):
+    """The packaged all-MiniLM-L6-v2 (6 layers): no checkpoint to give."""
 
-
-def build_minilm(checkpoint=None, tiny=False, **options) -> TextEncoderBackbone:
-    return TextEncoderBackbone.build(checkpoint or minilm_path(), tiny, num_layers=6, **options)
+    @classmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> MiniLM:
+        return super().build(checkpoint or minilm_path(), tiny, num_layers=6, **options)

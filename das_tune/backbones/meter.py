@@ -92,6 +92,8 @@ class MeterCore(nn.Module):
 class MeterBackbone(LayerSkipBackbone):
     """Features: the two pooled streams concatenated (``2 × 768``)."""
 
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, core: MeterCore, tokenizer_path: str | None, *, adapter_width: int = 96,
         skip_adapter_width: int = 288, text_skip_adapter_width: int = 192, petl: str = "adapter",
@@ -188,6 +190,3 @@ class MeterBackbone(LayerSkipBackbone):
             x, y = fl(x, y, text_mask, image_mask), fv(y, x, image_mask, text_mask)
         return torch.cat([self.text_pooler(x), self.image_pooler(y)], dim=-1)
 
-
-def build_meter(checkpoint=None, tiny=False, **options) -> MeterBackbone:
-    return MeterBackbone.build(checkpoint, tiny, **options)

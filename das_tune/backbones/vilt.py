@@ -45,6 +45,8 @@ def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: in
 
 
 class ViltBackbone(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40,
@@ -105,6 +107,3 @@ class ViltBackbone(LayerSkipBackbone):
             x = layer(x, mask)
         return self.pooler(self.layernorm(x))
 
-
-def build_vilt(checkpoint=None, tiny=False, **options) -> ViltBackbone:
-    return ViltBackbone.build(checkpoint, tiny, **options)

@@ -37,6 +37,8 @@ class ImageTokens(nn.Module):
 
 
 class SingleStreamVL(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "patch_size", "max_text_len")
+
     def __init__(
         self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, image_size: int = 64, patch_size: int = 16,
@@ -93,9 +95,9 @@ class SingleStreamVL(LayerSkipBackbone):
         return masked_mean(x, valid)
 
 
-def build_bert_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint, tiny, **options)
+class MiniLMVL(SingleStreamVL):
+    """The single-stream model on the packaged all-MiniLM-L6-v2 (6 layers): no checkpoint to give."""
 
-
-def build_minilm_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint or minilm_path(), tiny, num_layers=6, **options)
+    @classmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> MiniLMVL:
+        return super().build(checkpoint or minilm_path(), tiny, num_layers=6, **options)
