@@ -146,6 +146,21 @@ def test_tiny_bench_writes_agreeing_json_markdown_and_plots(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_on_a_journal_file_storage(tmp_path):
+    args = ["bench", "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--tiny", "--quiet",
+            "--storage", "bench.log", "--out", "out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["storage"] == "bench.log" and not (tmp_path / "out" / "bench.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "bench.log")))
+    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage).trials
+    assert len(trials) == results["runs"][0]["observations"] > 0
+
+
+@pytest.mark.slow
 def test_bench_rejects_bad_input_before_running(tmp_path):
     result = subprocess.run([sys.executable, "-m", "das_tune.cli", "bench", "--tiny", "--space", "minilm_vqa", "--samplers", "das,nope"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)

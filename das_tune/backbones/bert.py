@@ -9,7 +9,7 @@ from torch import nn
 
 from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
-from das_tune.backbones.processing import load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
+from das_tune.backbones.processing import example_text, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
 from das_tune.errors import UserError
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
@@ -92,11 +92,7 @@ class TextEncoderBackbone(LayerSkipBackbone):
         return tokenize(load_tokenizer(self.tokenizer_path), texts, text_pairs, self.max_text_len)
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        length = min(self.max_text_len, 128)
-        return {
-            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
-        }
+        return example_text(batch_size, min(self.max_text_len, 128))
 
     def features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         if attention_mask is None:

@@ -16,7 +16,7 @@ from torch import nn
 from das_tune.backbones.adapters import SkippableLayer, add_lora
 from das_tune.backbones.fusion import FusionLayer
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, tokenize
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, tokenize
 from das_tune.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -168,8 +168,7 @@ class MeterBackbone(LayerSkipBackbone):
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         device = self.token4classifier.device
         return {
-            "input_ids": torch.full((batch_size, self.max_text_len), 5, dtype=torch.long, device=device),
-            "attention_mask": torch.ones(batch_size, self.max_text_len, dtype=torch.long, device=device),
+            **example_text(batch_size, self.max_text_len, device),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size, device=device),
         }
 

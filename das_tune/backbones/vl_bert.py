@@ -13,10 +13,11 @@ from torch import nn
 
 from das_tune.backbones.bert import load_encoder, masked_mean, skippable_layers
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, tokenize
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, tokenize
 from das_tune.errors import UserError
 
 MEAN = STD = (0.5, 0.5, 0.5)
+EXAMPLE_TEXT_LEN = 16  # text tokens of the example inputs (FLOPs, latency): a short question
 
 
 class ImageTokens(nn.Module):
@@ -75,10 +76,8 @@ class SingleStreamVL(LayerSkipBackbone):
         return inputs
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        length = 16
         return {
-            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+            **example_text(batch_size, EXAMPLE_TEXT_LEN),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 

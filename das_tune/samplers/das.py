@@ -258,7 +258,6 @@ class DASSampler(BaseSampler):
         gates += self.lr * delta * p * (1.0 - p)
 
 
-
 class DASPolicy(SkipPolicy):
     """DAS seen by the loops: training steps draw ∝ sigmoid(gates), the choice is the top gates."""
 
