@@ -45,10 +45,17 @@ def open_spec_study(
     spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None = None
 ) -> optuna.Study:
     """The spec's study in ``storage`` (default: opened from ``spec.storage``), created or resumed."""
+    return _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)[0]
+
+
+def _open_study(
+    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
-    sampler = sampler_from_record(record, parts.space)
+    sampler = sampler_from_record(record, parts.space)  # a bad sampler name or option fails before the storage is opened
     storage = storage or open_storage(spec.storage)
-    return open_study(storage, spec.resolved_study_name, sampler, record, parts.space, url=spec.storage, fresh=fresh, log=reporter.log)
+    study = open_study(storage, spec.resolved_study_name, sampler, record, parts.space, url=spec.storage, fresh=fresh, log=reporter.log)
+    return study, storage
 
 
 def prepare_search(
@@ -62,8 +69,7 @@ def prepare_search(
 ) -> SearchRun:
     """The spec's study opened (``storage``: the opened ``spec.storage``, opened here if not given),
     its sampler's skip policy and the cost model: what an executor runs."""
-    storage = storage or open_storage(spec.storage)
-    study = open_spec_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+    study, storage = _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
     policy = skip_policy(study.sampler, parts.space, spec.search.round_size)
     return SearchRun(spec, parts, study, storage, policy, CostModel(parts.model), reporter, warmup_checkpoint)
 
@@ -87,9 +93,8 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     reporter = reporter or Reporter()
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
-    storage = open_storage(spec.storage)
     save_spec(spec)
-    found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+    found = search(spec, parts, fresh=fresh, reporter=reporter)  # opens the storage, once
     reporter.log(f"chosen subnet: skip {parts.space.ordered(found.chosen)}")
     metrics = None if fresh else finished_metrics(spec, found.chosen)
     if metrics is not None:

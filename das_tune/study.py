@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -170,27 +171,31 @@ def _apply(data: dict[str, Any], overrides: dict[str, Any], source: str, *, tiny
     """The study file's fields, then tiny mode's (if on), then the user's overrides: an explicit
     ``--set`` always wins."""
     if tiny:
-        _make_tiny(data)
+        final = copy.deepcopy(data)
+        for key, value in overrides.items():
+            _set_dotted(final, key, value)
+        _make_tiny(data, backbone=_get_dotted(final, "backbone.name"), task=_get_dotted(final, "task.name"))
     for key, value in overrides.items():
         _set_dotted(data, key, value)
     return config.parse(StudySpec, data, source)
 
 
-def _make_tiny(data: dict[str, Any]) -> None:
-    """Tiny mode, as each piece owns it: the backbone drops the options its tiny model sets itself, the
-    task applies its small sizes, no local files are read, and the budgets are cut to a few steps."""
+def _make_tiny(data: dict[str, Any], *, backbone: str | None, task: str | None) -> None:
+    """Tiny mode, as each piece owns it: the backbone (named ``backbone`` once overridden) drops the
+    options its tiny model sets itself, the task applies its small sizes, no local files are read, and
+    the budgets are cut to a few steps."""
     from das_tune.backbones import BACKBONES
     from das_tune.tasks import TASKS
 
     for field in LOCAL_PATHS:
         _pop_dotted(data, field)
-    backbone, task = data.get("backbone"), data.get("task")
-    if isinstance(backbone, dict) and backbone.get("name") in BACKBONES and isinstance(backbone.get("options"), dict):
-        for key in BACKBONES[backbone["name"]].tiny_ignores:
-            backbone["options"].pop(key, None)
-    if isinstance(task, dict) and task.get("name") in TASKS:
-        options = task.get("options") if isinstance(task.get("options"), dict) else {}
-        task["options"] = {**options, **TASKS[task["name"]].tiny_defaults}
+    options = _get_dotted(data, "backbone.options")
+    if backbone in BACKBONES and isinstance(options, dict):
+        for key in BACKBONES[backbone].tiny_ignores:
+            options.pop(key, None)
+    if task in TASKS and isinstance(data.get("task"), dict):
+        options = data["task"].get("options")
+        data["task"]["options"] = {**(options if isinstance(options, dict) else {}), **TASKS[task].tiny_defaults}
     for key, value in TINY_BUDGETS.items():
         _set_dotted(data, key, value)
 

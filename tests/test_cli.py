@@ -128,7 +128,7 @@ def test_retrain_a_given_subnet_without_searching(cli, tmp_path):
 
 
 def test_journal_file_storage_for_run_and_dashboard(cli, tmp_path):
-    cli("run", "--space", "minilm_vqa", "--tiny", "--quiet", "--storage", "journal.log", check=True)
+    cli("run", "--space", "minilm_vqa", "--tiny", "--quiet", "--storage", "journal.log", check=True, timeout=600)
     assert (tmp_path / "journal.log").is_file() and not (tmp_path / "das_tune.db").exists()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")))
     trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage).trials
