@@ -26,9 +26,10 @@ def run_search(tmp_path, workers: int) -> optuna.Study:
         "storage": f"sqlite:///{tmp_path / f'w{workers}.db'}", "output_dir": str(tmp_path / f"w{workers}"),
     })
     seed_everything(spec.seed)
-    study, found_by = search(spec, build_components(spec), fresh=False, reporter=Reporter())
-    assert found_by["workers"] == workers
-    return study
+    found = search(spec, build_components(spec), fresh=False, reporter=Reporter())
+    assert found.found_by.workers == workers
+    assert found.found_by.executor == ("data_parallel" if workers > 1 else "oneshot")
+    return found.study
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import LOOPBACK
-from das_tune.search.ray_trainable import PAUSE_ENV, WARMUP_FILE
+from das_tune.search.ray_trainable import WARMUP_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,13 @@ class Experiment:
     nodes: dict[str, str]  # node id -> its custom resource
 
 
-def run_command(address: str, db: Path, shared: Path) -> list[str]:
+def run_command(address: str, db: Path, shared: Path, held_node: str, pause: Path) -> list[str]:
+    """The Ray search of `das-tune run --space minilm_vqa --tiny --executor ray`, holding the trials
+    that start on ``held_node`` (a test driver: fault injection is never part of a run)."""
     return [
-        sys.executable, "-m", "das_tune.cli", "run", "--space", "minilm_vqa", "--tiny", "--executor", "ray",
-        "--address", address, "--storage", f"sqlite:///{db}", "--quiet",
-        "--set", f"ray.num_trials={NUM_TRIALS}", "--set", "ray.max_concurrent_trials=3", "--set", "ray.scheduler=null",
-        "--set", "ray.max_failures=2", "--set", f"ray.storage_path={shared}",
+        sys.executable, str(Path(__file__).with_name("ray_hold_driver.py")), held_node, str(pause),
+        f"ray.address={address}", f"storage=sqlite:///{db}", f"ray.num_trials={NUM_TRIALS}", "ray.max_concurrent_trials=3",
+        "ray.scheduler=null", "ray.max_failures=2", f"ray.storage_path={shared}",
     ]
 
 
@@ -60,11 +61,11 @@ def experiment(ray_cluster, tmp_path_factory) -> Experiment:
     work = tmp_path_factory.mktemp("cluster")
     shared, pause, db, log = work / "shared", work / "pause", work / "study.db", work / "run.log"
     pause.mkdir()
-    doomed = ray_cluster.add_node(node_ip_address=LOOPBACK, num_cpus=1, resources={"node_c": 1}, env_vars={PAUSE_ENV: str(pause)})
+    doomed = ray_cluster.add_node(node_ip_address=LOOPBACK, num_cpus=1, resources={"node_c": 1})
     nodes = {ray_cluster.head_node.node_id: "node_a", doomed.node_id: "node_c"}
     nodes.update({n.node_id: "node_b" for n in ray_cluster.worker_nodes if n is not doomed})
     with log.open("w") as out:
-        run = subprocess.Popen(run_command(ray_cluster.address, db, shared), cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        run = subprocess.Popen(run_command(ray_cluster.address, db, shared, doomed.node_id, pause), cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         killed = wait_for_pause(pause, db, run, log)
         ray_cluster.remove_node(doomed, allow_graceful=False)  # its raylet and the trial's worker die

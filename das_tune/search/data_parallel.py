@@ -1,7 +1,9 @@
 """The data-parallel one-shot search: one supernet trained on ``search.workers`` workers.
 
-Each worker (a rank of a PyTorch process group, launched by Ray Train's ``TorchTrainer``: gloo on
-CPU, NCCL on GPUs) runs the one-shot loop of :class:`OneShotSearch` with three changes:
+The executor ``data_parallel`` of the registry, chosen when ``search.workers > 1``. Each worker (a
+rank of a PyTorch process group, launched by Ray Train's ``TorchTrainer``: gloo on CPU, NCCL on GPUs)
+runs the shared warm-up and the one-shot loop of :class:`OneShotSearch` on a
+:class:`DataParallelSupernet`, with three changes:
 
 * **the same subnet on every rank.** Every rank holds the same seeded generator and the same skip
   probabilities, so every step draws the same subnet everywhere; nothing has to be sent for it;
@@ -29,8 +31,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from das_tune.components import Components
 from das_tune.progress import Reporter
-from das_tune.search.oneshot import CHECKPOINT, OneShotSearch
+from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
+from das_tune.search.base import SearchRun
+from das_tune.search.oneshot import OneShotSearch
+from das_tune.search.supernet import CHECKPOINT, Supernet, warm_up
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
@@ -77,21 +83,17 @@ def average_gradients(parameters: list[torch.nn.Parameter], workers: int) -> Non
         offset += g.numel()
 
 
-class DataParallelSearch(OneShotSearch):
-    """One rank of the data-parallel one-shot search; ``study`` is given to rank 0 only."""
+class DataParallelSupernet(Supernet):
+    """One rank's copy of the supernet: the same weights as rank 0's, a split batch per step, averaged
+    gradients; rank 0 alone writes the checkpoints."""
 
-    def __init__(self, *, rank: int, workers: int, study_name: str, **kwargs: Any) -> None:
-        self.rank, self.workers, self._study_name = rank, workers, study_name
-        super().__init__(**kwargs)
+    def __init__(self, spec: StudySpec, parts: Components, *, rank: int, workers: int) -> None:
+        super().__init__(spec, parts)
+        self.rank, self.workers = rank, workers
         for p in self.model.trainable_parameters():  # start from rank 0's weights, as DDP does
             dist.broadcast(p.data, 0)
-        self._share_policy()
 
-    @property
-    def study_name(self) -> str:
-        return self._study_name
-
-    def _train_step(self, batch: Batch) -> float:
+    def train_step(self, batch: Batch) -> float:
         self.model.train()
         part, mine, total = rows_of(batch, self.rank, self.workers)
         if mine:
@@ -105,15 +107,40 @@ class DataParallelSearch(OneShotSearch):
         self.scheduler.step()
         return loss.item()
 
+    def save(self, filename: str = CHECKPOINT) -> None:
+        if self.rank == 0:
+            super().save(filename)
+
+    def restore(self, fallback: Path | None = None) -> bool:
+        dist.barrier()  # rank 0 has written what the others read
+        return super().restore(fallback)
+
+
+class DataParallelSearch(OneShotSearch):
+    """One rank of the data-parallel one-shot loop; only rank 0's ``search`` holds the study."""
+
+    def __init__(self, search: SearchRun, net: DataParallelSupernet) -> None:
+        self.rank, self.workers = net.rank, net.workers
+        super().__init__(search, net)
+        self._share_policy()
+
+    def _probabilities(self) -> dict[str, float] | None:
+        return super()._probabilities() if self.rank == 0 else None  # the others get rank 0's
+
     def _observation_round(self) -> None:
         if self.rank == 0:
             super()._observation_round()
         else:
-            self.position.rounds += 1
+            self.net.position.rounds += 1
         self._share_policy()
 
-    def _policy(self) -> dict[str, float]:
-        return super()._policy() if self.rank == 0 else dict.fromkeys(self.space.candidates, 1.0)
+    def _log_choice(self, epoch: int) -> None:
+        if self.rank == 0:
+            super()._log_choice(epoch)
+
+    def _restore(self, start: Path | None) -> None:
+        super()._restore(start)
+        self._share_policy()
 
     def _share_policy(self) -> None:
         """Rank 0's skip probabilities on every rank; then check every rank holds the same policy and
@@ -121,53 +148,24 @@ class DataParallelSearch(OneShotSearch):
         shared = [self.probabilities]
         dist.broadcast_object_list(shared, src=0)
         self.probabilities = shared[0]
-        digest = hashlib.sha256(json.dumps([self.probabilities, str(self.rng.bit_generator.state)], sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps([self.probabilities, str(self.net.rng.bit_generator.state)], sort_keys=True).encode()).hexdigest()
         digests: list[str | None] = [None] * self.workers
         dist.all_gather_object(digests, digest)
         if len(set(digests)) != 1:
             raise RuntimeError(f"data-parallel ranks diverged: rank {digests.index(digest)} holds another skip policy than rank 0")
 
-    def _current_choice(self) -> frozenset[str]:
-        return super()._current_choice() if self.rank == 0 else frozenset()
 
-    def _save(self, filename: str = CHECKPOINT) -> None:
-        if self.rank == 0:
-            super()._save(filename)
+# -- the executor -----------------------------------------------------------------------------------
+def run(search: SearchRun) -> None:
+    """The executor: the search of ``search.spec`` on ``search.workers`` Ray Train workers."""
+    from das_tune.search.ray_cluster import ray_session
 
-    def _restore(self) -> None:
-        super()._restore()
-        self._share_policy()
-
-
-# -- launching ------------------------------------------------------------------------------------
-def _worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: its rank of the search (rank 0 with the study)."""
-    import ray.train
-
-    from das_tune.backbones.flops import CostModel
-    from das_tune.components import build_components
-    from das_tune.runner import open_spec_study, trial_attrs
-    from das_tune.training import seed_everything
-
-    spec = StudySpec.model_validate_json(config["spec"])
-    context = ray.train.get_context()
-    rank, workers = context.get_world_rank(), context.get_world_size()
-    seed_everything(spec.seed)
-    parts = build_components(spec)
-    if torch.cuda.is_available():
-        parts.model.to(f"cuda:{context.get_local_rank()}")
-    study = open_spec_study(spec, parts, fresh=False, reporter=Reporter()) if rank == 0 else None
-    cost = CostModel(parts.model) if rank == 0 else None
-    DataParallelSearch(
-        rank=rank, workers=workers, study_name=spec.resolved_study_name,
-        search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study, seed=spec.seed,
-        run_dir=spec.run_dir, trial_attrs=lambda skipped: trial_attrs(cost.cost(skipped)), reporter=Reporter(),
-        warmup_checkpoint=Path(config["warmup"]) if config["warmup"] else None,
-    ).run()
+    spec = search.spec
+    with ray_session(spec.ray, num_cpus=spec.search.workers):
+        _fit(spec, search.warmup_checkpoint, search.reporter)
 
 
-def run_data_parallel(spec: StudySpec, warmup_checkpoint: Path | None, reporter: Reporter) -> None:
-    """The search of ``spec`` on ``search.workers`` Ray Train workers (Ray already connected)."""
+def _fit(spec: StudySpec, warmup_checkpoint: Path | None, reporter: Reporter) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -184,3 +182,31 @@ def run_data_parallel(spec: StudySpec, warmup_checkpoint: Path | None, reporter:
         run_config=RunConfig(name=spec.resolved_study_name, storage_path=str(spec.run_dir / "ray_train")),
     )
     trainer.fit()
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: its rank of the warm-up and the search (rank 0 with the study)."""
+    import ray.train
+
+    from das_tune.components import build_components
+    from das_tune.runner import prepare_search
+    from das_tune.training import seed_everything
+
+    spec = StudySpec.model_validate_json(config["spec"])
+    context = ray.train.get_context()
+    rank, workers = context.get_world_rank(), context.get_world_size()
+    seed_everything(spec.seed)
+    parts = build_components(spec)
+    if torch.cuda.is_available():
+        parts.model.to(f"cuda:{context.get_local_rank()}")
+    search = prepare_search(spec, parts, reporter=Reporter()) if rank == 0 else _follower(spec, parts)
+    supernet = lambda: DataParallelSupernet(spec, parts, rank=rank, workers=workers)  # noqa: E731
+    start = Path(config["warmup"]) if config["warmup"] else warm_up(spec, parts, Reporter(), net=supernet())
+    DataParallelSearch(search, supernet()).run(start)
+
+
+def _follower(spec: StudySpec, parts: Components) -> SearchRun:
+    """A rank above 0: the study's skip policy (to draw subnets), no study, storage or cost model."""
+    record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
+    policy = skip_policy(sampler_from_record(record, parts.space), parts.space, spec.search.round_size)
+    return SearchRun(spec, parts, study=None, storage=None, policy=policy, costs=None, reporter=Reporter())  # type: ignore[arg-type]

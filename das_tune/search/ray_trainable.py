@@ -9,11 +9,10 @@ Every trial starts from the warm-up state the driver wrote to ``<experiment>/war
 the experiment's storage (``ray.storage_path``: a folder, NFS, ``s3://`` …), so any node can run it;
 each report carries the node it ran on (``node_id``, ``node_ip``), which the searcher records.
 
-Failure injection (for tests and drills): the driver reads ``DAS_TUNE_FAIL_TRIALS`` (comma-separated
-Optuna trial numbers) and those trials raise after each attempt's first report. A node started with
-``DAS_TUNE_PAUSE_DIR=FOLDER`` in its environment holds every trial that starts there after its first
-report, writes ``FOLDER/trial<N>`` and waits for ``FOLDER/release``: a node can then be killed at a
-known point of a trial.
+Fault injection (for tests and drills; arguments of the executor's ``RaySearch``, unset in a run):
+the trials whose Optuna numbers are in ``fail_trials`` raise after each attempt's first report; with
+a ``TrialHold``, a trial's first attempt on the hold's node writes ``FOLDER/trial<N>`` after its first
+report and waits for ``FOLDER/release``, so that a test can kill that node at a known point.
 """
 
 from __future__ import annotations
@@ -22,15 +21,15 @@ import functools
 import io
 import itertools
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import pyarrow.fs
+import torch
 from ray import tune
 
 from das_tune import training
@@ -39,11 +38,17 @@ from das_tune.search.ray_cluster import current_node
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
-FAIL_ENV = "DAS_TUNE_FAIL_TRIALS"
-PAUSE_ENV = "DAS_TUNE_PAUSE_DIR"
-PAUSE_LIMIT_S = 600
-WARMUP_FILE = "warmup_state.pt"
 _STATE = "state.pt"
+WARMUP_FILE = "warmup_state.pt"
+HOLD_LIMIT_S = 600
+
+
+@dataclass(frozen=True)
+class TrialHold:
+    """Hold the trials that start on node ``node_id`` after their first report (a test kills it then)."""
+
+    node_id: str
+    folder: str
 
 
 class InjectedFailure(RuntimeError):
@@ -68,7 +73,9 @@ def _warmup_state(uri: str) -> dict[str, torch.Tensor]:
         return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
 
 
-def train_subnet(config: dict[str, Any], spec: StudySpec, experiment: str, fail_trials: frozenset[int] = frozenset()) -> None:
+def train_subnet(
+    config: dict[str, Any], spec: StudySpec, experiment: str, fail_trials: frozenset[int] = frozenset(), hold: TrialHold | None = None
+) -> None:
     parts, observations = _components(spec.model_dump_json())
     model, task, steps = parts.model, parts.task, spec.ray.steps_per_trial
     skipped = parts.space.decode(config)
@@ -85,8 +92,8 @@ def train_subnet(config: dict[str, Any], spec: StudySpec, experiment: str, fail_
         _report(loss, step, model, optimizer, scheduler)
         if not math.isfinite(loss):
             return
-        if start == 0 and step == spec.ray.report_every and os.environ.get(PAUSE_ENV):
-            _pause(os.environ[PAUSE_ENV], config["trial_number"])
+        if hold and start == 0 and step == spec.ray.report_every and current_node()["node_id"] == hold.node_id:
+            _hold(hold, config["trial_number"])
         if config["trial_number"] in fail_trials:
             raise InjectedFailure(f"injected failure of trial {config['trial_number']} at step {step} (resumed from step {start})")
 
@@ -107,10 +114,10 @@ def _report(loss: float, step: int, model, optimizer, scheduler) -> None:
         tune.report({"loss": loss, "step": step, **current_node()}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _pause(folder: str, trial_number: int) -> None:
-    Path(folder, f"trial{trial_number}").write_text(current_node()["node_id"])
-    deadline = time.monotonic() + PAUSE_LIMIT_S
-    while not Path(folder, "release").exists() and time.monotonic() < deadline:
+def _hold(hold: TrialHold, trial_number: int) -> None:
+    Path(hold.folder, f"trial{trial_number}").write_text(hold.node_id)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(hold.folder, "release").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
