@@ -1,9 +1,12 @@
 """The one-shot (weight-sharing supernet) search, the paper's procedure.
 
-Warm-up epochs train uniformly random subnets. Search epochs train, at every step, a subnet drawn
-from the sampler's current policy (DAS: ∝ its skip probabilities; any other sampler: uniform), and
-every ``observe_every`` steps run a redundancy observation: one round of ``round_size`` Optuna trials,
-each a subset proposed by the sampler, scored without gradients on one observation batch and told.
+Warm-up epochs train uniformly random subnets. Search epochs train, on every micro-batch, a subnet
+drawn from the sampler's current policy (DAS: ∝ its skip probabilities; any other sampler: uniform),
+and every ``observe_every`` micro-batches (the reference's ``das_turn``) run a redundancy observation:
+one round of ``round_size`` Optuna trials, each a subset proposed by the sampler, scored without
+gradients on one observation batch (as ``search.observation`` declares) and told. The optimizer steps
+once every ``accumulate`` micro-batches; an observation due at a window's end comes before its step,
+as in the reference, where it runs inside the training forward.
 
 The supernet's trainable state, the optimizer and the position in the data are checkpointed after
 every observation round, so an interrupted search resumes where it stopped.
@@ -63,11 +66,12 @@ class OneShotSearch:
         self.seed, self.run_dir, self.trial_attrs, self.reporter = seed, run_dir, trial_attrs, reporter
         self.warmup_checkpoint = warmup_checkpoint
         self.steps_per_epoch = training.steps_per_epoch(task, search.batch_size, search.max_steps_per_epoch)
-        total = self.steps_per_epoch * (search.warmup_epochs + search.search_epochs)
-        self.optimizer, self.scheduler = training.make_optimizer(model, search, total)
+        self.trainer = training.Trainer(model, search, self.steps_per_epoch, search.warmup_epochs + search.search_epochs)
         self.rng = np.random.default_rng(seed)
         self.position = Position()
-        self.observations: Iterator[Batch] = task.observation_batches(model, search.batch_size, search.observation_batches)
+        self.observations: Iterator[Batch] = task.observation_batches(
+            model, search.batch_size, search.observation_batch_count, split=search.observation.split
+        )
         self.probabilities = self._policy()
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -101,10 +105,13 @@ class OneShotSearch:
                 continue
             subset = self._uniform() if warmup else draw_subset(self.space, self.probabilities, self.rng)
             self.model.set_skipped(subset)
-            loss = training.train_step(self.model, self.task, batch, self.optimizer, self.scheduler)
-            pos.step_in_epoch, pos.global_step = step + 1, pos.global_step + 1
-            if not warmup and pos.global_step % self.search.observe_every == 0:
+            loss = self.trainer.backward(self.task, batch, step)
+            observe = not warmup and (pos.global_step + 1) % self.search.observe_every == 0
+            if observe:
                 self._observation_round()
+            self.trainer.step_if_window_ends(step)
+            pos.step_in_epoch, pos.global_step = step + 1, pos.global_step + 1
+            if observe:
                 self._save()
             self.reporter.advance(loss, None if warmup else self.probabilities)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
@@ -120,7 +127,7 @@ class OneShotSearch:
             skipped = self.space.suggest(trial)
             for key, value in {**self.trial_attrs(skipped), "round": self.position.rounds, "phase": "search"}.items():
                 trial.set_user_attr(key, value)
-            self.study.tell(trial, training.observe(self.model, self.task, batch, skipped))
+            self.study.tell(trial, training.observe(self.model, self.task, batch, skipped, self.search.observation.mode))
             if (trial.number + 1) % self.search.round_size == 0:
                 break
         self.position.rounds += 1
@@ -144,8 +151,7 @@ class OneShotSearch:
         state = {
             "position": asdict(self.position),
             "model": self.model.trainable_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "trainer": self.trainer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "study_name": self.study.study_name,
@@ -164,13 +170,12 @@ class OneShotSearch:
                 return
             state = torch.load(self.warmup_checkpoint, weights_only=False)
         self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
         self.probabilities = self._policy()
-        for _ in range(self.position.rounds % self.search.observation_batches):
+        for _ in range(self.position.rounds % self.search.observation_batch_count):
             next(self.observations)
         if not self.position.finished:
             self.reporter.log(f"resuming the search at epoch {self.position.epoch + 1}, step {self.position.step_in_epoch}")
