@@ -22,8 +22,7 @@ from das_tune import training
 from das_tune.bench.stats import kendall_tau
 from das_tune.components import build_components
 from das_tune.progress import Reporter
-from das_tune.runner import open_spec_study
-from das_tune.search.oneshot import OneShotSearch
+from das_tune.search.supernet import warm_up
 from das_tune.study import load_study_spec
 
 
@@ -38,11 +37,7 @@ def main() -> None:
     training.seed_everything(0)
     parts = build_components(spec)
     search, model, task = spec.search, parts.model, parts.task
-    study = open_spec_study(spec, parts, fresh=True, reporter=Reporter())
-    OneShotSearch(
-        search=search, space=parts.space, model=model, task=task, study=study, seed=0,
-        run_dir=spec.run_dir, trial_attrs=lambda s: {}, reporter=Reporter(),
-    ).warm_up()
+    warm_up(spec, parts, Reporter())  # trains parts.model in place
     subsets = [frozenset(c) for c in itertools.combinations(parts.space.candidates, parts.space.num_skip)]
     val = list(task.loader("val", model, search.batch_size))
     cycled = val[: search.observation_batches]

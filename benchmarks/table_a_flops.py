@@ -26,13 +26,13 @@ VILT_ROWS = [([], 0.73), (["En3"], -1.03), (["En5", "En11"], -2.79)]
 def rows(name: str, costs: CostModel, table: list) -> list[float]:
     """Prints the additional GMACs and skip deltas of ``table``'s skip sets; returns ours/paper per delta."""
     base = costs.cost([])
-    print(f"{name}: {base['macs'] / 1e9:.2f} GMACs with adapters, {costs.original_flops / 2e9:.2f} GMACs original")
+    print(f"{name}: {base.macs / 1e9:.2f} GMACs with adapters, {costs.original_flops / 2e9:.2f} GMACs original")
     print(f"  {'skipped':<30} {'ours GMACs':>10} {'paper':>7} {'ours delta':>10} {'paper':>7} {'ratio':>6} {'ours GFLOPs':>11}")
-    ours_base, paper_base = base["additional_macs"] / 1e9, table[0][1]
+    ours_base, paper_base = base.additional_gmacs, table[0][1]
     ratios = []
     for skipped, paper in table:
         cost = costs.cost(skipped)
-        ours = cost["additional_macs"] / 1e9
+        ours = cost.additional_gmacs
         line = f"  {', '.join(skipped) or '(adapters only)':<30} {ours:>10.2f} {paper:>7.2f}"
         if skipped:
             ratio = (ours - ours_base) / (paper - paper_base)
@@ -40,7 +40,7 @@ def rows(name: str, costs: CostModel, table: list) -> list[float]:
             ratios.append(ratio)
         else:
             line += f" {'':>10} {'':>7} {'':>6}"
-        print(line + f" {cost['additional_flops'] / 1e9:>11.2f}")
+        print(line + f" {cost.additional_flops / 1e9:>11.2f}")
     return ratios
 
 

@@ -16,9 +16,8 @@ from das_tune.backbones.adapters import Adapter
 from das_tune.components import build_components
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.runner import open_spec_study
+from das_tune.runner import prepare_search
 from das_tune.search import oneshot
-from das_tune.search.oneshot import OneShotSearch
 from das_tune.study import OBSERVATION_PRESETS, load_study_spec
 from das_tune.tasks import build_task
 from das_tune.tasks.f30k import retrieval_loss
@@ -99,19 +98,16 @@ def test_search_draws_a_subnet_per_micro_batch_and_observes_every_n_micro_batche
         "search.warmup_epochs": 1, "search.search_epochs": 1,
     })
     parts = build_components(spec)
-    study = open_spec_study(spec, parts, fresh=True, reporter=Reporter())
+    run = prepare_search(spec, parts, fresh=True, reporter=Reporter())
     draws = []
-    real_draw = oneshot.draw_subset
-    monkeypatch.setattr(oneshot, "draw_subset", lambda *a: draws.append(1) or real_draw(*a))
-    search = OneShotSearch(
-        search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study, seed=0,
-        run_dir=spec.run_dir, trial_attrs=lambda s: {}, reporter=Reporter(),
-    )
-    search.run()
+    real_draw = run.policy.draw
+    monkeypatch.setattr(run.policy, "draw", lambda *a: draws.append(1) or real_draw(*a))
+    oneshot.run(run)
     assert len(draws) == 8  # every search micro-batch trains its own subnet
-    rounds = {t.user_attrs["round"] for t in study.trials}  # after micro-batches 9, 12 and 15 of 16
-    assert rounds == {0, 1, 2} and len(study.trials) == 3 * spec.search.round_size
-    assert search.trainer.scheduler.last_epoch == 2 * 2  # two epochs of 8 micro-batches in windows of 4
+    rounds = {t.user_attrs["round"] for t in run.study.trials}  # after micro-batches 9, 12 and 15 of 16
+    assert rounds == {0, 1, 2} and len(run.study.trials) == 3 * spec.search.round_size
+    state = torch.load(spec.run_dir / "search_state.pt", weights_only=False)
+    assert state["trainer"]["scheduler"]["last_epoch"] == 2 * 2  # two epochs of 8 micro-batches in windows of 4
 
 
 # -- parameter groups -----------------------------------------------------------------------------

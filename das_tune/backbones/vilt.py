@@ -15,7 +15,7 @@ from torch import nn
 from das_tune.backbones.adapters import Adapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl, extend_rows
 from das_tune.backbones.processing import (
-    images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
+    example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
 )
 from das_tune.errors import UserError
 
@@ -68,6 +68,8 @@ def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: in
 
 
 class ViltBackbone(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40,
@@ -118,8 +120,7 @@ class ViltBackbone(LayerSkipBackbone):
         cap), of which ``max_image_len`` (200) patches are sampled: 40 + 201 tokens at full size."""
         longer = self.image_size * 5 // 3 // self.patch_size * self.patch_size
         return {
-            "input_ids": torch.full((batch_size, self.max_text_len), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, self.max_text_len, dtype=torch.long),
+            **example_text(batch_size, self.max_text_len),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, longer),
         }
 
@@ -137,6 +138,3 @@ class ViltBackbone(LayerSkipBackbone):
             x = layer(x, mask)
         return self.pooler(self.layernorm(x))
 
-
-def build_vilt(checkpoint=None, tiny=False, **options) -> ViltBackbone:
-    return ViltBackbone.build(checkpoint, tiny, **options)
