@@ -93,18 +93,19 @@ class DataParallelSupernet(Supernet):
         for p in self.model.trainable_parameters():  # start from rank 0's weights, as DDP does
             dist.broadcast(p.data, 0)
 
-    def train_step(self, batch: Batch) -> float:
+    def train_step(self, batch: Batch, step: int) -> float:
+        """This rank's rows of micro-batch ``step``, weighted by their share; the gradients are averaged
+        over the ranks when the accumulation window ends, just before the optimizer steps."""
         self.model.train()
         part, mine, total = rows_of(batch, self.rank, self.workers)
         if mine:
             loss = self.task.loss(self.model, part) * (mine * self.workers / total)
         else:  # fewer rows than workers: a zero share, with the same gradients' shapes as the others
             loss = self.task.loss(self.model, batch) * 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(self.model.trainable_parameters(), self.workers)
-        self.optimizer.step()
-        self.scheduler.step()
+        (loss / self.trainer.window_size(step)).backward()
+        if self.trainer.ends_window(step):
+            average_gradients(self.model.trainable_parameters(), self.workers)
+        self.trainer.step_if_window_ends(step)
         return loss.item()
 
     def save(self, filename: str = CHECKPOINT) -> None:
