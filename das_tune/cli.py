@@ -256,8 +256,9 @@ def predict_command(
     set_: Sets = None,
 ) -> None:
     """Answer with a run's subnet: one input from flags, or a JSONL file of them (--jsonl)."""
+    from das_tune.predict import task_inputs
     from das_tune.study import parse_overrides
-    from das_tune.subnet import load_subnet
+    from das_tune.subnet import load_subnet, summarize
 
     given = {"question": question, "image": image, "image2": image2, "sentence": sentence,
              "premise": premise, "hypothesis": hypothesis, "caption": caption}
@@ -266,16 +267,15 @@ def predict_command(
         raise UserError("give either --jsonl FILE or the inputs of one example (--question, --image, ...), not both")
     if jsonl is None and not given:
         raise UserError("give the inputs of one example (e.g. --question TEXT --image FILE) or --jsonl FILE")
-    for path in (image, image2):  # before the model loads
-        if path is not None and not path.is_file():
-            raise UserError(f"image {path}: no such file")
+    task = summarize(run_dir).task
+    inputs = task_inputs(task)
     rows = _read_jsonl(jsonl) if jsonl is not None else [given]
+    if jsonl is not None:
+        rows = [_relative_images(row, inputs.images, jsonl.parent) for row in rows]
+    for row in rows:  # before the model loads
+        inputs.check(task, row)
     with _status(quiet, f"loading {run_dir}"):
         model = load_subnet(run_dir, parse_overrides(set_ or []))
-    if jsonl is not None:
-        rows = [_relative_images(row, model.inputs.images, jsonl.parent) for row in rows]
-    for row in rows:
-        model.inputs.check(model.task, row)
     if jsonl is None:
         _print_prediction(model.predict(top=top, **rows[0]), quiet)
         return

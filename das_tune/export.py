@@ -34,7 +34,8 @@ from das_tune.errors import UserError
 from das_tune.portable import (
     CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, SubnetConfig, describe_backbone, describe_head, rebuild_backbone,
 )
-from das_tune.subnet import Subnet, load_subnet
+from das_tune.predict import task_inputs
+from das_tune.subnet import FolderSummary, Subnet, load_subnet, summarize
 
 Format = Literal["safetensors", "onnx", "hf"]
 FORMATS: tuple[str, ...] = ("safetensors", "onnx", "hf")
@@ -76,14 +77,13 @@ def export_subnet(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not an empty folder; choose a new folder")
+    _check_format(summarize(source), format)
     step = on_step or (lambda message: None)
     step(f"loading the subnet of {source}")
     model = load_subnet(source, overrides)
     config = subnet_config(model, source)
     if format == "hf":
         _check_hf(model)
-    elif format == "onnx" and model.inputs.pass_per_image:
-        raise UserError(f"--format onnx: task {model.task!r} runs the backbone once per image; export it as safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # moved into place when complete
     try:
@@ -218,16 +218,23 @@ def median_seconds(run: Callable[[], object], repeats: int = 20, warmup: int = 3
     return statistics.median(times)
 
 
-# -- Hugging Face: plain layer removal on a BERT-family encoder --------------------------------------
-def _check_hf(model: Subnet) -> None:
-    from das_tune.backbones import TextEncoderBackbone
-
-    backbone = model.backbone
-    if type(backbone) is not TextEncoderBackbone:
+def _check_format(folder: FolderSummary, format: str) -> None:
+    """What can be told from the folder's small files, before the model is built."""
+    if format == "onnx" and task_inputs(folder.task).pass_per_image:
+        raise UserError(f"--format onnx: task {folder.task!r} runs the backbone once per image; export it as safetensors")
+    if format == "hf" and folder.backbone not in HF_BACKBONES:
         raise UserError(
-            f"--format hf: backbone {backbone.built_with['name']!r} is not a BERT-family text encoder (bert, minilm); "
+            f"--format hf: backbone {folder.backbone!r} is not a BERT-family text encoder ({', '.join(HF_BACKBONES)}); "
             "export it as safetensors or onnx"
         )
+
+
+# -- Hugging Face: plain layer removal on a BERT-family encoder --------------------------------------
+HF_BACKBONES = ("bert", "minilm")
+
+
+def _check_hf(model: Subnet) -> None:
+    backbone = model.backbone
     widened = [layer.name for layer in backbone.layers if layer.skipped and layer.skip_adapter is not None]
     if widened:
         raise UserError(

@@ -12,6 +12,7 @@ adapters, skip-adapters and head; an exported folder (``das-tune export``) from 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from das_tune.portable import TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, rea
 from das_tune.predict import Prediction, task_inputs
 from das_tune.run_folder import RunFolder, build_run_task, is_run_folder, pretrained_backbone, read_run_folder
 from das_tune.tasks.base import Task
+
+NOT_A_FOLDER = "{path}: not a das-tune run folder (study.yaml, subnet.json, ...) or exported subnet (config.json, model.safetensors)"
 
 
 class Subnet(nn.Module):
@@ -68,6 +71,25 @@ class Subnet(nn.Module):
         return predictions
 
 
+@dataclass(frozen=True)
+class FolderSummary:
+    """What a run or exported folder holds, read from its small files (no model is built)."""
+
+    task: str
+    backbone: str
+
+
+def summarize(path: str | Path) -> FolderSummary:
+    path = Path(path)
+    if is_export_folder(path):
+        config = read_config(path)
+        return FolderSummary(task=config.task, backbone=config.backbone)
+    if is_run_folder(path):
+        spec = read_run_folder(path).spec
+        return FolderSummary(task=spec.task.name, backbone=spec.backbone.name)
+    raise UserError(NOT_A_FOLDER.format(path=path))
+
+
 def load_subnet(path: str | Path, overrides: dict[str, Any] | None = None) -> Subnet:
     """The subnet of a run folder (``runs/<study>-<sampler>-seed<k>``) or of an exported folder.
 
@@ -81,9 +103,7 @@ def load_subnet(path: str | Path, overrides: dict[str, Any] | None = None) -> Su
         return load_exported(path)
     if is_run_folder(path):
         return load_run(read_run_folder(path, overrides))
-    raise UserError(
-        f"{path}: not a das-tune run folder (study.yaml, subnet.json, ...) or exported subnet (config.json, model.safetensors)"
-    )
+    raise UserError(NOT_A_FOLDER.format(path=path))
 
 
 def load_run(run: RunFolder, task: Task | None = None) -> Subnet:
