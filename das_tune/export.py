@@ -32,8 +32,10 @@ from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.processing import load_tokenizer
 from das_tune.errors import UserError
 from das_tune.portable import (
-    CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, SubnetConfig, describe_backbone, describe_head, rebuild_backbone,
+    CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, SubnetConfig, describe_backbone, describe_head, is_export_folder,
+    read_config, rebuild_backbone,
 )
+from das_tune.run_folder import read_run_folder
 from das_tune.predict import task_inputs
 from das_tune.subnet import FolderSummary, Subnet, load_subnet, summarize
 
@@ -103,15 +105,17 @@ def export_subnet(
 
 def subnet_config(model: Subnet, source: str | Path) -> SubnetConfig:
     name, tiny, options, architecture = describe_backbone(model.backbone)
-    metric = value = None
-    metrics_file = Path(source) / "metrics.json"
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
+    source = Path(source)
+    if is_export_folder(source):  # re-exported: the run it came from stays the reference
+        earlier = read_config(source)
+        metric, value, source = earlier.metric, earlier.value, earlier.source
+    else:
+        metrics = read_run_folder(source).metrics
         metric, value = metrics.get("metric"), metrics.get("value")
     return SubnetConfig(
         backbone=name, tiny=tiny, options=options, architecture=architecture, skipped=model.skipped,
         head=describe_head(model.backbone.task_head), task=model.task, labels=model.labels,
-        metric=metric, value=value, source=str(source),
+        metric=metric, value=value, source=None if source is None else str(source),
     )
 
 

@@ -3,6 +3,9 @@ tiny models retrained in-process; the CLI in subprocesses."""
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ from das_tune.progress import Reporter
 from das_tune.study import load_study_spec
 
 pytestmark = pytest.mark.slow
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "export_speed.py"
 
 PRUNE_SPACE = """description: MiniLM layers removed outright, as layer-pruning tools do
 backbone: minilm
@@ -219,3 +224,20 @@ def test_bad_input_exits_2_with_one_line(args, message, tiny_run, text_run, cli,
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_export_speed_benchmark_on_a_tiny_run(tiny_run, tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, str(BENCHMARK), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    missing = bench()  # the default, the main job's run folder, is not in this empty folder
+    assert missing.returncode == 2 and "das-tune run --study easyvqa_minilm" in missing.stderr
+
+    result = bench(str(tiny_run[0]), "--repeats", "2", "--json", "speed.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("ONNX subnet speed-up over the full model, batch 1")
+    measured = json.loads((tmp_path / "speed.json").read_text())
+    assert set(measured["latency_ms"]) == {"1", "32"}
+    assert all(ms > 0 for row in measured["latency_ms"].values() for ms in row.values())
+    sizes = measured["size_bytes"]
+    assert sizes["subnet"] < sizes["full"] and sizes["onnx"] > 0
