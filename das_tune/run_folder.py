@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.components import _backbone, _check_local_files, _local_path, _task_options
+from das_tune.components import _backbone, _check_local_files
 from das_tune.errors import UserError
 from das_tune.retrain import METRICS_FILE, SPEC_FILE, SUBNET_FILE, WEIGHTS_FILE, read_run
 from das_tune.study import StudySpec, override_spec
@@ -52,10 +52,7 @@ def read_run_folder(path: str | Path, overrides: dict[str, Any] | None = None) -
         metrics = json.loads((path / METRICS_FILE).read_text())
     except (OSError, ValueError) as error:
         raise UserError(f"{path / METRICS_FILE}: cannot be read as JSON ({error})") from None
-    skipped = subnet.get("skipped")
-    if not isinstance(skipped, list):
-        raise UserError(f"{path / SUBNET_FILE}: expected a list of layer names in field 'skipped'")
-    return RunFolder(path=path, spec=spec, skipped=tuple(skipped), metrics=metrics)
+    return RunFolder(path=path, spec=spec, skipped=tuple(subnet.skipped), metrics=metrics)
 
 
 def pretrained_backbone(spec: StudySpec) -> SkippableBackbone:
@@ -63,12 +60,13 @@ def pretrained_backbone(spec: StudySpec) -> SkippableBackbone:
     replayed from its seed as the retrain drew them), fresh adapters, no head."""
     _check_local_files(spec)
     seed_everything(spec.seed)
-    return _backbone(spec, spec.load_space())
+    return _backbone(spec.with_paths(spec.local_paths()), spec.load_space())
 
 
 def build_run_task(spec: StudySpec, *, labels_only: bool = False) -> Task:
     """The run's task; ``labels_only`` reads one example per split (enough for the head and labels)."""
-    options = _task_options(spec)
+    spec = spec.with_paths(spec.local_paths())
+    options = dict(spec.task.options)
     if labels_only:
         options.update(train_limit=1, val_limit=1, test_limit=1)
-    return build_task(spec.task.name, data_dir=_local_path(spec.task.data_dir, spec.tiny), tiny=spec.tiny, **options)
+    return build_task(spec.task.name, data_dir=spec.task.data_dir, tiny=spec.tiny, **options)

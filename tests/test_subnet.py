@@ -19,6 +19,7 @@ from das_tune.errors import UserError
 from das_tune.export import full_weight_bytes
 from das_tune.portable import read_config
 from das_tune.progress import Reporter
+from das_tune.results import FoundBy
 from das_tune.study import load_study_spec
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def retrain_in_process(study, overrides, skipped):
 
     retrain_module.write_artifacts = keep_model
     try:
-        retrain_module.retrain(spec, parts, frozenset(skipped), {"sampler": "given by the test"}, Reporter())
+        retrain_module.retrain(spec, parts, frozenset(skipped), FoundBy(sampler="given by the test"), Reporter())
     finally:
         retrain_module.write_artifacts = write
     return spec.run_dir, trained["model"].eval(), parts.task
