@@ -48,6 +48,8 @@ def _backbone(spec: StudySpec, space: SkipSpace) -> SkippableBackbone:
     options = dict(spec.backbone.options)
     if space.skip_adapter_width is not None:
         options.setdefault("skip_adapter_width", space.skip_adapter_width)
+    if space.granularity != "layer":  # only backbones that can split their layers take the option
+        options.setdefault("granularity", space.granularity)
     if spec.tiny:  # a tiny model has its own small sizes and the packaged tokenizer: no local files
         for key in TINY_IGNORES:
             options.pop(key, None)

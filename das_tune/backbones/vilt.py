@@ -1,4 +1,5 @@
-"""ViLT (transformers ``ViltModel``) with skippable encoder layers En0..11."""
+"""ViLT (transformers ``ViltModel``) with skippable encoder layers En0..11, or with ``granularity="sublayer"``
+its attention and feed-forward blocks A0, F0, …, A11, F11 (see ``sublayers``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
+from das_tune.backbones.sublayers import check_granularity, sublayer_width, vilt_sublayers
 from das_tune.backbones.processing import (
     images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
 )
@@ -46,19 +48,24 @@ def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: in
 
 class ViltBackbone(LayerSkipBackbone):
     def __init__(
-        self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
-        petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40,
+        self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int | None = None,
+        petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40, granularity: str = "layer",
     ) -> None:
         super().__init__()
         check_petl(petl)
+        check_granularity(granularity)
         config = vilt.config
         dim = config.hidden_size
         self.embeddings = vilt.embeddings
-        for layer in vilt.encoder.layer:
+        width = sublayer_width(granularity, skip_adapter_width, adapter_width)
+        candidates = []
+        for i, layer in enumerate(vilt.encoder.layer):
             adapt_layer(layer, dim, adapter_width, petl, lora_rank)
-        self.layers = nn.ModuleList(
-            SkippableLayer(f"En{i}", layer, dim, skip_adapter_width) for i, layer in enumerate(vilt.encoder.layer)
-        )
+            if granularity == "sublayer":
+                candidates += vilt_sublayers(layer, i, dim, width)
+            else:
+                candidates.append(SkippableLayer(f"En{i}", layer, dim, width))
+        self.layers = nn.ModuleList(candidates)
         self.layernorm = vilt.layernorm
         self.pooler = vilt.pooler
         self.layer_names = [layer.name for layer in self.layers]

@@ -38,16 +38,16 @@ class ImageTokens(nn.Module):
 
 class SingleStreamVL(LayerSkipBackbone):
     def __init__(
-        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
+        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int | None = None,
         petl: str = "adapter", lora_rank: int = 8, image_size: int = 64, patch_size: int = 16,
-        max_text_len: int = 32,
+        max_text_len: int = 32, granularity: str = "layer",
     ) -> None:
         super().__init__()
         dim = encoder.config.hidden_size
         self.embeddings = encoder.embeddings
         self.image_tokens = ImageTokens(dim, image_size, patch_size)
         self.layers = skippable_layers(
-            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank
+            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank, granularity
         )
         self.layer_names = [layer.name for layer in self.layers]
         self.feature_dim = dim
