@@ -172,10 +172,12 @@ def _skip_list(skip: str) -> list[str]:
 def bench(
     space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
     study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers to compare (searches on one supernet).")] = "das,random,tpe",
+    samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp.")] = "das,das_std,random,tpe",
     methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
-    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; every method runs once per seed.")] = 5,
-    ground_truth: Annotated[bool, typer.Option(help="Also retrain every subset (small spaces): regret, rank, Kendall τ.")] = False,
+    seeds: Annotated[str, typer.Option(help="Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results.")] = "5",
+    retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; its result is the mean.")] = 2,
+    ground_truth: Annotated[bool, typer.Option(help="Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ.")] = False,
+    reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
@@ -183,7 +185,7 @@ def bench(
     set_: Sets = None,
 ) -> None:
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
-    from das_tune.bench import BenchConfig, run_bench
+    from das_tune.bench import BenchConfig, parse_seeds, run_bench
     from das_tune.bench.report import rich_table
     from das_tune.progress import reporter
     from das_tune.study import default_study_for_space
@@ -194,16 +196,19 @@ def bench(
         study=study or default_study_for_space(space),
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        seeds=seeds, ground_truth=ground_truth, overrides=overrides, out=out_dir,
+        seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
+        reference_size=reference_size, overrides=overrides, out=out_dir,
     )
     with reporter(quiet) as progress:
         results = run_bench(config, progress)
-    folder = Path(results["files"]["out"])
+    for warning in results.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+    folder = Path(results.files["out"])
     if quiet:
-        print(folder / results["files"]["json"])
+        print(folder / results.files["json"])
         return
     out.print(rich_table(results))
-    for name in (results["files"]["json"], results["files"]["markdown"], *results["files"]["plots"]):
+    for name in (results.files["json"], results.files["markdown"], *results.files["plots"]):
         print(folder / name)
 
 

@@ -32,7 +32,7 @@ class Components:
 def build_components(spec: StudySpec) -> Components:
     space = spec.load_space()
     _check_local_files(spec)
-    task = build_task(spec.task.name, data_dir=_local_path(spec.task.data_dir, spec.tiny), tiny=spec.tiny, **_task_options(spec))
+    task = build_spec_task(spec)
     model = _backbone(spec, space)
     missing = [c for c in space.candidates if c not in model.layer_names]
     if missing:
@@ -42,6 +42,11 @@ def build_components(spec: StudySpec) -> Components:
         )
     model.task_head = task.build_head(model.feature_dim)
     return Components(spec, space, task, model)
+
+
+def build_spec_task(spec: StudySpec) -> Task:
+    """The study's task alone (data, head, loss, metric), without a model."""
+    return build_task(spec.task.name, data_dir=_local_path(spec.task.data_dir, spec.tiny), tiny=spec.tiny, **_task_options(spec))
 
 
 def _backbone(spec: StudySpec, space: SkipSpace) -> SkippableBackbone:
