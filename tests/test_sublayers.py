@@ -155,4 +155,5 @@ def test_sublayer_search_runs_end_to_end(cli, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert subnet["space"] == "minilm_vqa_sublayers" and len(subnet["skipped"]) == 4
     assert all(name[0] in "AF" for name in subnet["skipped"]) and metrics["skipped"] == subnet["skipped"]
+    assert metrics["latency_subnet_ms"] > 0 and metrics["trainable_params"] > 0
     assert metrics["flops_saved"] > 0 and set(subnet["probabilities"]) == set(load_space("minilm_vqa_sublayers").candidates)

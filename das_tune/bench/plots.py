@@ -58,11 +58,11 @@ def picks_vs_truth(results: BenchResults, path: Path) -> None:
         colors = ["tab:green" if r.top10 else "tab:red" for r in runs]
         ax.scatter(x + rng.uniform(-0.12, 0.12, len(runs)), [r.value for r in runs], s=36, c=colors, edgecolors="black",
                    linewidths=0.5, zorder=3)
-    ax.axhline(gt.top10_threshold, color="tab:green", linestyle="--", linewidth=1, label="top-10 % threshold")
+    ax.axhline(gt.top10_threshold, color="tab:green", linestyle="--", linewidth=1, label=f"top-{results.top_percent} % threshold")
     ax.set_xticks(positions, methods, rotation=30, ha="right")
     what = "every subset" if gt.kind == "all" else f"{len(truth)} reference subsets"
     ax.set_ylabel(f"retrained test {results.metric} (mean over retrain seeds)")
-    ax.set_title(f"{results.study}: picks (green: top 10 %) on {what} (grey)")
+    ax.set_title(f"{results.study}: picks (green: top {results.top_percent} %) on {what} (grey)")
     ax.legend(fontsize="small", loc="lower right")
     _save(fig, path)
 

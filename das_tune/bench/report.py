@@ -50,13 +50,13 @@ def collect(p: Plan) -> BenchResults:
         if result is None:
             warnings.append(f"{record.method} seed {record.seed}: its pick is not retrained yet (run that seed again)")
             continue
-        runs.append(_run_result(p, record, result, truth))
+        runs.append(_run_result(record, result, truth))
     methods = [m for m in (*p.config.samplers, *p.config.methods) if any(r.method == m for r in runs)]
     reference = "das" if "das" in methods else (methods[0] if methods else "das")
     seeds = sorted({r.seed for r in runs})
     return BenchResults(
         study=p.base.name, space=p.space.label, candidates=list(p.space.candidates), num_candidates=len(p.space.candidates),
-        num_skip=p.space.num_skip, num_subsets=p.space.num_subsets, metric=runs[0].metric if runs else (next(iter(truth.subsets.values())).metric if truth else ""),
+        num_skip=p.space.num_skip, num_subsets=p.space.num_subsets, top_percent=stats.TOP_PERCENT, metric=runs[0].metric if runs else (next(iter(truth.subsets.values())).metric if truth else ""),
         seeds=seeds, samplers=[m for m in p.config.samplers if m in methods], methods=[m for m in p.config.methods if m in methods],
         reference=reference, storage=p.storage, tiny=p.base.tiny, budget=_budget(p), warnings=warnings,
         summary={m: _summary([r for r in runs if r.method == m]) for m in methods},
@@ -87,7 +87,7 @@ def _ground_truth(p: Plan, subsets: dict[str, Retrained | None]) -> GroundTruth 
     )
 
 
-def _run_result(p: Plan, record: SearchRecord, pick: Retrained, truth: GroundTruth | None) -> RunResult:
+def _run_result(record: SearchRecord, pick: Retrained, truth: GroundTruth | None) -> RunResult:
     fields: dict[str, Any] = {}
     if truth is not None:
         reference = [r.mean for r in truth.subsets.values()]
@@ -177,9 +177,10 @@ def summary_table(results: BenchResults, compact: bool = False) -> tuple[list[st
     """Header and rows: per method, median [IQR] (min–max) over seeds, and the paired test; ``compact``
     (the terminal) shows medians only, and no counts of observations and steps."""
     truth = results.ground_truth is not None
+    top = fmt(results.top_percent)
     columns = [("value", f"test {results.metric}", results.metric), ("additional_gmacs", "additional GMACs", "GMACs")]
     if truth:
-        columns += [("regret", "regret", "regret"), ("percentile", "percentile", "pct"), ("top10_share", "top 10 % share", "top10"),
+        columns += [("regret", "regret", "regret"), ("percentile", "percentile", "pct"), ("top10_share", f"top {top} % share", f"top {top} %"),
                     ("kendall_tau", "Kendall τ (layer scores)", "τ"), ("supernet_kendall_tau", "Kendall τ (supernet loss)", "τ net")]
     columns += [("cost_seconds", "wall-clock s", "wall s")] if compact else [
         ("observations", "observations", ""), ("cost_steps", "training steps", ""), ("cost_seconds", "wall-clock s", "")]
@@ -205,7 +206,7 @@ def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
               "training steps", "search s", "retrain s"]
     truth = results.ground_truth is not None
     if truth:
-        header += ["regret", "percentile", "top 10 %", "Kendall τ", "supernet τ"]
+        header += ["regret", "percentile", f"top {fmt(results.top_percent)} %", "Kendall τ", "supernet τ"]
     rows = []
     for r in results.runs:
         row = [r.method, fmt(r.seed), ", ".join(r.chosen), fmt(r.value), fmt(r.additional_gmacs),
@@ -242,11 +243,11 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
         "and one retrain. Paired test: exact sign-flip permutation on the retrained metric, paired by seed.",
     ]
     lines += [f"", *(f"**Warning:** {w}" for w in results.warnings)] if results.warnings else []
-    gt = results.ground_truth
+    gt, top = results.ground_truth, fmt(results.top_percent)
     if gt is not None:
         what = "every subset" if gt.kind == "all" else f"a random reference sample of {fmt(len(gt.subsets))} subsets"
         lines += ["", f"Ground truth: {what}, retrained the same way. Regret: best reference subset − pick; percentile: "
-                  "share of reference subsets the pick is at least as good as; top 10 %: fewer than 10 % of them beat it "
+                  f"share of reference subsets the pick is at least as good as; top {top} %: fewer than {top} % of them beat it "
                   f"(the threshold is {fmt(gt.top10_threshold)}). Kendall τ: a method's subset scores (sum of its layer "
                   "scores) against the ground truth, and the final supernet's loss of each reference subset against it."]
     lines += ["", "## Summary", "", *_md(*summary_table(results)), "", "## Runs", "", *_md(*runs_table(results))]

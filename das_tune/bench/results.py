@@ -159,6 +159,7 @@ class BenchResults(_Model):
     num_subsets: int
     metric: str
     higher_is_better: bool = True
+    top_percent: int = Field(description="a pick is in the top when fewer than this share of reference subsets beat it")
     seeds: list[int]
     samplers: list[str]
     methods: list[str]

@@ -35,7 +35,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
     result = {"test": "exact sign-flip permutation (two-sided, mean difference)", "n": n,
               "mean_diff": float(diff.mean()) if n else None, "median_diff": float(np.median(diff)) if n else None,
               "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
-    if n == 0 or not diff.any():
+    if n < 2 or not diff.any():  # one pair: both sign patterns are as extreme
         return {**result, "p_value": 1.0 if n else None}
     test = stats.permutation_test(
         (diff,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
@@ -66,12 +66,15 @@ def percentile(reference: Sequence[float], value: float) -> float:
     return 100.0 * sum(r <= value for r in reference) / len(reference)
 
 
+TOP_PERCENT = 10
+
+
 def in_top10(reference: Sequence[float], value: float) -> bool:
     """Fewer than 10 % of the reference subsets are strictly better than ``value`` (integer arithmetic)."""
-    return 10 * sum(r > value for r in reference) < len(reference)
+    return 100 * sum(r > value for r in reference) < TOP_PERCENT * len(reference)
 
 
 def top10_threshold(reference: Sequence[float]) -> float:
     """The lowest value that is in the top 10 %: the ⌈N/10⌉-th largest reference value."""
     ordered = sorted(reference, reverse=True)
-    return ordered[-(-len(ordered) // 10) - 1]
+    return ordered[-(-len(ordered) * TOP_PERCENT // 100) - 1]
