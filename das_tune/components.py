@@ -31,7 +31,6 @@ class Components:
 
 def build_components(spec: StudySpec) -> Components:
     space = spec.load_space()
-    _check_local_files(spec)
     task = build_spec_task(spec)
     model = _backbone(spec, space)
     missing = [c for c in space.candidates if c not in model.layer_names]
@@ -46,6 +45,7 @@ def build_components(spec: StudySpec) -> Components:
 
 def build_spec_task(spec: StudySpec) -> Task:
     """The study's task alone (data, head, loss, metric), without a model."""
+    _check_local_files(spec)
     return build_task(spec.task.name, data_dir=_local_path(spec.task.data_dir, spec.tiny), tiny=spec.tiny, **_task_options(spec))
 
 
