@@ -267,6 +267,16 @@ def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     assert plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=10)).reference == large.reference[:10]
 
 
+def test_observation_rounds_count_global_steps_as_the_search_does():
+    from das_tune.bench.runs import observation_rounds
+    from das_tune.study import SearchSpec
+
+    # the main study: 47 steps per epoch, a round every 10 global steps: steps 50, 60, …, 140
+    assert observation_rounds(SearchSpec(warmup_epochs=1, search_epochs=2, observe_every=10), 47) == 10
+    assert observation_rounds(SearchSpec(warmup_epochs=1, search_epochs=1, observe_every=3), 6) == 2
+    assert observation_rounds(SearchSpec(warmup_epochs=1, search_epochs=1, observe_every=7), 6) == 1
+
+
 def test_das_is_the_reference_rule_and_das_std_standardises_whatever_the_study_says():
     p = plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True, "search.search_epochs": 1}))
     assert p.base.sampler.options["das"]["standardize"] is True  # the study's own choice

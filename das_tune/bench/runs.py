@@ -48,7 +48,7 @@ from das_tune.retrain import finished_metrics, retrain, save_spec
 from das_tune.samplers import SAMPLERS
 from das_tune.search.oneshot import CHECKPOINT, OneShotSearch
 from das_tune.spaces import SkipSpace
-from das_tune.study import StudySpec, load_study_spec
+from das_tune.study import SearchSpec, StudySpec, load_study_spec
 
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
@@ -160,7 +160,7 @@ def plan(config: BenchConfig) -> Plan:
     task = build_spec_task(base)
     steps = training.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
     retrain_steps = training.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
-    observations = (base.search.search_epochs * steps // base.search.observe_every) * base.search.round_size
+    observations = observation_rounds(base.search, steps) * base.search.round_size
     warnings = _check_budget(space, observations) if config.samplers else []
     reference = reference_subsets(space, config.reference_size)
     if len(reference) < space.num_subsets and len(reference) < MIN_VERDICT_REFERENCE:
@@ -168,6 +168,13 @@ def plan(config: BenchConfig) -> Plan:
     out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip}"
     url = config.overrides.get("storage") or f"sqlite:///{out / 'bench.db'}"
     return Plan(config, base, space, out, url, steps, retrain_steps, observations, reference, tuple(warnings))
+
+
+def observation_rounds(search: SearchSpec, steps_per_epoch: int) -> int:
+    """The rounds a one-shot search observes: one at every global step (warm-up steps counted) that is a
+    multiple of ``observe_every``, during the search epochs."""
+    warm, end = search.warmup_epochs * steps_per_epoch, (search.warmup_epochs + search.search_epochs) * steps_per_epoch
+    return end // search.observe_every - warm // search.observe_every
 
 
 def _check_budget(space: SkipSpace, observations: int) -> list[str]:
