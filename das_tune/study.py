@@ -130,9 +130,8 @@ def read_study_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
-    base_path = resources.resolve("studies", base_name)
-    if base_path is None and str(base_name).endswith((".yaml", ".yml")):
-        base_path = resources.resolve("studies", path.parent / str(base_name))
+    relative = str(base_name).endswith((".yaml", ".yml")) and (path.parent / str(base_name)).is_file()
+    base_path = path.parent / str(base_name) if relative else resources.resolve("studies", base_name)
     if base_path is None or base_path.resolve() in seen:
         problem = "extends itself" if base_path is not None else "is not a built-in study or a study file"
         raise UserError(f"{path}: field 'extends': {base_name!r} {problem}")
