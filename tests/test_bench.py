@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from das_tune.bench import BenchConfig, parse_seeds, plan, stats
-from das_tune.bench.baselines import angular_distance, block_influence, pick
+from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR
@@ -103,8 +103,9 @@ def test_block_influence_and_angular_distance_on_hand_made_tokens():
 
 def test_pick_takes_the_highest_scores_ties_by_candidate_order():
     space = SkipSpace(candidates=("En0", "En1", "En2", "En3"), num_skip=2)
-    assert pick(space, {"En0": 0.1, "En1": 0.9, "En2": 0.5, "En3": 0.2}) == {"En1", "En2"}
-    assert pick(space, dict.fromkeys(space.candidates, 1.0)) == {"En0", "En1"}
+    assert space.top({"En0": 0.1, "En1": 0.9, "En2": 0.5, "En3": 0.2}) == {"En1", "En2"}
+    assert space.top(dict.fromkeys(space.candidates, 1.0)) == {"En0", "En1"}
+    assert space.top([0.0, 0.5, 0.5, 0.5]) == {"En1", "En2"}
 
 
 # -- the command, end to end --------------------------------------------------------------------------
@@ -239,6 +240,21 @@ def test_killed_sublayer_bench_resumes_reusing_finished_retrains(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_on_a_journal_file_storage(tmp_path):
+    args = ["bench", "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--tiny", "--quiet",
+            "--storage", "bench.log", "--out", "out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["storage"] == "bench.log" and not (tmp_path / "out" / "bench.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "bench.log")))
+    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage).trials
+    assert len(trials) == results["runs"][0]["observations"] > 0
+
+
+@pytest.mark.slow
 def test_bench_rejects_bad_input_before_running(tmp_path):
     for args, message in [
         (["--space", "minilm_vqa", "--samplers", "das,nope"], "nope"),
@@ -317,7 +333,7 @@ def test_readme_bench_numbers_come_from_the_committed_results():
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     from das_tune.bench import plots, report
-    from das_tune.bench.results import BenchResults, GroundTruth, Retrained, RunResult, SearchRecord
+    from das_tune.results import BenchResults, GroundTruth, Retrained, RunResult, SearchRecord
 
     truth = {f"En{i},En{j}": 0.5 + 0.01 * (i + 2 * j) for i in range(6) for j in range(i + 1, 6)}
     subsets = {k: Retrained(metric="accuracy", values={"0": v - 0.01, "1": v + 0.01}, mean=v, std=0.01,

@@ -96,8 +96,8 @@ def test_flops_and_params_fall_by_each_skipped_blocks_cost(models, name):
     for skip in (["A0"], ["F3"], SKIP[name]):
         subnet = model.export(skip)
         torch.manual_seed(1)
-        assert count_flops(subnet, inputs) == costs.cost(skip)["flops"]
-        assert costs.cost(skip)["params"] == sum(p.numel() for p in subnet.parameters())
+        assert count_flops(subnet, inputs) == costs.cost(skip).flops
+        assert costs.cost(skip).params == sum(p.numel() for p in subnet.parameters())
     assert costs.delta_flops["A0"] < 0 and costs.delta_flops["F0"] < 0 and costs.delta_flops["A0"] != costs.delta_flops["F0"]
     # a layer's two blocks and their two 96-wide skip-adapters cost what the whole layer and its 192-wide one do
     whole = build_backbone(name, tiny=True)
@@ -105,7 +105,7 @@ def test_flops_and_params_fall_by_each_skipped_blocks_cost(models, name):
     layer_costs = CostModel(whole, inputs)
     for i in range(LAYERS[name]):
         assert costs.delta_flops[f"A{i}"] + costs.delta_flops[f"F{i}"] == layer_costs.delta_flops[f"En{i}"]
-    assert costs.cost([])["flops"] == layer_costs.cost([])["flops"]
+    assert costs.cost([]).flops == layer_costs.cost([]).flops
 
 
 def test_backbones_that_cannot_split_their_layers_say_so():

@@ -13,10 +13,11 @@ from torch import nn
 
 from das_tune.backbones.bert import load_encoder, masked_mean, skippable_layers
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, tokenize
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, tokenize
 from das_tune.errors import UserError
 
 MEAN = STD = (0.5, 0.5, 0.5)
+EXAMPLE_TEXT_LEN = 16  # text tokens of the example inputs (FLOPs, latency): a short question
 
 
 class ImageTokens(nn.Module):
@@ -37,6 +38,8 @@ class ImageTokens(nn.Module):
 
 
 class SingleStreamVL(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "patch_size", "max_text_len")
+
     def __init__(
         self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int | None = None,
         petl: str = "adapter", lora_rank: int = 8, image_size: int = 64, patch_size: int = 16,
@@ -73,10 +76,8 @@ class SingleStreamVL(LayerSkipBackbone):
         return inputs
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        length = 16
         return {
-            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+            **example_text(batch_size, EXAMPLE_TEXT_LEN),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 
@@ -93,9 +94,9 @@ class SingleStreamVL(LayerSkipBackbone):
         return masked_mean(x, valid)
 
 
-def build_bert_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint, tiny, **options)
+class MiniLMVL(SingleStreamVL):
+    """The single-stream model on the packaged all-MiniLM-L6-v2 (6 layers): no checkpoint to give."""
 
-
-def build_minilm_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint or minilm_path(), tiny, num_layers=6, **options)
+    @classmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> MiniLMVL:
+        return super().build(checkpoint or minilm_path(), tiny, num_layers=6, **options)

@@ -3,7 +3,7 @@
     from das_tune.bench import BenchConfig, run_bench
     results = run_bench(BenchConfig(study="easyvqa_minilm", seeds=(0, 1, 2, 3, 4), ground_truth=True))
 
-writes ``results.json`` (:class:`~das_tune.bench.results.BenchResults`), ``results.md`` and PNGs into
+writes ``results.json`` (:class:`~das_tune.results.BenchResults`), ``results.md`` and PNGs into
 ``bench/<space>-skip<num_skip>/`` (or ``config.out``) and returns the results. The results cover every seed
 run into that folder so far, so a benchmark can be run in pieces. See :mod:`das_tune.bench.runs` for what
 is shared between runs.
@@ -12,9 +12,9 @@ is shared between runs.
 from __future__ import annotations
 
 from das_tune.bench.baselines import METHODS
-from das_tune.bench.results import BenchResults
 from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
 from das_tune.progress import Reporter
+from das_tune.results import BenchFiles, BenchResults, write_json
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
@@ -29,8 +29,8 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     runs.execute(p, reporter)
     results = report.collect(p)
     names = plots.write_plots(results, p.out)
-    results.files = {"out": str(p.out), "json": RESULTS_JSON, "markdown": RESULTS_MD, "plots": names}
-    (p.out / RESULTS_JSON).write_text(results.model_dump_json(indent=2) + "\n")
+    results.files = BenchFiles(out=str(p.out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=names)
+    write_json(results, p.out / RESULTS_JSON)
     (p.out / RESULTS_MD).write_text(report.markdown(results, names))
     return results
 

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from das_tune.bench.results import BenchResults
+from das_tune.results import BenchResults
 
 PICKS, ANYTIME, METRIC_VS_GMACS = "picks.png", "anytime.png", "metric_vs_gmacs.png"
 

@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from das_tune.bench import stats
-from das_tune.bench.results import (
-    BenchResults, Budget, GroundTruth, MethodSummary, PairedTest, Ranking, Retrained, RunResult, SearchRecord, Spread,
+from das_tune.results import (
+    BenchResults, RetrainMetrics, Budget, GroundTruth, MethodSummary, PairedTest, Ranking, Retrained, RunResult, SearchRecord, Spread,
 )
 from das_tune.bench.runs import REFERENCE_SEED, Plan, retrained_values, saved_records, saved_warmups, subset_key
 
@@ -52,7 +52,7 @@ def collect(p: Plan) -> BenchResults:
             continue
         runs.append(_run_result(record, result, truth))
     methods = [m for m in (*p.config.samplers, *p.config.methods) if any(r.method == m for r in runs)]
-    reference = "das" if "das" in methods else (methods[0] if methods else "das")
+    reference = p.config.reference if p.config.reference in methods or not methods else methods[0]
     seeds = sorted({r.seed for r in runs})
     return BenchResults(
         study=p.base.name, space=p.space.label, candidates=list(p.space.candidates), num_candidates=len(p.space.candidates),
@@ -65,12 +65,12 @@ def collect(p: Plan) -> BenchResults:
     )
 
 
-def _retrained(p: Plan, found: list[dict[str, Any]]) -> Retrained:
-    values = [m["value"] for m in found]
+def _retrained(p: Plan, found: list[RetrainMetrics]) -> Retrained:
+    values = [m.value for m in found]
     return Retrained(
-        metric=found[0]["metric"], values={str(r): m["value"] for r, m in zip(p.retrain_seeds, found)}, mean=mean(values), std=pstdev(values),
-        additional_gmacs=found[0]["additional_macs"] / 1e9, flops_saved=found[0]["flops_saved"],
-        steps=p.retrain_steps, seconds=mean(m["retrain_seconds"] for m in found),
+        metric=found[0].metric, values={str(r): m.value for r, m in zip(p.retrain_seeds, found)}, mean=mean(values), std=pstdev(values),
+        additional_gmacs=found[0].additional_gmacs, flops_saved=found[0].flops_saved,
+        steps=p.retrain_steps, seconds=mean(m.retrain_seconds for m in found),
     )
 
 

@@ -27,7 +27,6 @@ A re-run reuses every finished search and retrain and resumes what was interrupt
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +38,14 @@ import torch
 import yaml
 
 from das_tune import runner, storage, training
-from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, pick, sample_batches
-from das_tune.bench.results import SearchRecord, Warmup
+from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
+from das_tune.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
 from das_tune.retrain import finished_metrics, retrain, save_spec
 from das_tune.samplers import SAMPLERS
-from das_tune.search.oneshot import CHECKPOINT, OneShotSearch
+from das_tune.search.supernet import CHECKPOINT, warm_up
 from das_tune.spaces import SkipSpace
 from das_tune.study import SearchSpec, StudySpec, load_study_spec
 
@@ -54,6 +53,7 @@ MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
 MIN_VERDICT_REFERENCE = 40
 WARMUP_FILE, PLAN_FILE = "warmup.json", "plan.yaml"
+BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 
 # Sampler methods that are one registry sampler with fixed options. "das" is the reference rule even
 # when the study standardises its advantages; "das_std" is DAS with standardised advantages.
@@ -85,6 +85,7 @@ class BenchConfig:
     reference_size: int = MIN_VERDICT_REFERENCE
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip>
+    reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,11 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
     Everything lands on disk (see the module's layout); :func:`collect` reads it back."""
     _check_plan_file(p)
+    opened = storage.open_storage(p.storage)
     parts = None
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
-        parts = _run_seed(p, seed, reporter)
+        parts = _run_seed(p, seed, opened, reporter)
     if p.config.ground_truth:
         subsets = [s for s in p.reference if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
@@ -229,7 +231,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
 
 # -- one seed -------------------------------------------------------------------------------------
-def _run_seed(p: Plan, seed: int, reporter: Reporter) -> Components:
+def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
     training.seed_everything(seed)
     warm_spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
     parts = build_components(warm_spec)
@@ -239,12 +241,12 @@ def _run_seed(p: Plan, seed: int, reporter: Reporter) -> Components:
             _save(p, _training_free(p, seed, method, parts, warm))
     for sampler in p.config.samplers:
         if _saved(p, sampler, seed) is None:
-            _save(p, _search(p, seed, sampler, parts, warm, reporter))
+            _save(p, _search(p, seed, sampler, parts, warm, opened, reporter))
     for method in (*p.config.methods, *p.config.samplers):
         chosen = frozenset(_saved(p, method, seed).chosen)
         for r in p.retrain_seeds:
             metrics = _retrained(p, r, parts, chosen, reporter)
-            reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: test {metrics['metric']} {metrics['value']:.4f}")
+            reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: test {metrics.metric} {metrics.value:.4f}")
     return parts
 
 
@@ -252,19 +254,15 @@ def _warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) ->
     """The seed's shared warm-up (done once); the model is left in its warm state."""
     info_path = spec.run_dir / WARMUP_FILE
     if info_path.is_file():
-        warm = Warmup.model_validate_json(info_path.read_text())
+        warm = Warmup.read(info_path)
     else:
-        study = optuna.create_study(study_name=spec.resolved_study_name)  # in memory: the warm-up asks nothing
         start = time.perf_counter()
-        checkpoint = OneShotSearch(
-            search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study, seed=spec.seed,
-            run_dir=spec.run_dir, trial_attrs=lambda skipped: {}, reporter=reporter,
-        ).warm_up()
+        checkpoint = warm_up(spec, parts, reporter)
         seconds = time.perf_counter() - start
         _load_warm(parts, str(checkpoint))
         warm = Warmup(checkpoint=str(checkpoint), steps=p.steps_per_epoch * spec.search.warmup_epochs, seconds=seconds,
                       supernet_losses=supernet_losses(p, parts))
-        info_path.write_text(warm.model_dump_json(indent=2) + "\n")
+        write_json(warm, info_path)
     _load_warm(parts, warm.checkpoint)
     return warm
 
@@ -282,26 +280,28 @@ def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: War
     scores = layer_scores(method, p.space, parts.model, parts.task, batches)
     return SearchRecord(
         method=method, kind="training-free", seed=seed, study_name=None,
-        chosen=p.space.ordered(pick(p.space, scores)), layer_scores=scores,
+        chosen=p.space.ordered(p.space.top(scores)), layer_scores=scores,
         observations=0, observed=[], scoring_batches=len(batches) if method in SIMILARITY_METHODS else 0,
         warmup_steps=warm.steps, warmup_seconds=warm.seconds,
         search_steps=0, search_seconds=time.perf_counter() - start, supernet_losses=warm.supernet_losses,
     )
 
 
-def _search(p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, reporter: Reporter) -> SearchRecord:
+def _search(
+    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: optuna.storages.BaseStorage, reporter: Reporter
+) -> SearchRecord:
     """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
     spec = p.spec(seed, sampler)
-    _check_not_foreign(spec)
+    _check_not_foreign(spec, opened)
     save_spec(spec)
-    study, found_by = runner.search(spec, parts, fresh=False, reporter=reporter, warmup_checkpoint=Path(warm.checkpoint))
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
+    complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return SearchRecord(
         method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
-        chosen=found_by["chosen"], layer_scores=found_by.get("probabilities"),
+        chosen=parts.space.ordered(found.chosen), layer_scores=found.found_by.probabilities,
         observations=len(complete), observed=[t.value for t in complete], scoring_batches=0,
         warmup_steps=warm.steps, warmup_seconds=warm.seconds,
-        search_steps=p.steps_per_epoch * spec.search.search_epochs, search_seconds=found_by["search_seconds"],
+        search_steps=p.steps_per_epoch * spec.search.search_epochs, search_seconds=found.found_by.search_seconds,
         supernet_losses=supernet_losses(p, parts),
     )
 
@@ -325,21 +325,20 @@ def _record_path(p: Plan, method: str, seed: int) -> Path:
 
 def _saved(p: Plan, method: str, seed: int) -> SearchRecord | None:
     path = _record_path(p, method, seed)
-    return SearchRecord.model_validate_json(path.read_text()) if path.is_file() else None
+    return SearchRecord.read(path) if path.is_file() else None
 
 
 def _save(p: Plan, record: SearchRecord) -> None:
     path = _record_path(p, record.method, record.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(record.model_dump_json(indent=2) + "\n")
+    tmp = path.with_suffix(".tmp")  # a record exists whole or not at all
+    write_json(record, tmp)
     tmp.replace(path)
 
 
 def saved_records(p: Plan) -> list[SearchRecord]:
     """Every finished record of the config's methods, of any seed run into this folder, in method order."""
     methods = [*p.config.samplers, *p.config.methods]
-    records = [SearchRecord.model_validate_json(path.read_text()) for path in sorted((p.out / "records").glob("*.json"))]
+    records = [SearchRecord.read(path) for path in sorted((p.out / "records").glob("*.json"))]
     records = [r for r in records if r.method in methods]
     return sorted(records, key=lambda r: (methods.index(r.method), r.seed))
 
@@ -349,7 +348,7 @@ def saved_warmups(p: Plan, seeds: list[int]) -> dict[int, Warmup]:
     for seed in seeds:
         path = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}").run_dir / WARMUP_FILE
         if path.is_file():
-            found[seed] = Warmup.model_validate_json(path.read_text())
+            found[seed] = Warmup.read(path)
     return found
 
 
@@ -357,31 +356,31 @@ def _retrain_spec(p: Plan, seed: int, skipped: frozenset[str]) -> StudySpec:
     return p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)))
 
 
-def _retrain_metrics(p: Plan, seed: int, skipped: frozenset[str]) -> dict[str, Any] | None:
+def _retrain_metrics(p: Plan, seed: int, skipped: frozenset[str]) -> RetrainMetrics | None:
     """The metrics of a finished retrain of ``skipped`` at retrain seed ``seed``, else None."""
     return finished_metrics(_retrain_spec(p, seed, skipped), skipped)
 
 
-def retrained_values(p: Plan, skipped: frozenset[str]) -> list[dict[str, Any]] | None:
+def retrained_values(p: Plan, skipped: frozenset[str]) -> list[RetrainMetrics] | None:
     """The metrics of ``skipped`` at every retrain seed, or None if any retrain is missing."""
     found = [_retrain_metrics(p, r, skipped) for r in p.retrain_seeds]
     return None if any(m is None for m in found) else found
 
 
-def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> dict[str, Any]:
+def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics:
     """The retrain metrics of ``skipped`` at retrain seed ``seed``: from an earlier retrain, else retrained now."""
     done = _retrain_metrics(p, seed, skipped)
     if done is not None:
         return done
     spec = _retrain_spec(p, seed, skipped)
     save_spec(spec)
-    return retrain(spec, parts, skipped, {"found_by": "das-tune bench", "seed": seed}, reporter)
+    return retrain(spec, parts, skipped, FoundBy(sampler=BENCH), reporter)
 
 
-def _check_not_foreign(spec: StudySpec) -> None:
+def _check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
     """A study of this name that this benchmark did not start (e.g. one of ``das-tune run``) is not extended."""
     ours = (spec.run_dir / CHECKPOINT).is_file()
-    if not ours and storage.study_exists(storage.get_storage(spec.storage), spec.resolved_study_name):
+    if not ours and storage.study_exists(opened, spec.resolved_study_name):
         raise UserError(
             f"study {spec.resolved_study_name!r} already exists in {spec.storage} but was not started by this "
             f"benchmark (no {spec.run_dir / CHECKPOINT}); pass another --storage or --out"

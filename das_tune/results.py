@@ -1,21 +1,87 @@
-"""The benchmark's typed results: what each run found, the ground truth it is judged against, the summary.
+"""The typed results das-tune writes: what a run found and retrained, and what a benchmark measured.
 
-``results.json`` is :class:`BenchResults` dumped as JSON; the markdown, the terminal table and the plots
-are drawn from it, and a test checks the README's bench numbers against it.
+Each is a pydantic model written to JSON by :func:`write_json` and read back by ``Model.read``, so a
+file's schema is declared here once. Files written by older versions (with keys no longer written)
+still read: unknown keys are ignored.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Result = TypeVar("Result", bound="_Result")
 
 
-class Spread(_Model):
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def read(cls: type[Result], path: Path) -> Result:
+        return cls.model_validate_json(path.read_text())
+
+
+def write_json(result: BaseModel, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.model_dump_json(indent=2, by_alias=True) + "\n")
+
+
+# -- a run --------------------------------------------------------------------------------------------
+class FoundBy(_Result):
+    """How a subnet was found: one shape whether a search, ``--skip`` or the bench chose it."""
+
+    sampler: str  # the sampler's name, or "given by --skip", or "das-tune bench"
+    executor: str | None = None
+    study_name: str | None = None
+    storage: str | None = None
+    observations: int = 0
+    search_seconds: float | None = None
+    probabilities: dict[str, float] | None = None  # the sampler's skip probabilities, if it has any
+
+
+class SubnetFile(FoundBy):
+    """``subnet.json``: the space, the skipped layers, the backbone and task, and how it was found (flat)."""
+
+    space: str | None
+    candidates: list[str]
+    num_skip: int
+    skipped: list[str]
+    backbone: dict[str, Any]
+    task: dict[str, Any]
+
+    @property
+    def found_by(self) -> FoundBy:
+        return FoundBy.model_validate(self.model_dump(include=set(FoundBy.model_fields)))
+
+
+class RetrainMetrics(_Result):
+    """``metrics.json``: the retrained subnet's test metric, costs, latency and wall-clock."""
+
+    metric: str
+    value: float
+    test: dict[str, float]
+    val: dict[str, float]
+    skipped: list[str]
+    macs: int
+    flops: int
+    additional_macs: int
+    additional_flops: int
+    params: int
+    trainable_params: int
+    additional_gmacs: float
+    flops_saved: float
+    latency_full_ms: float
+    latency_subnet_ms: float
+    speedup: float
+    retrain_seconds: float
+    search_seconds: float | None = None
+    retrain_budget: dict[str, Any]
+
+
+# -- a benchmark ----------------------------------------------------------------------------------------
+class Spread(_Result):
     """Median, quartiles and range over seeds of the values that exist, and how many there are."""
 
     median: float | None = None
@@ -26,7 +92,7 @@ class Spread(_Model):
     n: int = 0
 
 
-class PairedTest(_Model):
+class PairedTest(_Result):
     """``reference − method`` on the retrained metric, paired by seed."""
 
     test: str
@@ -39,7 +105,7 @@ class PairedTest(_Model):
     p_value: float | None
 
 
-class Ranking(_Model):
+class Ranking(_Result):
     """How well one ordering of the reference subsets agrees with their retrained metric."""
 
     kendall_tau: float | None
@@ -47,7 +113,7 @@ class Ranking(_Model):
     n: int
 
 
-class Warmup(_Model):
+class Warmup(_Result):
     """A seed's shared warm-up: its checkpoint, cost, and the warm supernet's loss of every reference subset."""
 
     checkpoint: str
@@ -56,7 +122,7 @@ class Warmup(_Model):
     supernet_losses: dict[str, float] = Field(default_factory=dict)
 
 
-class SearchRecord(_Model):
+class SearchRecord(_Result):
     """What one method found at one seed, before any retrain (saved once the search is finished)."""
 
     method: str
@@ -77,7 +143,7 @@ class SearchRecord(_Model):
     )
 
 
-class Retrained(_Model):
+class Retrained(_Result):
     """One subset's retrains at every retrain seed."""
 
     metric: str
@@ -109,7 +175,7 @@ class RunResult(SearchRecord):
     supernet_ranking: Ranking | None = None
 
 
-class GroundTruth(_Model):
+class GroundTruth(_Result):
     """Every subset (``kind = all``) or a random reference sample of them, each retrained at every retrain seed."""
 
     kind: Literal["all", "sample"]
@@ -123,7 +189,7 @@ class GroundTruth(_Model):
     retrain_seconds: float
 
 
-class MethodSummary(_Model):
+class MethodSummary(_Result):
     value: Spread
     additional_gmacs: Spread
     regret: Spread
@@ -138,7 +204,7 @@ class MethodSummary(_Model):
     retrain_seconds: Spread
 
 
-class Budget(_Model):
+class Budget(_Result):
     warmup_epochs: int
     search_epochs: int
     steps_per_epoch: int
@@ -150,7 +216,22 @@ class Budget(_Model):
     retrain_seeds: list[int]
 
 
-class BenchResults(_Model):
+class BenchFiles(_Result):
+    """Where ``das-tune bench`` wrote its results: the folder and the file names in it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    out: str
+    json_name: str = Field(alias="json")
+    markdown: str
+    plots: list[str]
+
+
+class BenchResults(_Result):
+    """``results.json``: every run, the summary over seeds, the paired tests and the ground truth; the
+    markdown, the terminal table and the plots are drawn from it, and a test checks the README's bench
+    numbers against it."""
+
     study: str
     space: str
     candidates: list[str]
@@ -175,4 +256,4 @@ class BenchResults(_Model):
         default_factory=dict, description="per seed: the shared warm-up supernet's loss vs ground truth"
     )
     runs: list[RunResult]
-    files: dict[str, str | list[str]] = Field(default_factory=dict)
+    files: BenchFiles | None = None
