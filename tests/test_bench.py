@@ -241,11 +241,10 @@ def test_killed_sublayer_bench_resumes_reusing_finished_retrains(tmp_path):
 
 @pytest.mark.slow
 def test_bench_on_a_journal_file_storage(tmp_path):
-    args = ["bench", "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--tiny", "--quiet",
-            "--storage", "bench.log", "--out", "out"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    # 4 observations of 15 subsets: a budget the bench accepts
+    result = bench(tmp_path, "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--retrain-seeds", "1",
+                   "--tiny", "--quiet", "--set", "search.search_epochs=1", "--set", "search.round_size=2",
+                   "--set", "search.observe_every=3", "--storage", "bench.log", "--out", "out", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["storage"] == "bench.log" and not (tmp_path / "out" / "bench.db").exists()
