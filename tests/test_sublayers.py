@@ -11,6 +11,7 @@ import torch
 
 from das_tune.backbones import build_backbone
 from das_tune.backbones.flops import CostModel, count_flops
+from das_tune.backbones.sublayers import vilt_sublayers
 from das_tune.errors import UserError
 from das_tune.spaces import load_space
 from das_tune.study import default_study_for_space, load_study_spec
@@ -157,3 +158,15 @@ def test_sublayer_search_runs_end_to_end(cli, tmp_path):
     assert all(name[0] in "AF" for name in subnet["skipped"]) and metrics["skipped"] == subnet["skipped"]
     assert metrics["latency_subnet_ms"] > 0 and metrics["trainable_params"] > 0
     assert metrics["flops_saved"] > 0 and set(subnet["probabilities"]) == set(load_space("minilm_vqa_sublayers").candidates)
+
+
+def test_vilt_blocks_keep_the_layers_parallel_adapters_and_compose_to_the_adapted_layer():
+    whole = build_backbone("vilt", tiny=True).eval()
+    block = whole.candidates()["En0"].layer  # the AdaptedBlock: x + attn(norm1(x)) + adapter0(x), then the MLP's likewise
+    dim = whole.feature_dim
+    attention, feed_forward = vilt_sublayers(block.block, 0, dim, 96, (block.adapter0, block.adapter1))
+    x = torch.randn(2, 5, dim)
+    with torch.no_grad():
+        torch.testing.assert_close(feed_forward.layer(attention.layer(x, None)), block(x, None))
+        without = vilt_sublayers(block.block, 0, dim, 96)
+        assert not torch.allclose(without[1].layer(without[0].layer(x, None)), block(x, None))

@@ -44,28 +44,34 @@ class PostNormFeedForward(nn.Module):
 
 
 class PreNormAttention(nn.Module):
-    """ViLT's attention block: ``x + Attention(LayerNorm(x))``."""
+    """ViLT's attention block: ``x + Attention(LayerNorm(x))``, plus DAS's parallel adapter reading ``x``
+    when there is one (see ``vilt.AdaptedBlock``)."""
 
-    def __init__(self, norm: nn.Module, attention: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, attention: nn.Module, adapter: nn.Module | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.attention = attention
+        self.adapter = adapter
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return x + self.attention(self.norm(x), mask)[0]
+        out = x + self.attention(self.norm(x), mask)[0]
+        return out if self.adapter is None else out + self.adapter(x)
 
 
 class PreNormFeedForward(nn.Module):
-    """ViLT's feed-forward block: ``x + FFN(LayerNorm(x))`` (``output`` adds the residual)."""
+    """ViLT's feed-forward block: ``x + FFN(LayerNorm(x))`` (``output`` adds the residual), plus DAS's
+    parallel adapter reading ``x`` when there is one."""
 
-    def __init__(self, norm: nn.Module, intermediate: nn.Module, output: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, intermediate: nn.Module, output: nn.Module, adapter: nn.Module | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.intermediate = intermediate
         self.output = output
+        self.adapter = adapter
 
     def forward(self, x: torch.Tensor, *ignored) -> torch.Tensor:
-        return self.output(self.intermediate(self.norm(x)), x)
+        out = self.output(self.intermediate(self.norm(x)), x)
+        return out if self.adapter is None else out + self.adapter(x)
 
 
 def bert_sublayers(layer: nn.Module, i: int, dim: int, skip_width: int) -> list[SkippableLayer]:
@@ -76,11 +82,14 @@ def bert_sublayers(layer: nn.Module, i: int, dim: int, skip_width: int) -> list[
     ]
 
 
-def vilt_sublayers(layer: nn.Module, i: int, dim: int, skip_width: int) -> list[SkippableLayer]:
-    """``A<i>``, ``F<i>`` of a pre-LN ViltLayer."""
+def vilt_sublayers(
+    layer: nn.Module, i: int, dim: int, skip_width: int, adapters: tuple[nn.Module | None, nn.Module | None] = (None, None)
+) -> list[SkippableLayer]:
+    """``A<i>``, ``F<i>`` of a pre-LN ViltLayer; ``adapters``: the layer's two parallel adapters (attention,
+    feed-forward), if it has them."""
     return [
-        SkippableLayer(f"A{i}", PreNormAttention(layer.layernorm_before, layer.attention), dim, skip_width),
+        SkippableLayer(f"A{i}", PreNormAttention(layer.layernorm_before, layer.attention, adapters[0]), dim, skip_width),
         SkippableLayer(
-            f"F{i}", PreNormFeedForward(layer.layernorm_after, layer.intermediate, layer.output), dim, skip_width
+            f"F{i}", PreNormFeedForward(layer.layernorm_after, layer.intermediate, layer.output, adapters[1]), dim, skip_width
         ),
     ]

@@ -32,9 +32,9 @@ class ImageTokens(nn.Module):
         self.token_type = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, image_token_type: int = 1) -> torch.Tensor:
         tokens = self.patch(pixel_values).flatten(2).transpose(1, 2)
-        return self.norm(tokens + self.position + self.token_type)
+        return self.norm(tokens + self.position + self.token_type[image_token_type - 1])
 
 
 class SingleStreamVL(LayerSkipBackbone):
@@ -68,6 +68,12 @@ class SingleStreamVL(LayerSkipBackbone):
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 
+    def use_image_token_types(self, count: int) -> None:
+        table = self.image_tokens.token_type.detach()
+        if len(table) < count:
+            extra = table[-1:].expand(count - len(table), -1, -1)
+            self.image_tokens.token_type = nn.Parameter(torch.cat([table, extra]))
+
     def preprocess(self, texts, images=None, text_pairs=None) -> dict[str, torch.Tensor]:
         if images is None or len(images) != len(texts):
             raise UserError("a vision-language backbone needs one image per text")
@@ -81,11 +87,11 @@ class SingleStreamVL(LayerSkipBackbone):
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 
-    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None, image_token_type=1) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        image = self.image_tokens(pixel_values.to(text.dtype))
+        image = self.image_tokens(pixel_values.to(text.dtype), image_token_type)
         x = torch.cat([text, image], dim=1)
         valid = torch.cat([attention_mask, attention_mask.new_ones(image.shape[:2])], dim=1)
         mask = additive_mask(valid, x.dtype)
