@@ -209,6 +209,37 @@ def bench(
 
 @app.command()
 @exits_cleanly
+def pretrain(
+    backbone: Annotated[str, typer.Argument(help="The backbone to pre-train: minilm_vl.")] = "minilm_vl",
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoint, the log and the weights.")] = Path("pretrain/minilm_vl"),
+    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (half matching, half masked words).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate of the stem and the LoRA deltas.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints (and log entries).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard the folder's checkpoint and start again.")] = False,
+    seed: Seed = None,
+    tiny: Tiny = False,
+    quiet: Quiet = False,
+) -> None:
+    """Vision-language pre-training of minilm_vl on easy-VQA's training images (resumable: run it again)."""
+    from das_tune import config
+    from das_tune.pretrain import PretrainSpec, pretrain as run_pretraining
+    from das_tune.progress import reporter
+
+    if backbone != "minilm_vl":
+        raise UserError(f"pretrain: unknown backbone {backbone!r}; expected minilm_vl")
+    fields = dict(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if "checkpoint_every" in fields:
+        fields["eval_every"] = fields["checkpoint_every"]
+    spec = config.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
+    with reporter(quiet) as progress:
+        weights = run_pretraining(spec, out, progress, fresh=fresh)
+    print(weights)
+
+
+@app.command()
+@exits_cleanly
 def dashboard(
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///das_tune.db",
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",

@@ -38,28 +38,37 @@ def retrain(
     subnet = full.export(skipped)
     subnet.task_head = parts.task.build_head(subnet.feature_dim)
     start = time.perf_counter()
-    val = _train(spec, parts, subnet, reporter)
+    trained = _train(spec, parts, subnet, reporter)
     test = training.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
     seconds = time.perf_counter() - start
-    metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds)
+    metrics = _metrics(spec, parts, full, subnet, skipped, trained["val"], test, seconds)
+    metrics["best_epoch"], metrics["epochs_run"] = trained["best_epoch"], trained["epochs_run"]
     metrics["search_seconds"] = found_by.get("search_seconds")
     metrics["retrain_budget"] = _budget(spec)
     write_artifacts(spec, subnet, skipped, found_by, metrics)
     return metrics
 
 
-def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> dict[str, float]:
+def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> dict[str, Any]:
+    """Train until the val metric plateaus (or the epochs run out); leaves ``subnet`` at its best val epoch."""
     retrain, task = spec.retrain, parts.task
     steps = training.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
     optimizer, scheduler = training.make_optimizer(subnet, retrain, steps * retrain.epochs)
-    val: dict[str, float] = {}
+    best: dict[str, Any] = {}
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
         for batch in training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch):
             reporter.advance(training.train_step(subnet, task, batch, optimizer, scheduler))
         val = training.evaluate(subnet, task, "val", retrain.batch_size)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
-    return val
+        if not best or val[task.metric] > best["val"][task.metric] + retrain.min_delta:
+            state = {k: v.detach().clone() for k, v in subnet.trainable_state_dict().items()}
+            best = {"val": val, "best_epoch": epoch + 1, "state": state}
+        elif retrain.patience is not None and epoch + 1 - best["best_epoch"] >= retrain.patience:
+            reporter.log(f"val {task.metric} has not improved for {retrain.patience} epochs: stopping")
+            break
+    subnet.load_state_dict(best["state"], strict=False)
+    return {"val": best["val"], "best_epoch": best["best_epoch"], "epochs_run": epoch + 1}
 
 
 def _metrics(
