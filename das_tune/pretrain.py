@@ -13,7 +13,8 @@ The captions come from the attributes of each *training* image, read off its tra
 answers (val and test images are never seen). What trains: the conv stem and rank-r LoRA deltas
 (``peft``) on every linear layer of the encoder. Written out: the stem and the deltas (``lora_A``,
 ``lora_B``) as safetensors, merged into the frozen weights at load (``minilm_vl``'s ``vl_weights``),
-and a JSON log. A checkpoint every ``checkpoint_every`` steps; the same command resumes after a stop.
+and a JSON log. A checkpoint every ``checkpoint_every`` steps; the same command resumes after a stop,
+also with another ``steps`` (the learning-rate decay then ends at the new last step; the log says so).
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ class Pretraining:
         if not path.exists():
             return
         state = torch.load(path, weights_only=False)
-        if state["spec"] != self.spec.model_dump():
+        if _setup(state["spec"]) != _setup(self.spec.model_dump()):
             raise UserError(f"{path} was written by another pre-training setup; pass --fresh or another --out")
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -326,7 +327,14 @@ class Pretraining:
         self.rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.seconds, self.log, self.running = state["step"], state["seconds"], state["log"], state["running"]
+        if state["spec"]["steps"] != self.spec.steps:  # the learning-rate decay now ends at the new last step
+            self.log.append({"step": self.step, "steps_changed": [state["spec"]["steps"], self.spec.steps]})
         self.reporter.log(f"resuming the pre-training at step {self.step} of {self.spec.steps}")
+
+
+def _setup(spec: dict) -> dict:
+    """What a checkpoint must share with a run that resumes it: all but the step count and the cadences."""
+    return {k: v for k, v in spec.items() if k not in ("steps", "checkpoint_every", "eval_every")}
 
 
 def _trains(model: nn.Module, key: str) -> bool:
