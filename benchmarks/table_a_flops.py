@@ -23,13 +23,13 @@ VILT_ROWS = [([], 0.73), (["En3"], -1.03), (["En5", "En11"], -2.79)]
 
 def rows(name: str, costs: CostModel, table: list) -> list[float]:
     base = costs.cost([])
-    print(f"{name}: {base['macs'] / 1e9:.2f} GMACs with adapters, {costs.original_flops / 2e9:.2f} GMACs original")
+    print(f"{name}: {base.macs / 1e9:.2f} GMACs with adapters, {costs.original_flops / 2e9:.2f} GMACs original")
     print(f"  {'skipped':<34} {'ours GMACs':>10} {'paper':>8} {'ours GFLOPs':>12}")
     ratios = []
     for skipped, paper in table:
         cost = costs.cost(skipped)
-        ours = cost["additional_macs"] / 1e9
-        print(f"  {', '.join(skipped) or '(adapters only)':<34} {ours:>10.2f} {paper:>8.2f} {cost['additional_flops'] / 1e9:>12.2f}")
+        ours = cost.additional_gmacs
+        print(f"  {', '.join(skipped) or '(adapters only)':<34} {ours:>10.2f} {paper:>8.2f} {cost.additional_flops / 1e9:>12.2f}")
         if skipped:
             ratios.append(abs(ours / paper))
     return ratios

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from das_tune.errors import UserError
+from das_tune.storage import DEFAULT_STORAGE
 
 app = typer.Typer(
     add_completion=False,
@@ -26,7 +27,7 @@ out = Console()
 err = Console(stderr=True)
 
 # Options every command shares.
-Storage = Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: the study's, sqlite:///das_tune.db)")]
+Storage = Annotated[Optional[str], typer.Option(help=f"Optuna storage URL or journal file (default: the study's, {DEFAULT_STORAGE})")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; print only the result path.")]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler, the data order and the adapters.")]
 Tiny = Annotated[bool, typer.Option(help="Tiny random backbone of the same family and a few batches of data.")]
@@ -136,30 +137,18 @@ def retrain(
     set_: Sets = None,
 ) -> None:
     """Retrain a given subnet without searching: a run folder's, or --skip on a study."""
-    from das_tune.components import build_components
     from das_tune.progress import reporter
-    from das_tune.retrain import read_run, retrain as retrain_subnet, save_spec
-    from das_tune.study import load_study_spec, override_spec
+    from das_tune.runner import retrain_run, retrain_subset
 
     overrides = _overrides(storage, seed, tiny, set_)
-    if run_dir is not None:
-        spec, subnet = read_run(run_dir)
-        spec = override_spec(spec, overrides, str(run_dir / "study.yaml"))
-        layers = _skip_list(skip) if skip else subnet["skipped"]
-        found_by = {k: v for k, v in subnet.items() if k not in ("space", "candidates", "num_skip", "skipped", "backbone", "task")}
-    elif study is not None and skip:
-        spec = load_study_spec(study, overrides)
-        layers, found_by = _skip_list(skip), {"sampler": "given by --skip"}
-    else:
+    layers = _skip_list(skip) if skip else None
+    if run_dir is None and (study is None or layers is None):
         raise UserError("give a run folder, or --study with --skip LAYER,LAYER (or --skip none)")
-    parts = build_components(spec)
-    skipped = parts.space.validate_subset(layers)
-    if run_dir is None and spec.study_name is None:  # its own folder: a search's artifacts are never overwritten
-        label = "+".join(parts.space.ordered(skipped)) or "none"
-        spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
-    save_spec(spec)
     with reporter(quiet) as progress:
-        metrics = retrain_subnet(spec, parts, skipped, found_by, progress)
+        if run_dir is not None:
+            spec, metrics = retrain_run(run_dir, skip=layers, overrides=overrides, reporter=progress)
+        else:
+            spec, metrics = retrain_subset(study, layers, overrides=overrides, reporter=progress)
     _report(spec, metrics, quiet)
 
 
@@ -177,7 +166,7 @@ def bench(
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; every method runs once per seed.")] = 5,
     ground_truth: Annotated[bool, typer.Option(help="Also retrain every subset (small spaces): regret, rank, Kendall τ.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<out>/bench.db)")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
     quiet: Quiet = False,
     set_: Sets = None,
@@ -198,13 +187,13 @@ def bench(
     )
     with reporter(quiet) as progress:
         results = run_bench(config, progress)
-    folder = Path(results["files"]["out"])
+    files = results.files
     if quiet:
-        print(folder / results["files"]["json"])
+        print(Path(files.out) / files.json_name)
         return
     out.print(rich_table(results))
-    for name in (results["files"]["json"], results["files"]["markdown"], *results["files"]["plots"]):
-        print(folder / name)
+    for name in (files.json_name, files.markdown, *files.plots):
+        print(Path(files.out) / name)
 
 
 @app.command()
@@ -241,7 +230,7 @@ def pretrain(
 @app.command()
 @exits_cleanly
 def dashboard(
-    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///das_tune.db",
+    storage: Annotated[str, typer.Option(help="Optuna storage URL or journal file.")] = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
     quiet: Quiet = False,
@@ -280,20 +269,20 @@ def studies() -> None:
     out.print(table)
 
 
-def _report(spec, metrics: dict[str, Any], quiet: bool) -> None:
+def _report(spec, metrics, quiet: bool) -> None:
     if quiet:
         print(spec.run_dir)
         return
     table = Table(title=f"das-tune: {spec.resolved_study_name}", show_header=False)
-    table.add_row("skipped layers", ", ".join(metrics["skipped"]) or "(none)")
-    table.add_row(f"test {metrics['metric']}", f"{metrics['value']:.4f}")
-    table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics['additional_macs'] / 1e9:+.4f}")
-    table.add_row("FLOPs saved vs full model with adapters", f"{metrics['flops_saved']:.1%}")
-    table.add_row("trainable params", f"{metrics['trainable_params']:,}")
-    table.add_row("latency full → subnet (batch 1)", f"{metrics['latency_full_ms']:.2f} ms → {metrics['latency_subnet_ms']:.2f} ms ({metrics['speedup']:.2f}×)")
-    if metrics.get("search_seconds") is not None:
-        table.add_row("search wall-clock", f"{metrics['search_seconds']:.0f} s")
-    table.add_row("retrain wall-clock", f"{metrics['retrain_seconds']:.0f} s")
+    table.add_row("skipped layers", ", ".join(metrics.skipped) or "(none)")
+    table.add_row(f"test {metrics.metric}", f"{metrics.value:.4f}")
+    table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")
+    table.add_row("FLOPs saved vs full model with adapters", f"{metrics.flops_saved:.1%}")
+    table.add_row("trainable params", f"{metrics.trainable_params:,}")
+    table.add_row("latency full → subnet (batch 1)", f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)")
+    if metrics.search_seconds is not None:
+        table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
+    table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")
     table.add_row("artifacts", str(spec.run_dir))
     out.print(table)
 

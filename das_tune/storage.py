@@ -1,4 +1,9 @@
-"""Opening a study's Optuna storage: create, resume, or start fresh on request — never overwrite."""
+"""Opening Optuna storages (one opener for every command) and a study in them: create, resume, or
+start fresh on request — never overwrite.
+
+A storage is an Optuna URL (``sqlite:///runs.db``, ``postgresql://…``) or the path of a journal file
+(``journal.log``, ``optuna.storages.journal``): what suits a shared file system or many processes.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,29 @@ from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
+DEFAULT_STORAGE = "sqlite:///das_tune.db"
 
-def get_storage(url: str) -> optuna.storages.BaseStorage:
+
+def local_file(url: str) -> Path | None:
+    """The file an SQLite URL or a journal path names; None for a server URL."""
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return Path(url.removeprefix("sqlite:///")).expanduser()
+    return None if "://" in url else Path(url).expanduser()
+
+
+def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """The storage at ``url``, created unless ``must_exist`` (then a missing file is a UserError)."""
+    path = local_file(url)
+    if path is not None and must_exist and not path.is_file():
+        raise UserError(f"storage {url!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})")
     try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if "://" not in url:
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         return optuna.storages.get_storage(url)
-    except Exception as err:  # a bad URL, a missing driver, an unreachable server
-        raise UserError(f"storage {url!r} cannot be opened: {err}") from None
+    except Exception as err:  # a bad URL, a missing driver, an unreachable server, an unwritable folder
+        raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -26,21 +46,21 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 
 def open_study(
-    url: str,
+    storage: optuna.storages.BaseStorage,
     name: str,
     sampler: optuna.samplers.BaseSampler,
     sampler_record: dict,
     space: SkipSpace,
     *,
+    url: str,
     fresh: bool = False,
     log=print,
 ) -> optuna.Study:
     """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
 
     Trials left RUNNING by a process that died are marked FAIL on resume: one-shot search owns its
-    study, so nothing else can be running them.
+    study, so nothing else can be running them. ``url`` names the storage in messages.
     """
-    storage = get_storage(url)
     if study_exists(storage, name):
         if fresh:
             count = len(optuna.load_study(study_name=name, storage=storage).trials)

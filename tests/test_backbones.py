@@ -104,19 +104,19 @@ def test_flops_fall_by_each_skipped_layers_cost(models):
     inputs = model.example_inputs()
     costs = CostModel(model, inputs)
     full = count_flops(model, inputs)
-    assert costs.cost([])["flops"] == full
+    assert costs.cost([]).flops == full
     for skip in (["En0"], ["En1", "En4"], ["En0", "En2", "En3", "En5"]):
         subnet = model.export(skip)
-        assert count_flops(subnet, inputs) == costs.cost(skip)["flops"]
-        assert costs.cost(skip)["params"] == sum(p.numel() for p in subnet.parameters())
-        assert costs.cost(skip)["trainable_params"] == len(torch.cat([p.flatten() for p in subnet.trainable_parameters()]))
+        assert count_flops(subnet, inputs) == costs.cost(skip).flops
+        assert costs.cost(skip).params == sum(p.numel() for p in subnet.parameters())
+        assert costs.cost(skip).trainable_params == len(torch.cat([p.flatten() for p in subnet.trainable_parameters()]))
     layer = model.layers[1]
     x = torch.randn(1, 32, model.feature_dim)
     with torch.no_grad():
         block = count_flops_of(lambda: layer.layer(x, None))
         skip = count_flops_of(lambda: layer.skip_adapter(x))
     assert costs.delta_flops["En1"] == skip - block < 0
-    assert costs.cost([])["additional_flops"] > 0 and costs.cost([])["macs"] * 2 == full
+    assert costs.cost([]).additional_flops > 0 and costs.cost([]).macs * 2 == full
 
 
 def count_flops_of(fn):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +41,9 @@ class SkippableBackbone(nn.Module, ABC):
 
     layer_names: list[str]
     feature_dim: int
+    # Options a tiny model sets itself (its small sizes, the packaged tokenizer): tiny mode drops
+    # them from a study's options, so the tiny model is the same whatever the study declares.
+    tiny_ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,6 +85,11 @@ class SkippableBackbone(nn.Module, ABC):
     @abstractmethod
     def features(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Pooled features, shape ``[batch, feature_dim]``."""
+
+    @classmethod
+    @abstractmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> SkippableBackbone:
+        """The backbone from a local ``checkpoint``, or a tiny random one of the same family."""
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         pooled = self.features(**inputs)

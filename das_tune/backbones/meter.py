@@ -16,7 +16,7 @@ from torch import nn
 from das_tune.backbones.adapters import SkippableLayer, add_lora
 from das_tune.backbones.fusion import FusionLayer
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, tokenize
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, tokenize
 from das_tune.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -92,6 +92,8 @@ class MeterCore(nn.Module):
 class MeterBackbone(LayerSkipBackbone):
     """Features: the two pooled streams concatenated (``2 × 768``)."""
 
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, core: MeterCore, tokenizer_path: str | None, *, adapter_width: int = 96,
         skip_adapter_width: int = 288, text_skip_adapter_width: int = 192, petl: str = "adapter",
@@ -166,8 +168,7 @@ class MeterBackbone(LayerSkipBackbone):
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         device = self.token4classifier.device
         return {
-            "input_ids": torch.full((batch_size, self.max_text_len), 5, dtype=torch.long, device=device),
-            "attention_mask": torch.ones(batch_size, self.max_text_len, dtype=torch.long, device=device),
+            **example_text(batch_size, self.max_text_len, device),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size, device=device),
         }
 
@@ -188,6 +189,3 @@ class MeterBackbone(LayerSkipBackbone):
             x, y = fl(x, y, text_mask, image_mask), fv(y, x, image_mask, text_mask)
         return torch.cat([self.text_pooler(x), self.image_pooler(y)], dim=-1)
 
-
-def build_meter(checkpoint=None, tiny=False, **options) -> MeterBackbone:
-    return MeterBackbone.build(checkpoint, tiny, **options)

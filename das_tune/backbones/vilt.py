@@ -10,7 +10,7 @@ from torch import nn
 from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
 from das_tune.backbones.processing import (
-    images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
+    example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
 )
 from das_tune.errors import UserError
 
@@ -45,6 +45,8 @@ def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: in
 
 
 class ViltBackbone(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40,
@@ -86,8 +88,7 @@ class ViltBackbone(LayerSkipBackbone):
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         return {
-            "input_ids": torch.full((batch_size, self.max_text_len), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, self.max_text_len, dtype=torch.long),
+            **example_text(batch_size, self.max_text_len),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 
@@ -105,6 +106,3 @@ class ViltBackbone(LayerSkipBackbone):
             x = layer(x, mask)
         return self.pooler(self.layernorm(x))
 
-
-def build_vilt(checkpoint=None, tiny=False, **options) -> ViltBackbone:
-    return ViltBackbone.build(checkpoint, tiny, **options)

@@ -20,11 +20,12 @@ from torch import nn
 
 from das_tune.backbones.bert import load_encoder, masked_mean, skippable_layers
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, tokenize
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, tokenize
 from das_tune.errors import UserError
 
 MEAN = STD = (0.5, 0.5, 0.5)
 STRIDE = 16  # the stem's total down-sampling
+EXAMPLE_TEXT_LEN = 16  # text tokens of the example inputs (FLOPs, latency): a short question
 PACKAGED = "packaged"
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "minilm_vl.safetensors"
 
@@ -92,6 +93,8 @@ def load_vl_weights(encoder: nn.Module, image_tokens: ImageTokens, path: str | P
 
 
 class SingleStreamVL(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, image_size: int = 64, max_text_len: int = 32,
@@ -130,10 +133,8 @@ class SingleStreamVL(LayerSkipBackbone):
         return inputs
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        length = 16
         return {
-            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+            **example_text(batch_size, EXAMPLE_TEXT_LEN),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 
@@ -145,13 +146,18 @@ class SingleStreamVL(LayerSkipBackbone):
         return masked_mean(x, valid)
 
 
-def build_bert_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint, tiny, **options)
+class MiniLMVL(SingleStreamVL):
+    """The single-stream model on the packaged all-MiniLM-L6-v2 (6 layers): no checkpoint to give."""
 
+    # the packaged pre-training is MiniLM's: a tiny model's study drops it, as it drops its sizes
+    tiny_ignores = (*SingleStreamVL.tiny_ignores, "vl_weights")
 
-def build_minilm_vl(checkpoint=None, tiny=False, vl_weights: str | None = PACKAGED, **options) -> SingleStreamVL:
-    """all-MiniLM-L6-v2 with the packaged vision-language pre-training (``vl_weights``: "packaged", a
-    file, or None for plain MiniLM). Tiny random models use it only when given a file."""
-    if vl_weights == PACKAGED:
-        vl_weights = None if tiny or checkpoint is not None else PACKAGED_WEIGHTS
-    return SingleStreamVL.build(checkpoint or minilm_path(), tiny, num_layers=6, vl_weights=vl_weights, **options)
+    @classmethod
+    def build(
+        cls, checkpoint: str | None = None, tiny: bool = False, vl_weights: str | Path | None = PACKAGED, **options: Any,
+    ) -> MiniLMVL:
+        """all-MiniLM-L6-v2 with the packaged vision-language pre-training (``vl_weights``: "packaged", a
+        file, or None for plain MiniLM). Tiny random models use one only when given a file."""
+        if vl_weights == PACKAGED:
+            vl_weights = None if tiny or checkpoint is not None else PACKAGED_WEIGHTS
+        return super().build(checkpoint or minilm_path(), tiny, num_layers=6, vl_weights=vl_weights, **options)

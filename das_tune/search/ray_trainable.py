@@ -5,8 +5,8 @@ only in the layers they skip. The loss reported every ``ray.report_every`` steps
 the task's observation batches, with a checkpoint (model, optimizer, step) so that a retried trial
 resumes where it stopped.
 
-Failure injection (for tests and drills): the driver reads ``DAS_TUNE_FAIL_TRIALS`` (comma-separated
-Optuna trial numbers) and those trials raise after each attempt's first report.
+Failure injection (for tests and drills): the trials whose Optuna numbers are in ``fail_trials`` (an
+argument of the executor's ``RaySearch``, empty in a run) raise after each attempt's first report.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from das_tune.components import Components, build_components
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
-FAIL_ENV = "DAS_TUNE_FAIL_TRIALS"
 _STATE = "state.pt"
 
 

@@ -81,11 +81,8 @@ class Task(ABC):
         *,
         shuffle: bool = False,
         seed: int = 0,
-        limit: int | None = None,
     ) -> DataLoader:
         data = self.examples(split)
-        if limit is not None:
-            data = data[:limit]
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(
             data,
