@@ -53,10 +53,10 @@ def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, 
         oneshot.run(search)
     else:
         steps = training.steps_per_epoch(parts.task, spec.search.batch_size, None)
-        optimizer, scheduler = training.make_optimizer(parts.model, spec.search, steps * epochs)
+        trainer = training.Trainer(parts.model, spec.search, steps, epochs)
         for epoch in range(epochs):
-            for batch in training.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None):
-                training.train_step(parts.model, parts.task, batch, optimizer, scheduler)
+            for step, batch in enumerate(training.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None)):
+                trainer.train(parts.task, batch, step)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

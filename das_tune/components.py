@@ -40,7 +40,7 @@ def build_components(spec: StudySpec) -> Components:
             f"space {space.label}: layers {missing} do not exist in backbone {spec.backbone.name!r} "
             f"(its layers: {', '.join(model.layer_names)})"
         )
-    model.task_head = task.build_head(model.feature_dim)
+    task.attach(model)
     return Components(spec, space, task, model)
 
 

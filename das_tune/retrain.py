@@ -37,8 +37,8 @@ def retrain(spec: StudySpec, parts: Components, skipped: frozenset[str], found_b
     """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts."""
     training.seed_everything(spec.seed)
     full = parts.fresh_backbone()
+    parts.task.attach(full)
     subnet = full.export(skipped)
-    subnet.task_head = parts.task.build_head(subnet.feature_dim)
     start = time.perf_counter()
     trained = _train(spec, parts, subnet, reporter)
     test = training.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
@@ -61,12 +61,13 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
     """Train until the val metric plateaus (or the epochs run out); leaves ``subnet`` at its best val epoch."""
     retrain, task = spec.retrain, parts.task
     steps = training.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
-    optimizer, scheduler = training.make_optimizer(subnet, retrain, steps * retrain.epochs)
+    trainer = training.Trainer(subnet, retrain, steps, retrain.epochs)
     best, best_state = None, {}
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
-        for batch in training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch):
-            reporter.advance(training.train_step(subnet, task, batch, optimizer, scheduler))
+        batches = training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch)
+        for step, batch in enumerate(batches):
+            reporter.advance(trainer.train(task, batch, step))
         val = training.evaluate(subnet, task, "val", retrain.batch_size)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
         if best is None or val[task.metric] > best.val[task.metric] + retrain.min_delta:

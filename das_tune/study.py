@@ -49,22 +49,54 @@ class SamplerSpec(_Strict):
 
 
 class OptimSpec(_Strict):
-    """AdamW (0.9, 0.98) with linear warm-up then linear decay, as METER/ViLT/DAS train."""
+    """AdamW (0.9, 0.98) with linear warm-up then linear decay, as METER/ViLT/DAS train.
+
+    ``batch_size`` is the micro-batch; the optimizer steps once every ``accumulate`` micro-batches, so
+    the total batch is ``batch_size × accumulate`` (the reference: METER 32 × 16, ViLT 64 × 4).
+    """
 
     lr: float = Field(default=1e-3, gt=0)
     head_lr_multiplier: float = Field(default=1.0, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
+    cross_modal_lr_multiplier: float = Field(
+        default=5.0, gt=0, description="lr multiplier of a backbone's cross-modal modules (METER's poolers and fusion adapters)"
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="not applied to biases and LayerNorm weights")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=32, gt=0, description="micro-batch size")
+    accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
+
+    @property
+    def total_batch_size(self) -> int:
+        return self.batch_size * self.accumulate
+
+
+class ObservationSpec(_Strict):
+    """How a redundancy observation scores a subnet: in ``train`` mode (dropout on, as the reference,
+    inside its training step) or ``eval`` mode; on the ``fixed`` first batch of ``split`` (the
+    reference: ``next(iter(val_loader))``) or cycling over ``search.observation_batches`` of them."""
+
+    mode: Literal["train", "eval"] = "eval"
+    batches: Literal["fixed", "cycle"] = "cycle"
+    split: Literal["train", "val"] = "val"
+
+
+# Named observation settings (``search.observation: reference``).
+OBSERVATION_PRESETS = {
+    "reference": ObservationSpec(mode="train", batches="fixed", split="val"),  # DoubtedSteam/DAS
+    "held_out": ObservationSpec(mode="eval", batches="cycle", split="val"),  # das-tune's default
+}
 
 
 class SearchSpec(OptimSpec):
     executor: str = Field(default="oneshot", description="a search executor by name (das_tune.search.EXECUTORS)")
     warmup_epochs: int = Field(default=1, ge=0, description="epochs of uniformly random subnets")
     search_epochs: int = Field(default=2, ge=1, description="epochs with redundancy observations")
-    observe_every: int = Field(default=10, gt=0, description="training steps between observation rounds")
+    observe_every: int = Field(default=10, gt=0, description="training micro-batches between observation rounds (das_turn)")
     round_size: int = Field(default=3, gt=0, description="trials per observation round (DAS: distinct subsets); its only home")
-    observation_batches: int = Field(default=4, gt=0, description="validation batches the observations cycle over")
+    observation: ObservationSpec = Field(
+        default_factory=ObservationSpec, description=f"a mapping or a preset: {', '.join(OBSERVATION_PRESETS)}"
+    )
+    observation_batches: int = Field(default=4, gt=0, description="batches the observations cycle over (batches: cycle)")
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
 
     @field_validator("executor")
@@ -73,6 +105,19 @@ class SearchSpec(OptimSpec):
         if name not in EXECUTORS:
             raise ValueError(f"expected one of {', '.join(EXECUTORS)}, got {name!r}")
         return name
+
+    @field_validator("observation", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in OBSERVATION_PRESETS:
+                raise ValueError(f"unknown observation preset {value!r}; expected one of {', '.join(OBSERVATION_PRESETS)} or a mapping")
+            return OBSERVATION_PRESETS[value]
+        return value
+
+    @property
+    def observation_batch_count(self) -> int:
+        return 1 if self.observation.batches == "fixed" else self.observation_batches
 
 
 class RetrainSpec(OptimSpec):

@@ -28,8 +28,9 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
     assert metrics.epochs_run == 2 and metrics.best_epoch == 1
 
     training.seed_everything(spec.seed)  # the same tiny random frozen weights as the retrain's
-    subnet = parts.fresh_backbone().export({"En1", "En2"})
-    subnet.task_head = parts.task.build_head(subnet.feature_dim)
+    full = parts.fresh_backbone()
+    parts.task.attach(full)
+    subnet = full.export({"En1", "En2"})
     subnet.load_state_dict(load_file(spec.run_dir / WEIGHTS_FILE), strict=False)
     val = training.evaluate(subnet, parts.task, "val", spec.retrain.batch_size)
     assert val == pytest.approx(metrics.val)  # the saved weights are epoch 1's, not epoch 2's

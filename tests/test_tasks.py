@@ -38,7 +38,7 @@ def text_model():
 
 def with_head(backbone, task):
     torch.manual_seed(0)
-    backbone.task_head = task.build_head(backbone.feature_dim)
+    task.attach(backbone)
     return backbone
 
 

@@ -84,7 +84,15 @@ class SkippableBackbone(nn.Module, ABC):
 
     @abstractmethod
     def features(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Pooled features, shape ``[batch, feature_dim]``."""
+        """Pooled features, shape ``[batch, feature_dim]``. Vision-language backbones also take
+        ``image_token_type`` (1, or up to ``count`` after :meth:`use_image_token_types`)."""
+
+    def use_image_token_types(self, count: int) -> None:
+        """Image token types 1..``count``, trainable, the new ones copies of the last (NLVR2 types its
+        two images 1 and 2: a 3-row table with row 2 := row 1)."""
+        from das_tune.errors import UserError
+
+        raise UserError(f"{type(self).__name__} takes no images, so it cannot tell two images apart")
 
     @classmethod
     @abstractmethod
@@ -98,6 +106,10 @@ class SkippableBackbone(nn.Module, ABC):
     # -- training ---------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def cross_modal_modules(self) -> list[nn.Module]:
+        """Modules trained at the cross-modal lr multiplier (the reference's names with "cross_modal")."""
+        return []
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changed (adapters, skip-adapters, head, extras): the artifact to save."""

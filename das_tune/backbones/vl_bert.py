@@ -53,20 +53,20 @@ class ImageTokens(nn.Module):
         if text_norm is not None:
             self.norm.load_state_dict(text_norm.state_dict())
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, image_token_type: int = 1) -> torch.Tensor:
         tokens = self.stem(pixel_values).flatten(2).transpose(1, 2)
-        return self.norm(tokens + self.position + self.token_type)
+        return self.norm(tokens + self.position + self.token_type[image_token_type - 1])
 
 
 def joint_sequence(
     embeddings: nn.Module, image_tokens: ImageTokens, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-    attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None, image_token_type: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Text embeddings followed by image tokens, and the ``[batch, tokens]`` 1/0 mask of valid tokens."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     text = embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-    image = image_tokens(pixel_values.to(text.dtype))
+    image = image_tokens(pixel_values.to(text.dtype), image_token_type)
     valid = torch.cat([attention_mask, attention_mask.new_ones(image.shape[:2])], dim=1)
     return torch.cat([text, image], dim=1), valid
 
@@ -125,6 +125,12 @@ class SingleStreamVL(LayerSkipBackbone):
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 
+    def use_image_token_types(self, count: int) -> None:
+        table = self.image_tokens.token_type.detach()
+        if len(table) < count:
+            extra = table[-1:].expand(count - len(table), -1, -1)
+            self.image_tokens.token_type = nn.Parameter(torch.cat([table, extra]))
+
     def preprocess(self, texts, images=None, text_pairs=None) -> dict[str, torch.Tensor]:
         if images is None or len(images) != len(texts):
             raise UserError("a vision-language backbone needs one image per text")
@@ -138,8 +144,10 @@ class SingleStreamVL(LayerSkipBackbone):
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 
-    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        x, valid = joint_sequence(self.embeddings, self.image_tokens, input_ids, pixel_values, attention_mask, token_type_ids)
+    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None, image_token_type=1) -> torch.Tensor:
+        x, valid = joint_sequence(
+            self.embeddings, self.image_tokens, input_ids, pixel_values, attention_mask, token_type_ids, image_token_type
+        )
         mask = additive_mask(valid, x.dtype)
         for layer in self.layers:
             x = layer(x, mask)

@@ -4,7 +4,8 @@ After the shared warm-up (:func:`~das_tune.search.supernet.warm_up`, uniformly r
 search epochs train, at every step, the subnet the skip policy draws (DAS: ∝ its skip probabilities;
 any other sampler: uniform), and every ``observe_every`` steps run a redundancy observation: one round
 of the policy's ``round_size`` Optuna trials, each a subset proposed by the sampler, scored without
-gradients on one observation batch and told.
+gradients on one observation batch (as ``search.observation`` declares) and told. Steps are
+micro-batches (the reference's ``das_turn`` counts them); the optimizer steps once every ``accumulate``.
 
 The supernet is checkpointed after every observation round, so an interrupted search resumes where
 it stopped.
@@ -35,7 +36,9 @@ class OneShotSearch:
         spec, parts = search.spec, search.parts
         self.spec, self.model, self.task = spec.search, parts.model, parts.task
         self.net = Supernet(spec, parts)
-        self.observations: Iterator[Batch] = self.task.observation_batches(self.model, self.spec.batch_size, self.spec.observation_batches)
+        self.observations: Iterator[Batch] = self.task.observation_batches(
+            self.model, self.spec.batch_size, self.spec.observation_batch_count, split=self.spec.observation.split
+        )
         self.probabilities = self.policy.probabilities(self.study)
 
     def run(self, start: Path | None) -> None:
@@ -66,7 +69,7 @@ class OneShotSearch:
             trial = self.study.ask()
             skipped = space.suggest(trial)
             self.search.record(trial, skipped, PHASE)
-            self.study.tell(trial, training.observe(self.model, self.task, batch, skipped))
+            self.study.tell(trial, training.observe(self.model, self.task, batch, skipped, self.spec.observation.mode))
             if self.policy.closes_round(trial.number):
                 break
         self.net.position.rounds += 1
@@ -76,7 +79,7 @@ class OneShotSearch:
         own = self.net.restore(start)
         pos = self.net.position
         self.probabilities = self.policy.probabilities(self.study)
-        for _ in range(pos.rounds % self.spec.observation_batches):
+        for _ in range(pos.rounds % self.spec.observation_batch_count):
             next(self.observations)
         resumed = own and (pos.epoch, pos.step_in_epoch) != (self.spec.warmup_epochs, 0)
         if resumed and not pos.finished:

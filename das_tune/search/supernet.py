@@ -40,8 +40,8 @@ class Supernet:
         self.search, self.model, self.task = spec.search, parts.model, parts.task
         self.seed, self.run_dir, self.name = spec.seed, spec.run_dir, spec.resolved_study_name
         self.steps_per_epoch = training.steps_per_epoch(self.task, self.search.batch_size, self.search.max_steps_per_epoch)
-        total = self.steps_per_epoch * (self.search.warmup_epochs + self.search.search_epochs)
-        self.optimizer, self.scheduler = training.make_optimizer(self.model, self.search, total)
+        epochs = self.search.warmup_epochs + self.search.search_epochs
+        self.trainer = training.Trainer(self.model, self.search, self.steps_per_epoch, epochs)
         self.rng = np.random.default_rng(self.seed)
         self.position = Position()
 
@@ -50,7 +50,8 @@ class Supernet:
         return self.position.epoch >= self.search.warmup_epochs
 
     def train_epoch(self, epoch: int, draw: Callable[[], frozenset[str]], after_step: Callable[[float], None]) -> None:
-        """One epoch (the rest of it, when resuming): each step trains the subnet ``draw()`` gives."""
+        """One epoch (the rest of it, when resuming): each micro-batch trains the subnet ``draw()`` gives;
+        the optimizer steps once per window of ``accumulate`` micro-batches, then ``after_step`` runs."""
         pos = self.position
         batches = training.epoch_batches(
             self.task, self.model, self.search.batch_size, seed=self.seed, epoch=epoch, max_steps=self.search.max_steps_per_epoch
@@ -59,7 +60,7 @@ class Supernet:
             if step < pos.step_in_epoch:  # resuming: these batches were trained before the stop
                 continue
             self.model.set_skipped(draw())
-            loss = training.train_step(self.model, self.task, batch, self.optimizer, self.scheduler)
+            loss = self.trainer.train(self.task, batch, step)
             pos.step_in_epoch, pos.global_step = step + 1, pos.global_step + 1
             after_step(loss)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
@@ -72,8 +73,7 @@ class Supernet:
         state = {
             "position": asdict(self.position),
             "model": self.model.trainable_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "trainer": self.trainer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "study_name": self.name,
@@ -94,8 +94,7 @@ class Supernet:
                 return False
             state = torch.load(fallback, weights_only=False)
         self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
