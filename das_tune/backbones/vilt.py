@@ -77,6 +77,7 @@ class ViltBackbone(LayerSkipBackbone):
         super().__init__()
         check_petl(petl)
         config = vilt.config
+        self.encoder_config = config
         dim = config.hidden_size
         self.embeddings = vilt.embeddings
         self.layers = nn.ModuleList(

@@ -102,6 +102,7 @@ class SingleStreamVL(LayerSkipBackbone):
     ) -> None:
         super().__init__()
         dim = encoder.config.hidden_size
+        self.encoder_config = encoder.config
         self.embeddings = encoder.embeddings
         self.image_tokens = ImageTokens(dim, image_size, encoder.embeddings.LayerNorm)
         if vl_weights is not None:
