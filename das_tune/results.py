@@ -57,7 +57,7 @@ class SubnetFile(FoundBy):
 
 
 class RetrainMetrics(_Result):
-    """``metrics.json``: the retrained subnet's test metric, costs, latency and wall-clock."""
+    """``metrics.json``: the retrained subnet's test metric (at its best val epoch), costs, latency and wall-clock."""
 
     metric: str
     value: float
@@ -76,6 +76,8 @@ class RetrainMetrics(_Result):
     latency_subnet_ms: float
     speedup: float
     retrain_seconds: float
+    best_epoch: int  # the epoch whose weights are the result (best val metric)
+    epochs_run: int  # fewer than retrain.epochs when patience stopped it
     search_seconds: float | None = None
     retrain_budget: dict[str, Any]
 

@@ -121,8 +121,13 @@ class SearchSpec(OptimSpec):
 
 
 class RetrainSpec(OptimSpec):
-    epochs: int = Field(default=10, gt=0)
+    """Training of the chosen subnet. After every epoch the val metric is read; the best epoch's weights are
+    the result, and with ``patience`` the retrain stops once that many epochs in a row did not improve it."""
+
+    epochs: int = Field(default=10, gt=0, description="the most epochs")
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, gt=0, description="stop after this many epochs without a better val metric")
+    min_delta: float = Field(default=0.0, ge=0, description="the least val gain that counts as better")
 
 
 class RaySpec(_Strict):

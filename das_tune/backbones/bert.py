@@ -76,6 +76,7 @@ class TextEncoderBackbone(LayerSkipBackbone):
         if pooling not in ("mean", "cls"):
             raise UserError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
         dim = encoder.config.hidden_size
+        self.encoder_config = encoder.config
         self.embeddings = encoder.embeddings
         self.layers = skippable_layers(
             encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank, granularity

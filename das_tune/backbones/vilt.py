@@ -80,6 +80,7 @@ class ViltBackbone(LayerSkipBackbone):
         check_petl(petl)
         check_granularity(granularity)
         config = vilt.config
+        self.encoder_config = config
         dim = config.hidden_size
         self.embeddings = vilt.embeddings
         width = sublayer_width(granularity, skip_adapter_width, adapter_width)
