@@ -164,10 +164,12 @@ def _skip_list(skip: str) -> list[str]:
 def bench(
     space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
     study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers to compare (searches on one supernet).")] = "das,random,tpe",
+    samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp.")] = "das,das_std,random,tpe",
     methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
-    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; every method runs once per seed.")] = 5,
-    ground_truth: Annotated[bool, typer.Option(help="Also retrain every subset (small spaces): regret, rank, Kendall τ.")] = False,
+    seeds: Annotated[str, typer.Option(help="Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results.")] = "5",
+    retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; its result is the mean.")] = 2,
+    ground_truth: Annotated[bool, typer.Option(help="Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ.")] = False,
+    reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
@@ -175,7 +177,7 @@ def bench(
     set_: Sets = None,
 ) -> None:
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
-    from das_tune.bench import BenchConfig, run_bench
+    from das_tune.bench import BenchConfig, parse_seeds, run_bench
     from das_tune.bench.report import rich_table
     from das_tune.progress import reporter
     from das_tune.study import default_study_for_space
@@ -186,10 +188,13 @@ def bench(
         study=study or default_study_for_space(space),
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        seeds=seeds, ground_truth=ground_truth, overrides=overrides, out=out_dir,
+        seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
+        reference_size=reference_size, overrides=overrides, out=out_dir,
     )
     with reporter(quiet) as progress:
         results = run_bench(config, progress)
+    for warning in results.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     files = results.files
     if quiet:
         print(Path(files.out) / files.json_name)
@@ -376,6 +381,37 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+
+
+@app.command()
+@exits_cleanly
+def pretrain(
+    backbone: Annotated[str, typer.Argument(help="The backbone to pre-train: minilm_vl.")] = "minilm_vl",
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoint, the log and the weights.")] = Path("pretrain/minilm_vl"),
+    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (half matching, half masked words).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate of the stem and the LoRA deltas.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints (and log entries).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard the folder's checkpoint and start again.")] = False,
+    seed: Seed = None,
+    tiny: Tiny = False,
+    quiet: Quiet = False,
+) -> None:
+    """Vision-language pre-training of minilm_vl on easy-VQA's training images (resumable: run it again)."""
+    from das_tune import config
+    from das_tune.pretrain import PretrainSpec, pretrain as run_pretraining
+    from das_tune.progress import reporter
+
+    if backbone != "minilm_vl":
+        raise UserError(f"pretrain: unknown backbone {backbone!r}; expected minilm_vl")
+    fields = dict(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if "checkpoint_every" in fields:
+        fields["eval_every"] = fields["checkpoint_every"]
+    spec = config.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
+    with reporter(quiet) as progress:
+        weights = run_pretraining(spec, out, progress, fresh=fresh)
+    print(weights)
 
 
 @app.command()

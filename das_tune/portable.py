@@ -131,7 +131,7 @@ def _architectures() -> dict[str, Architecture]:
     from das_tune.backbones import MeterBackbone, SingleStreamVL, TextEncoderBackbone, ViltBackbone
 
     text = Architecture(TextEncoderBackbone, _hf_config, _hf_encoder, ("tokenizer", "num_layers"))
-    single_stream = Architecture(SingleStreamVL, _hf_config, _hf_encoder, ("tokenizer", "num_layers"))
+    single_stream = Architecture(SingleStreamVL, _hf_config, _hf_encoder, ("tokenizer", "num_layers", "vl_weights"))
     meter_sizes = lambda b: {"sizes": b.core_sizes, "image_size": b.image_size}  # noqa: E731
     return {
         "bert": text,

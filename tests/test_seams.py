@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import yaml
 
+from das_tune import resources
 from das_tune.components import build_components
 from das_tune.errors import UserError
 from das_tune.samplers import SkipPolicy, make_sampler, skip_policy, study_policy
@@ -106,6 +108,21 @@ def test_tiny_mode_is_the_backbones_and_the_tasks_and_set_wins():
     assert len(parts.task.examples("train")) == 200 and len(parts.task.examples("val")) == 32
     assert parts.model.max_text_len == 16
 
+
+
+def test_tiny_mode_drops_a_studys_vl_weights_and_set_wins(tmp_path):
+    # the study names MiniLM-sized pre-trained weights; the tiny model has neither their sizes nor the file
+    missing = str(tmp_path / "missing.safetensors")
+    data = yaml.safe_load((resources.builtin_dir("studies") / "easyvqa_minilm.yaml").read_text())
+    data["backbone"]["options"]["vl_weights"] = missing
+    study = tmp_path / "vl.yaml"
+    study.write_text(yaml.safe_dump(data))
+    assert load_study_spec(study).backbone.options["vl_weights"] == missing
+    tiny = load_study_spec(study, {"tiny": True})
+    assert "vl_weights" not in tiny.backbone.options
+    build_components(tiny)  # the tiny model, without the study's weights
+    with pytest.raises(UserError, match="vision-language weights .*missing.safetensors not found"):
+        build_components(load_study_spec(study, {"tiny": True, "backbone.options.vl_weights": missing}))
 
 def test_local_paths_are_listed_once_and_made_absolute_for_ray_workers(tmp_path, monkeypatch):
     from das_tune.search.ray_tune import absolute_paths

@@ -1,4 +1,5 @@
-"""BERT-family text encoders (BERT, RoBERTa, MiniLM) from a local Hugging Face folder; candidates En0..N-1."""
+"""BERT-family text encoders (BERT, RoBERTa, MiniLM) from a local Hugging Face folder; candidates En0..N-1,
+or with ``granularity="sublayer"`` each layer's attention and feed-forward blocks A0, F0, … (see ``sublayers``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
 from das_tune.backbones.processing import example_text, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
+from das_tune.backbones.sublayers import bert_sublayers, check_granularity, sublayer_width
 from das_tune.errors import UserError
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
@@ -45,13 +47,20 @@ def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: in
 
 
 def skippable_layers(
-    layers: nn.ModuleList, prefix: str, dim: int, adapter_width: int, skip_width: int, petl: str, lora_rank: int
+    layers: nn.ModuleList, prefix: str, dim: int, adapter_width: int, skip_width: int | None, petl: str,
+    lora_rank: int, granularity: str = "layer",
 ) -> nn.ModuleList:
+    """The candidates of a stack of BertLayers: whole layers ``<prefix><i>`` or sublayers ``A<i>``, ``F<i>``."""
     check_petl(petl)
+    check_granularity(granularity)
+    width = sublayer_width(granularity, skip_width, adapter_width)
     wrapped = []
     for i, layer in enumerate(layers):
         adapt_layer(layer, dim, adapter_width, petl, lora_rank)
-        wrapped.append(SkippableLayer(f"{prefix}{i}", layer, dim, skip_width))
+        if granularity == "sublayer":
+            wrapped += bert_sublayers(layer, i, dim, width)
+        else:
+            wrapped.append(SkippableLayer(f"{prefix}{i}", layer, dim, width))
     return nn.ModuleList(wrapped)
 
 
@@ -66,8 +75,9 @@ class TextEncoderBackbone(LayerSkipBackbone):
     tiny_ignores = ("tokenizer", "max_text_len")
 
     def __init__(
-        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
+        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int | None = None,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 128, pooling: str = "mean",
+        granularity: str = "layer",
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
@@ -76,7 +86,7 @@ class TextEncoderBackbone(LayerSkipBackbone):
         self.encoder_config = encoder.config
         self.embeddings = encoder.embeddings
         self.layers = skippable_layers(
-            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank
+            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank, granularity
         )
         self.layer_names = [layer.name for layer in self.layers]
         self.feature_dim = dim
