@@ -79,8 +79,9 @@ def test_ray_trials_of_one_study(postgresql, ray_cluster, tmp_path):
 def test_bench_on_postgresql(postgresql, tmp_path):
     url = postgresql.create_database("bench")
     result = run_cli(
-        "bench", "--space", "minilm_vqa", "--tiny", "--seeds", "1", "--samplers", "das,random", "--methods", "",
-        "--storage", url, "--out", "out", "--quiet", cwd=tmp_path, timeout=500,
+        "bench", "--space", "minilm_vqa", "--tiny", "--seeds", "1", "--retrain-seeds", "1", "--samplers", "das,random",
+        "--methods", "", "--set", "search.search_epochs=1", "--set", "search.round_size=2", "--set", "search.observe_every=3",
+        "--storage", url, "--out", "out", "--quiet", cwd=tmp_path, timeout=500,  # 4 of 15 subsets: a budget the bench accepts
     )
     assert result.returncode == 0, result.stderr[-3000:]
     names = {s.study_name for s in optuna.get_all_study_summaries(url)}

@@ -174,6 +174,8 @@ class SkipSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.told:
             return
+        if result:  # Ray may hand a trial's last report only here, not to on_trial_result
+            self._record_node(trial_id, result)
         state, value = trial_outcome(result, error, self.steps_per_trial)
         self.study.tell(self.trials[trial_id], value, state=state)
         self.told.add(trial_id)
