@@ -91,7 +91,8 @@ def test_bench_on_postgresql(postgresql, tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["run", "--space", "minilm_vqa", "--tiny"],
-    ["bench", "--space", "minilm_vqa", "--tiny", "--seeds", "1", "--samplers", "das", "--methods", ""],
+    ["bench", "--space", "minilm_vqa", "--tiny", "--seeds", "1", "--retrain-seeds", "1", "--samplers", "das", "--methods", "",
+     "--set", "search.search_epochs=1", "--set", "search.round_size=2", "--set", "search.observe_every=6"],  # no budget warning
     ["dashboard", "--port", "0"],
 ])
 def test_wrong_password_is_bad_input(postgresql, tmp_path, command):
