@@ -96,8 +96,8 @@ def _load_spec(study: str | None, space: str | None, overrides: dict[str, Any]):
 def run(
     study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
     space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="das, random, tpe, cmaes, qmc, gp")] = None,
-    num_skip: Annotated[Optional[int], typer.Option(help="How many layers to skip.")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="das, random, tpe, cmaes, qmc, gp, nsga2")] = None,
+    num_skip: Annotated[Optional[str], typer.Option(help="How many layers to skip: a number, or a range (1-3, 2,4,6,8) for one search of every size and the accuracy-GMACs front.")] = None,
     executor: Annotated[Optional[str], typer.Option(help="oneshot (supernet, the paper) or ray (Ray Tune trials).")] = None,
     address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,

@@ -101,11 +101,12 @@ def open_study(
             log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
         else:
             return _resume(storage, url, name, sampler, sampler_record, space, log)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
+    directions = ["minimize", "minimize"] if space.is_range else ["minimize"]  # a range: (observed loss, additional GMACs)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
     storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, sampler_record)
     study.set_user_attr("space", space.name)
     study.set_user_attr("candidates", list(space.candidates))
-    study.set_user_attr("num_skip", space.num_skip)
+    study.set_user_attr("num_skip", space.recorded_num_skip)
     return study
 
 
@@ -117,7 +118,7 @@ def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: 
             f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
             "pass --fresh to start it again or --set study_name=NEW for a new study"
         )
-    if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.num_skip):
+    if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.recorded_num_skip):
         raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:

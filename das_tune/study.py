@@ -164,7 +164,9 @@ class StudySpec(_Strict):
     name: str
     description: str = ""
     space: str
-    num_skip: int | None = Field(default=None, description="overrides the space's num_skip")
+    num_skip: int | str | list[int] | dict[str, int] | None = Field(
+        default=None, description="overrides the space's num_skip: a number or a range (1-3, '2,4,6,8', [2, 4], {min: 2, max: 8})"
+    )
     backbone: BackboneSpec
     task: TaskSpec
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)

@@ -24,7 +24,12 @@ SAMPLERS: dict[str, SamplerFactory] = {
     "cmaes": lambda space, seed, **options: optuna.samplers.CmaEsSampler(seed=seed, **options),
     "qmc": lambda space, seed, **options: optuna.samplers.QMCSampler(seed=seed, **options),
     "gp": lambda space, seed, **options: optuna.samplers.GPSampler(seed=seed, **options),
+    "nsga2": lambda space, seed, **options: optuna.samplers.NSGAIISampler(seed=seed, **options),
 }
+
+# Samplers that cannot run a two-objective study (a range of num_skip: observed loss, additional
+# GMACs). On such a study "tpe" is Optuna's multi-objective TPE (MOTPE).
+SINGLE_OBJECTIVE = frozenset({"cmaes"})
 
 
 # Samplers whose trials come in rounds: they take the study's round size (search.round_size, its only
@@ -46,7 +51,7 @@ def sampler_from_record(record: dict[str, Any], space: SkipSpace) -> BaseSampler
 
 
 def make_sampler(name: str, space: SkipSpace, seed: int | None = None, **options: Any) -> BaseSampler:
-    """A sampler by registry name ("das", "random", "tpe", "cmaes", "qmc", "gp")."""
+    """A sampler by registry name ("das", "random", "tpe", "cmaes", "qmc", "gp", "nsga2")."""
     factory = SAMPLERS.get(name)
     if factory is None:
         raise UserError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
@@ -84,6 +89,6 @@ def recorded_sampler(study: optuna.Study, space: SkipSpace) -> BaseSampler | Non
 
 
 __all__ = [
-    "DASSampler", "SAMPLERS", "SAMPLER_ATTR", "SkipPolicy", "chosen_skip", "make_sampler", "sampler_from_record",
+    "DASSampler", "SAMPLERS", "SAMPLER_ATTR", "SINGLE_OBJECTIVE", "SkipPolicy", "chosen_skip", "make_sampler", "sampler_from_record",
     "sampler_record", "skip_policy", "study_policy",
 ]

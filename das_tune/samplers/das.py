@@ -27,6 +27,16 @@ finite value are observations: PRUNED trials (e.g. stopped early by ASHA, whose 
 and FAILED ones are left out of the round's baseline and update, and a round with fewer than two
 observations changes nothing (its baseline-subtracted update would be zero anyway).
 
+A range of ``num_skip`` (one search for every size)
+--------------------------------------------------
+With a range the gates are shared by every size: a layer that is redundant when two layers are
+skipped is evidence for skipping it when three are. Each round is of *one* size, so its baseline
+compares like with like (subsets of one size differ in which layers they drop, not in how many): round
+r has the r-th size in turn, cycling over the sizes that have more than one subset (size 0 has one,
+the full model). Each size's pick is its top-m gates, so the picks form a ladder of nested subsets.
+In a two-objective study (observed loss, additional GMACs) the reward comes from the first objective
+alone: a subnet's cost is known without observing it, and the ladder spans the costs.
+
 The draw as random keys
 -----------------------
 Sequential sampling without replacement ∝ p equals taking the top-m of the keys u_i = U_i^(1/w_i),
@@ -48,7 +58,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from das_tune.samplers.policy import SkipPolicy, random_log_keys
-from das_tune.spaces import SkipSpace
+from das_tune.spaces import SIZE_PARAM, SkipSpace
 
 Reward = Callable[[float], float]
 _UNSETTLED = (TrialState.RUNNING, TrialState.WAITING)
@@ -129,8 +139,22 @@ class DASSampler(BaseSampler):
         return np.array(rows)
 
     def chosen(self, study: Study) -> frozenset[str]:
-        """The subset DAS chooses now: the ``num_skip`` layers with the largest gates."""
-        return self.space.top(self.gates(study).tolist())
+        """The subset DAS chooses now: the ``num_skip`` layers with the largest gates (a range: the
+        largest size's pick, see :meth:`picks`)."""
+        return self.space.top(self.gates(study).tolist(), self.space.sizes[-1])
+
+    def picks(self, study: Study) -> dict[int, frozenset[str]]:
+        """Size m → the m layers with the largest gates, for every size of the space: the ladder."""
+        gates = self.gates(study).tolist()
+        return {m: self.space.top(gates, m) for m in self.space.sizes}
+
+    def round_num_skip(self, number: int) -> int | None:
+        """How many layers the subsets of trial ``number``'s round skip (None: the space has one size)."""
+        if not self.space.is_range:
+            return None
+        n = len(self.space.candidates)
+        observable = [m for m in self.space.sizes if math.comb(n, m) > 1]
+        return observable[(number // self.round_size) % len(observable)]
 
     def skip_policy(self) -> DASPolicy:
         """What the search loops, the dashboard and the bench see of this sampler."""
@@ -138,7 +162,6 @@ class DASSampler(BaseSampler):
 
     # -- BaseSampler ------------------------------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        self._raise_error_if_multi_objective(study)
         other = self.fallback.infer_relative_search_space(study, trial)
         own = self.space.distributions
         return {**{k: v for k, v in other.items() if k not in own}, **own}
@@ -146,7 +169,6 @@ class DASSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        self._raise_error_if_multi_objective(study)
         own = self.space.distributions
         params: dict[str, Any] = {}
         if any(name in search_space for name in own):
@@ -163,7 +185,6 @@ class DASSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        self._raise_error_if_multi_objective(study)
         return self.fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
@@ -179,14 +200,18 @@ class DASSampler(BaseSampler):
         self.fallback.reseed_rng()
 
     # -- internals --------------------------------------------------------------------------------
-    def _draw_keys(self, study: Study, trial: FrozenTrial) -> dict[str, float]:
+    def _draw_keys(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
         trials = study._get_trials(deepcopy=False, use_cache=True)
         p = _sigmoid(self._replay(study, trials))
         taken = self._taken_in_round(trials, trial.number)
-        distinct_possible = len(taken) < self.space.num_subsets
+        size = self.round_num_skip(trial.number)
+        subsets = self.space.num_subsets if size is None else math.comb(len(self.space.candidates), size)
+        distinct_possible = len(taken) < subsets
         rng = np.random.default_rng([self.seed, trial.number])
         for _ in range(_MAX_REDRAWS):
-            keys = self._keys_for(p, rng)
+            keys: dict[str, Any] = self._keys_for(p, rng)
+            if size is not None:
+                keys[SIZE_PARAM] = size
             subset = self.space.decode(keys)
             if not distinct_possible or subset not in taken:
                 return keys
@@ -220,7 +245,7 @@ class DASSampler(BaseSampler):
             cache_key, (0, np.zeros(len(self.space.candidates)))
         )
         gates = cached.copy()
-        reward = self.reward or _default_reward(study.direction)
+        reward = self.reward or _default_reward(study.directions[0])
         prefix_intact = history is None
         k = self.round_size
         for start in range(done * k, len(trials) - k + 1, k):
@@ -240,8 +265,8 @@ class DASSampler(BaseSampler):
         observed = []
         for t in members:
             subset = self.space.subset_of(t)
-            if t.state == TrialState.COMPLETE and subset is not None and math.isfinite(t.value):
-                observed.append((reward(t.value), subset))
+            if t.state == TrialState.COMPLETE and subset is not None and math.isfinite(t.values[0]):
+                observed.append((reward(t.values[0]), subset))
         if len(observed) < 2:
             return
         p = _sigmoid(gates)
@@ -270,6 +295,9 @@ class DASPolicy(SkipPolicy):
 
     def chosen(self, study: Study) -> frozenset[str]:
         return self.sampler.chosen(study)
+
+    def picks(self, study: Study) -> dict[int, frozenset[str]]:
+        return self.sampler.picks(study)
 
     def history(self, study: Study) -> np.ndarray:
         return _sigmoid(self.sampler.gate_history(study))

@@ -10,7 +10,13 @@ the study's :class:`SkipPolicy`:
 * :meth:`~SkipPolicy.draw`: the subnet one training step of the supernet trains;
 * :meth:`~SkipPolicy.chosen`: the subset the study chose;
 * :meth:`~SkipPolicy.history`: skip probabilities after each round, for plots (None: plot how often
-  each layer was skipped instead).
+  each layer was skipped instead);
+* :meth:`~SkipPolicy.picks`: with a range of ``num_skip``, the subset chosen for every size (the
+  "ladder"; DAS: the top-m gates, others: each size's best observed subset).
+
+With a range, a training step first draws the size uniformly from the range, then the subset of that
+size as above (see ``docs/architecture.md``: every size's subnets get the same share of the training,
+so their observed losses compare fairly; uniform over all subsets would starve the extreme sizes).
 
 A sampler that has a policy of its own provides it with a ``skip_policy()`` method (``DASSampler``
 does); every other sampler gets this base class: uniform draws, and the best trial's subset.
@@ -37,9 +43,11 @@ def random_log_keys(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def draw_subset(space: SkipSpace, weights: Mapping[str, float], rng: np.random.Generator) -> frozenset[str]:
-    """``num_skip`` layers drawn without replacement with probability ∝ ``weights``."""
+    """``num_skip`` layers drawn without replacement with probability ∝ ``weights`` (a range: a size
+    drawn uniformly from the range first)."""
+    size = int(rng.choice(space.sizes)) if space.is_range else None
     p = np.array([weights[c] for c in space.candidates])
-    return space.top(random_log_keys(p, rng).tolist())
+    return space.top(random_log_keys(p, rng).tolist(), size)
 
 
 class SkipPolicy:
@@ -67,10 +75,27 @@ class SkipPolicy:
         return draw_subset(self.space, probabilities or dict.fromkeys(self.space.candidates, 1.0), rng)
 
     def chosen(self, study: optuna.Study) -> frozenset[str]:
-        best = _best_trial_with_subset(study, self.space)
+        """The study's choice: the best trial's subset (a range: the pick of the largest size, see :meth:`picks`)."""
+        size = self.space.sizes[-1] if self.space.is_range else None
+        best = _best_trial_with_subset(study, self.space, size)
         if best is None:
             raise UserError(f"study {study.study_name!r} has no completed trial with a skip subset of space {self.space.label}")
         return self.space.decode(best.params)
+
+    def picks(self, study: optuna.Study) -> dict[int, frozenset[str]]:
+        """Size → the subset chosen for it: the best observed subset of each size (sizes never observed are missing)."""
+        picks = {}
+        for size in self.space.sizes:
+            best = _best_trial_with_subset(study, self.space, size)
+            if best is not None:
+                picks[size] = self.space.decode(best.params)
+        return picks
+
+    def describe(self, study: optuna.Study) -> str:
+        """The current choice in one line (a range: every size's pick)."""
+        if not self.space.is_range:
+            return str(self.space.ordered(self.chosen(study)))
+        return "; ".join(f"{m}: {self.space.ordered(s)}" for m, s in self.picks(study).items()) or "none yet"
 
     def history(self, study: optuna.Study) -> np.ndarray | None:
         """Row r: each layer's skip probability after r rounds; None for a policy without probabilities."""
@@ -83,9 +108,14 @@ def skip_policy(sampler: BaseSampler, space: SkipSpace, round_size: int = 1) -> 
     return own() if callable(own) else SkipPolicy(space, round_size)
 
 
-def _best_trial_with_subset(study: optuna.Study, space: SkipSpace) -> FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if space.subset_of(t) is not None]
+def _best_trial_with_subset(study: optuna.Study, space: SkipSpace, size: int | None = None) -> FrozenTrial | None:
+    """The completed trial of ``space`` (of ``size`` layers, if given) with the best first objective
+    (the observed loss; with a range the second is the subnet's cost)."""
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if (subset := space.subset_of(t)) is not None and (size is None or len(subset) == size)
+    ]
     if not complete:
         return None
-    pick = min if study.direction == StudyDirection.MINIMIZE else max
-    return pick(complete, key=lambda t: t.value)
+    pick = min if study.directions[0] == StudyDirection.MINIMIZE else max
+    return pick(complete, key=lambda t: t.values[0])

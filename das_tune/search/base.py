@@ -29,6 +29,13 @@ class SearchRun:
     reporter: Reporter
     warmup_checkpoint: Path | None = None  # a warm-up shared by several searches (the bench's)
 
+    def objectives(self, loss: float, skipped: frozenset[str]) -> float | list[float]:
+        """What a trial of ``skipped`` is told: its observed loss, and with a range of num_skip (a
+        two-objective study) its additional GMACs too."""
+        if not self.parts.space.is_range:
+            return loss
+        return [loss, self.costs.cost(skipped).additional_gmacs]
+
     def record(self, trial: optuna.Trial, skipped: frozenset[str], phase: str) -> None:
         """The user attributes every observation trial carries (the dashboard shows them)."""
         attrs = {**self.costs.cost(skipped).trial_attrs(), "round": self.policy.round_of(trial.number), "phase": phase}

@@ -69,7 +69,8 @@ class OneShotSearch:
             trial = self.study.ask()
             skipped = space.suggest(trial)
             self.search.record(trial, skipped, PHASE)
-            self.study.tell(trial, training.observe(self.model, self.task, batch, skipped, self.spec.observation.mode))
+            loss = training.observe(self.model, self.task, batch, skipped, self.spec.observation.mode)
+            self.study.tell(trial, self.search.objectives(loss, skipped))
             if self.policy.closes_round(trial.number):
                 break
         self.net.position.rounds += 1
@@ -79,7 +80,7 @@ class OneShotSearch:
         return self.policy.probabilities(self.study)
 
     def _log_choice(self, epoch: int) -> None:
-        self.reporter.log(f"epoch {epoch + 1}: current choice {self.search.parts.space.ordered(self.policy.chosen(self.study))}")
+        self.reporter.log(f"epoch {epoch + 1}: current choice {self.policy.describe(self.study)}")
 
     def _restore(self, start: Path | None) -> None:
         own = self.net.restore(start)

@@ -125,5 +125,4 @@ def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Superne
 
 
 def _uniform_draw(net: Supernet, parts: Components) -> Callable[[], frozenset[str]]:
-    space = parts.space
-    return lambda: frozenset(net.rng.choice(space.candidates, size=space.num_skip, replace=False).tolist())
+    return lambda: parts.space.random_subset(net.rng)
