@@ -102,15 +102,21 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,
     fresh: Annotated[bool, typer.Option(help="Delete the study and its run folder's progress and start again.")] = False,
+    target: Annotated[Optional[str], typer.Option(help="With a num_skip range: pick the cheapest retrained subnet meeting e.g. 'accuracy>=full-0.01' (exit 1 if none).")] = None,
+    max_gmacs: Annotated[Optional[float], typer.Option(help="With a num_skip range: the pick has at most this many additional GMACs (negative: cheaper than the original model).")] = None,
     storage: Storage = None,
     seed: Seed = None,
     tiny: Tiny = False,
     quiet: Quiet = False,
     set_: Sets = None,
 ) -> None:
-    """Search which layers to skip, retrain the chosen subnet, write artifacts and a report."""
+    """Search which layers to skip, retrain the chosen subnet, write artifacts and a report.
+
+    With a range of --num-skip: one search for every size, each size's pick and the full model
+    retrained, the front in front.json / front.png / front.md, and --target / --max-gmacs applied."""
     from das_tune.progress import reporter
     from das_tune.runner import run as run_study
+    from das_tune.target import parse_target
 
     overrides = _overrides(storage, seed, tiny, set_, num_skip=num_skip)
     if sampler:
@@ -122,9 +128,41 @@ def run(
     if workers is not None:
         overrides["search.workers"] = workers
     spec = _load_spec(study, space, overrides)
+    rule = parse_target(target, max_gmacs)
+    if spec.load_space().is_range:
+        _run_front(spec, fresh, rule, quiet)
+        return
+    if rule is not None:
+        raise UserError("--target and --max-gmacs choose from a front: give a range of --num-skip, e.g. 1-3")
     with reporter(quiet) as progress:
         metrics = run_study(spec, fresh=fresh, reporter=progress)
     _report(spec, metrics, quiet)
+
+
+def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
+    from das_tune.front import FRONT_JSON, FRONT_PNG, run_front
+    from das_tune.progress import reporter
+
+    with reporter(quiet) as progress:
+        front = run_front(spec, fresh=fresh, reporter=progress, target=rule)
+    if quiet:
+        print(spec.run_dir)
+    else:
+        table = Table("subnet", "skipped", f"test {front.metric}", "additional GMACs", "FLOPs saved", "speedup", "Pareto",
+                      title=f"das-tune: {front.study_name} (num_skip {', '.join(map(str, front.num_skip))})")
+        for p in [front.full, *front.ladder]:
+            table.add_row(p.name, ", ".join(p.skipped) or "(none)", f"{p.value:.4f}", f"{p.additional_gmacs:+.4f}",
+                          f"{p.flops_saved:.1%}", f"{p.speedup:.2f}×", "yes" if p.pareto else "")
+        out.print(table)
+        for name in (FRONT_JSON, FRONT_PNG):
+            print(spec.run_dir / name)
+    if front.missing:
+        err.print(f"no pick for num_skip {', '.join(map(str, front.missing))}: never observed", highlight=False)
+    if front.target is not None:
+        verdict = "target met" if front.target.met else "[bold red]target not met[/]"
+        err.print(f"{verdict}: {front.target.reason}", soft_wrap=True, highlight=False)
+        if not front.target.met:
+            raise SystemExit(1)  # a failure, said above in one line (no traceback)
 
 
 @app.command()
@@ -438,7 +476,7 @@ def spaces() -> None:
     table = Table("space", "candidates", "num_skip", "description")
     for name in builtin_names("search_spaces"):
         space = load_space(name)
-        table.add_row(name, f"{len(space.candidates)} ({space.candidates[0]}…{space.candidates[-1]})", str(space.num_skip), space.description)
+        table.add_row(name, f"{len(space.candidates)} ({space.candidates[0]}…{space.candidates[-1]})", space.num_skip_label, space.description)
     out.print(table)
 
 

@@ -45,13 +45,16 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
 from das_tune.errors import UserError
+from das_tune.results import FrontFile
 from das_tune.samplers import SAMPLER_ATTR, SkipPolicy, study_policy
 from das_tune.spaces import SkipSpace
 from das_tune.storage import open_storage, shown_url
 
 MAX_POINTS = 200  # rounds per plotted line: keeps each saved plot a few kB at any study size
 PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "result": "das-tune-result"}
+FRONT_PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "pareto": "das-tune-pareto", "front": "das-tune-front"}
 _TEMPLATE = "plotly_white"
+OBJECTIVE_NAMES = ("observed loss", "additional GMACs")  # a range's two objectives
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -90,8 +93,46 @@ def observations(study: optuna.Study, space: SkipSpace) -> list[FrozenTrial]:
     """The study's completed observation trials of ``space`` with a finite value."""
     return [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("phase", "search") == "search" and space.subset_of(t) is not None and math.isfinite(t.value)
+        if t.user_attrs.get("phase", "search") == "search" and space.subset_of(t) is not None and math.isfinite(t.values[0])
     ]
+
+
+def save_front_report(
+    study: optuna.Study, space: SkipSpace, front: FrontFile, *, policy: SkipPolicy | None = None, artifacts_dir: str | Path | None = None
+) -> None:
+    """A range's report: the layer and loss plots, Optuna's Pareto-front plot of the observations
+    (observed loss vs additional GMACs), the retrained front, and a note with the front's table."""
+    from das_tune.front import markdown  # the front imports this module
+
+    policy = policy or study_policy(study, space)
+    optuna_dashboard.set_objective_names(study, list(OBJECTIVE_NAMES))
+    trials = observations(study, space)
+    history = policy.history(study)
+    largest = frozenset(front.ladder[-1].skipped) if front.ladder else frozenset()
+    layers = probability_figure(space, history, largest) if history is not None else frequency_figure(space, trials)
+    pareto = optuna.visualization.plot_pareto_front(study, target_names=list(OBJECTIVE_NAMES))
+    for graph_id, figure in (("layers", layers), ("loss", loss_figure(trials)), ("pareto", pareto), ("front", front_figure(front))):
+        optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=FRONT_PLOT_IDS[graph_id])
+    lines = [
+        f"## {study.study_name}", "",
+        f"- **space**: {space.label} — skip {space.num_skip_label} of {len(space.candidates)} layers, one search (two objectives)",
+        f"- **sampler**: {front.sampler}; **observations**: {len(trials)} completed trials, {front.pareto_observations} on their Pareto front",
+    ]
+    if artifacts_dir is not None:
+        lines.append(f"- **artifacts**: `{Path(artifacts_dir)}` (front.json, front.png, front.md)")
+    optuna_dashboard.save_note(study, "\n".join(lines) + "\n\n" + markdown(front))
+
+
+def front_figure(front: FrontFile) -> go.Figure:
+    """The retrained front: each size's pick and the full model, metric vs additional GMACs."""
+    ladder = front.ladder
+    fig = go.Figure([
+        go.Scatter(x=[p.additional_gmacs for p in ladder], y=[p.value for p in ladder], mode="markers+text",
+                   text=[f"skip {p.num_skip}" for p in ladder], textposition="top right", name="each size's pick"),
+        go.Scatter(x=[front.full.additional_gmacs], y=[front.full.value], mode="markers", marker={"symbol": "star", "size": 14},
+                   name="full model"),
+    ])
+    return _layout(fig, "Retrained front (das-tune)", "additional GMACs (negative = saved)", f"test {front.metric}")
 
 
 def round_of(trial: FrozenTrial) -> int:
@@ -138,11 +179,11 @@ def frequency_figure(space: SkipSpace, trials: list[FrozenTrial]) -> go.Figure:
 def loss_figure(trials: list[FrozenTrial]) -> go.Figure:
     by_round: dict[int, list[float]] = defaultdict(list)
     for t in trials:
-        by_round[round_of(t)].append(t.value)
+        by_round[round_of(t)].append(t.values[0])
     rounds = np.array(sorted(by_round), dtype=np.int32)
     rows = _sample_rows(len(rounds)) if len(rounds) else rounds
     fig = go.Figure([
-        go.Scattergl(x=np.array([round_of(t) for t in trials], dtype=np.int32), y=np.array([t.value for t in trials], dtype=np.float32),
+        go.Scattergl(x=np.array([round_of(t) for t in trials], dtype=np.int32), y=np.array([t.values[0] for t in trials], dtype=np.float32),
                      mode="markers", name="observation", marker={"size": 4, "opacity": 0.5, "color": "gray"}),
         go.Scatter(x=rounds[rows], y=np.array([np.mean(by_round[r]) for r in rounds[rows]], dtype=np.float32), name="mean per round"),
         go.Scatter(x=rounds[rows], y=np.array([np.min(by_round[r]) for r in rounds[rows]], dtype=np.float32), name="min per round"),

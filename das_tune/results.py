@@ -260,3 +260,53 @@ class BenchResults(_Result):
     )
     runs: list[RunResult]
     files: BenchFiles | None = None
+
+
+# -- a front (a range of num_skip) ----------------------------------------------------------------------
+class FrontPoint(_Result):
+    """One retrained subnet of a front: the full model (the reference) or one size's pick."""
+
+    name: str = Field(description="'full' or 'skip<m>'")
+    num_skip: int
+    skipped: list[str]
+    chosen_by: str = Field(description="how the search picked it for its size")
+    observed_loss: float | None = Field(description="its best observed supernet loss in the search (None: never observed)")
+    metric: str
+    value: float = Field(description="the retrained test metric (best val epoch)")
+    additional_gmacs: float
+    flops_saved: float
+    trainable_params: int
+    latency_subnet_ms: float
+    speedup: float
+    folder: str = Field(description="its run folder (metrics.json, subnet.json, adapters): usable by predict/export/evaluate")
+    pareto: bool = Field(default=False, description="no other retrained point is at least as good in both metric and GMACs, better in one")
+
+
+class TargetResult(_Result):
+    """A target rule applied to the retrained front: which subnet meets it most cheaply, and why."""
+
+    rule: str
+    met: bool
+    pick: str | None = Field(description="the point's name ('skip2', 'full'), None when no point meets the rule")
+    skipped: list[str] | None = None
+    reason: str
+
+
+class FrontFile(_Result):
+    """``front.json``: one search over a range of num_skip, every size's pick and the full model retrained."""
+
+    study_name: str
+    storage: str
+    space: str | None
+    candidates: list[str]
+    num_skip: list[int]
+    sampler: str
+    executor: str
+    observations: int
+    search_seconds: float | None
+    pareto_observations: int = Field(description="observation trials on the study's own (loss, GMACs) Pareto front")
+    metric: str
+    full: FrontPoint
+    ladder: list[FrontPoint] = Field(description="one point per size with a pick, ascending size")
+    missing: list[int] = Field(default_factory=list, description="sizes without a pick (never observed, non-DAS samplers)")
+    target: TargetResult | None = None

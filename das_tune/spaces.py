@@ -134,7 +134,7 @@ class SkipSpace(BaseModel):
         if isinstance(num_skip, tuple):
             bad = [m for m in num_skip if not 0 <= m < n]
             if bad:
-                raise ValueError(f"range {_label(num_skip)}: expected sizes from 0 to {n - 1} (fewer than the {n} candidates), got {bad}")
+                raise ValueError(f"range {size_label(num_skip)}: expected sizes from 0 to {n - 1} (fewer than the {n} candidates), got {bad}")
         return num_skip
 
     @field_validator("groups")
@@ -161,7 +161,7 @@ class SkipSpace(BaseModel):
     @property
     def num_skip_label(self) -> str:
         """``2``, ``1-3`` or ``2,4,8``: how messages and file names write ``num_skip``."""
-        return _label(self.sizes)
+        return size_label(self.sizes)
 
     @property
     def recorded_num_skip(self) -> int | list[int]:
@@ -274,7 +274,8 @@ class SkipSpace(BaseModel):
         return self.name or "(unnamed)"
 
 
-def _label(sizes: tuple[int, ...]) -> str:
+def size_label(sizes: Sequence[int]) -> str:
+    """``2``, ``1-3`` or ``2,4,8``."""
     if len(sizes) == 1:
         return str(sizes[0])
     contiguous = list(sizes) == list(range(sizes[0], sizes[-1] + 1))

@@ -156,6 +156,8 @@ def plan(config: BenchConfig) -> Plan:
         raise UserError(f"--retrain-seeds: expected at least 2 with --ground-truth (its noise is measured), got {config.retrain_seeds}")
     if base.search.executor != "oneshot":
         raise UserError("bench compares samplers on one weight-sharing supernet: expected search.executor = oneshot")
+    if space.is_range:
+        raise UserError(f"bench compares picks of one num_skip, not a range ({space.num_skip_label}); `das-tune run --num-skip` searches a range")
     if base.search.warmup_epochs < 1:
         raise UserError("bench shares one warm-up checkpoint per seed: expected search.warmup_epochs ≥ 1")
     task = build_spec_task(base)

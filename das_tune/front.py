@@ -1,0 +1,184 @@
+"""One search for every num_skip of a range, the ladder retrained, and the accuracy–GMACs front.
+
+    from das_tune.front import run_front
+    from das_tune.study import load_study_spec
+    front = run_front(load_study_spec("easyvqa_minilm", {"num_skip": "1-3"}), target=parse_target("accuracy>=full-0.01"))
+
+The search is the study's ordinary one-shot search on the range's space: the supernet trains subnets
+of every size (a size drawn uniformly per step), and the observations are two-objective trials
+(observed loss, additional GMACs). Its skip policy then gives one pick per size (DAS: the top-m gates,
+a ladder of nested subsets; other samplers: each size's best observed subset). Every pick, and the full
+model once as the reference, is retrained from the pre-trained weights into its own run folder
+``<run_dir>/front/skip<m>`` (``front/full``), reused when it is already there; the result is
+``front.json`` (``results.FrontFile``), ``front.png``, ``front.md`` and the study's dashboard report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from das_tune.components import Components, build_components
+from das_tune.dashboard import save_front_report
+from das_tune.errors import UserError
+from das_tune.progress import Reporter
+from das_tune.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics, write_json
+from das_tune.retrain import finished_metrics, retrain, save_spec
+from das_tune.runner import Searched, search
+from das_tune.samplers import SINGLE_OBJECTIVE
+from das_tune.spaces import size_label
+from das_tune.storage import open_storage
+from das_tune.study import StudySpec
+from das_tune.target import Target, choose
+from das_tune.training import seed_everything
+
+FRONT_JSON, FRONT_PNG, FRONT_MD, FRONT_DIR = "front.json", "front.png", "front.md", "front"
+FULL = "full"
+
+
+def run_front(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None, target: Target | None = None) -> FrontFile:
+    """Search the range, retrain every size's pick and the full model, write the front; apply ``target``."""
+    reporter = reporter or Reporter()
+    seed_everything(spec.seed)
+    parts = build_components(spec)  # bad input fails here, before the storage is touched
+    check_front(spec, parts, target)
+    storage = open_storage(spec.storage)
+    save_spec(spec)
+    found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+    picks = found.policy.picks(found.study)
+    reporter.log("picks: " + found.policy.describe(found.study))
+    full = _point(FULL, 0, _retrain(spec, parts, frozenset(), FULL, found.found_by, fresh, reporter), found, "the reference: every layer kept")
+    ladder = [
+        _point(f"skip{m}", m, _retrain(spec, parts, subset, f"skip{m}", found.found_by, fresh, reporter), found, _chosen_by(found, m))
+        for m, subset in sorted(picks.items()) if m > 0
+    ]
+    ladder = _mark_pareto(full, ladder)
+    front = FrontFile(
+        study_name=found.study.study_name, storage=found.found_by.storage or spec.storage, space=parts.space.name,
+        candidates=list(parts.space.candidates), num_skip=list(parts.space.sizes), sampler=spec.sampler.name,
+        executor=spec.search.executor_name, observations=found.found_by.observations, search_seconds=found.found_by.search_seconds,
+        pareto_observations=len(found.study.best_trials), metric=parts.task.metric, full=full, ladder=ladder,
+        missing=[m for m in parts.space.sizes if m > 0 and m not in picks],
+        target=choose(target, full, ladder) if target is not None else None,
+    )
+    write_front(front, spec.run_dir)
+    save_front_report(found.study, parts.space, front, policy=found.policy, artifacts_dir=spec.run_dir)
+    return front
+
+
+def check_front(spec: StudySpec, parts: Components, target: Target | None) -> None:
+    """What a front needs, checked before anything is written."""
+    space = parts.space
+    if not space.is_range:
+        raise UserError(f"a front needs a range of num_skip (e.g. --num-skip 1-3); space {space.label} skips {space.num_skip}")
+    if spec.search.executor_name != "oneshot":
+        raise UserError(f"a range of num_skip runs on the oneshot executor with one worker, not {spec.search.executor_name!r}")
+    if spec.sampler.name in SINGLE_OBJECTIVE:
+        raise UserError(f"sampler {spec.sampler.name!r} cannot search two objectives (observed loss, additional GMACs); "
+                        "use das, random, tpe (multi-objective TPE), nsga2, qmc or gp")
+    if target is not None:
+        target.check_metric(parts.task.metric)
+
+
+def _retrain(
+    spec: StudySpec, parts: Components, skipped: frozenset[str], name: str, found_by: FoundBy, fresh: bool, reporter: Reporter
+) -> tuple[RetrainMetrics, Path]:
+    """Retrain one point into its own run folder (a single-size run folder: predict/export/evaluate read it)."""
+    size = len(skipped) or min(m for m in parts.space.sizes if m > 0)  # the full model: a valid num_skip for subnet.json
+    rung = spec.model_copy(update={"num_skip": size, "output_dir": str(spec.run_dir / FRONT_DIR), "study_name": name})
+    metrics = None if fresh else finished_metrics(rung, skipped)
+    if metrics is not None:
+        reporter.log(f"{name} was already retrained: {rung.run_dir}")
+        return metrics, rung.run_dir
+    reporter.log(f"retraining {name}: skip {parts.space.ordered(skipped) or 'nothing'}")
+    save_spec(rung)
+    return retrain(rung, parts, skipped, found_by, reporter), rung.run_dir
+
+
+def _chosen_by(found: Searched, size: int) -> str:
+    if found.policy.probabilities(found.study) is not None:
+        return f"top-{size} gates"
+    return f"the best observed loss of size {size}"
+
+
+def _point(name: str, size: int, retrained: tuple[RetrainMetrics, Path], found: Searched, chosen_by: str) -> FrontPoint:
+    metrics, folder = retrained
+    space = found.policy.space
+    observed = [
+        t.values[0] for t in found.study.get_trials(deepcopy=False)
+        if t.values is not None and space.subset_of(t) == frozenset(metrics.skipped)
+    ]
+    return FrontPoint(
+        name=name, num_skip=size, skipped=metrics.skipped, chosen_by=chosen_by, observed_loss=min(observed) if observed else None,
+        metric=metrics.metric, value=metrics.value, additional_gmacs=metrics.additional_gmacs, flops_saved=metrics.flops_saved,
+        trainable_params=metrics.trainable_params, latency_subnet_ms=metrics.latency_subnet_ms, speedup=metrics.speedup,
+        folder=str(folder),
+    )
+
+
+def _mark_pareto(full: FrontPoint, ladder: list[FrontPoint]) -> list[FrontPoint]:
+    """The ladder with ``pareto`` set: no point (the full model included) dominates it (metric up, GMACs down)."""
+    points = [full, *ladder]
+
+    def dominated(p: FrontPoint) -> bool:
+        return any(
+            q is not p and q.value >= p.value and q.additional_gmacs <= p.additional_gmacs
+            and (q.value > p.value or q.additional_gmacs < p.additional_gmacs)
+            for q in points
+        )
+
+    full.pareto = not dominated(full)
+    return [p.model_copy(update={"pareto": not dominated(p)}) for p in ladder]
+
+
+# -- the files ------------------------------------------------------------------------------------
+def write_front(front: FrontFile, run_dir: Path) -> None:
+    write_json(front, run_dir / FRONT_JSON)
+    (run_dir / FRONT_MD).write_text(markdown(front))
+    plot_front(front, run_dir / FRONT_PNG)
+
+
+def markdown(front: FrontFile) -> str:
+    """The front as a markdown table (what README sections and notes show), and the target's verdict."""
+    lines = [
+        f"| subnet | skipped | chosen by | test {front.metric} | additional GMACs | FLOPs saved | latency (ms) | speedup | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in [front.full, *front.ladder]:
+        lines.append(
+            f"| {p.name} | {', '.join(p.skipped) or '—'} | {p.chosen_by} | {p.value:.4f} | {p.additional_gmacs:+.4f} | "
+            f"{p.flops_saved:.1%} | {p.latency_subnet_ms:.2f} | {p.speedup:.2f}× | {'yes' if p.pareto else ''} |"
+        )
+    if front.missing:
+        lines += ["", f"No pick for num_skip {', '.join(map(str, front.missing))}: the search never observed a subset of that size."]
+    if front.target is not None:
+        lines += ["", f"**Target** {front.target.rule}: {front.target.reason}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_front(front: FrontFile, path: Path) -> None:
+    """Retrained metric vs additional GMACs: the ladder (each point labelled by its size), the Pareto
+    points joined, the full model marked, the target's pick circled."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    ladder = front.ladder
+    ax.scatter([p.additional_gmacs for p in ladder], [p.value for p in ladder], s=40, color="tab:blue", label="each size's pick", zorder=3)
+    for p in ladder:
+        ax.annotate(f"skip {p.num_skip}", (p.additional_gmacs, p.value), textcoords="offset points", xytext=(5, 5), fontsize="small")
+    pareto = sorted([p for p in [front.full, *ladder] if p.pareto], key=lambda p: p.additional_gmacs)
+    ax.plot([p.additional_gmacs for p in pareto], [p.value for p in pareto], color="tab:blue", alpha=0.5, zorder=2, label="retrained Pareto front")
+    ax.scatter([front.full.additional_gmacs], [front.full.value], marker="*", s=180, color="tab:red", label="full model", zorder=4)
+    ax.axhline(front.full.value, color="tab:red", linestyle=":", linewidth=1)
+    target = front.target
+    if target is not None and target.pick is not None:
+        picked = next(p for p in [front.full, *ladder] if p.name == target.pick)
+        ax.scatter([picked.additional_gmacs], [picked.value], s=320, facecolors="none", edgecolors="tab:green", linewidths=2,
+                   label=f"target: {target.rule}", zorder=5)
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.set_xlabel("additional GMACs vs the original model (negative: cheaper)")
+    ax.set_ylabel(f"retrained test {front.metric}")
+    ax.set_title(f"{front.study_name}: one search, num_skip {size_label(front.num_skip)}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

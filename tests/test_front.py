@@ -1,0 +1,116 @@
+"""The front of a num_skip range: the target rule, and `das-tune run --num-skip 1-3 --tiny` end to end."""
+
+import json
+
+import optuna
+import pytest
+
+from das_tune.errors import UserError
+from das_tune.front import FRONT_JSON, FRONT_MD, FRONT_PNG
+from das_tune.results import FrontFile, FrontPoint, RetrainMetrics
+from das_tune.target import choose, parse_target
+
+STUDY = "easyvqa_minilm-das-seed0"
+
+
+def point(name, value, gmacs, skipped=()):
+    return FrontPoint(
+        name=name, num_skip=len(skipped), skipped=list(skipped), chosen_by="test", observed_loss=None, metric="accuracy", value=value,
+        additional_gmacs=gmacs, flops_saved=0.0, trainable_params=1, latency_subnet_ms=1.0, speedup=1.0, folder=".",
+    )
+
+
+FULL = point("full", 0.80, 0.10)
+LADDER = [point("skip1", 0.795, -0.2, ["A"]), point("skip2", 0.785, -0.5, ["A", "B"]), point("skip3", 0.60, -0.8, ["A", "B", "C"])]
+
+
+@pytest.mark.parametrize("rule, max_gmacs, pick", [
+    ("accuracy>=full-0.01", None, "skip1"),  # skip2 is 0.015 below the full model
+    ("accuracy>=full-0.02", None, "skip2"),
+    ("accuracy>=full", None, "full"),
+    ("accuracy >= 0.5", None, "skip3"),
+    ("accuracy>0.79", -0.3, None),
+    (None, -0.3, "skip3"),  # a cap alone: the cheapest point under it
+    ("accuracy>=full+0.1", None, None),
+])
+def test_target_picks_the_cheapest_retrained_subnet_that_meets_it(rule, max_gmacs, pick):
+    result = choose(parse_target(rule, max_gmacs), FULL, LADDER)
+    assert result.pick == pick and result.met == (pick is not None)
+    assert (pick or "no retrained subnet") in result.reason
+
+
+def test_target_says_why_the_cheaper_ones_miss():
+    result = choose(parse_target("accuracy>=full-0.01"), FULL, LADDER)
+    assert "0.7900" in result.reason  # the bound: full 0.80 - 0.01
+    assert "skip3 (accuracy 0.6000" in result.reason and "skip2 (accuracy 0.7850" in result.reason
+
+
+@pytest.mark.parametrize("rule", ["accuracy>>1", "accuracy>=fuller", ">=0.9", "accuracy>=full-"])
+def test_bad_target_rules_are_one_line(rule):
+    with pytest.raises(UserError, match="expected METRIC OP BOUND"):
+        parse_target(rule)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "loss>=full"], "this task's metric is 'accuracy', not 'loss'"),
+    (["--sampler", "cmaes"], "cannot search two objectives"),
+    (["--target", "accuracy=>0.5"], "expected METRIC OP BOUND"),
+])
+def test_bad_front_input_exits_2_and_writes_nothing(cli, tmp_path, args, message):
+    result = cli("run", "--space", "minilm_vqa", "--num-skip", "1-3", "--tiny", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_target_needs_a_range(cli, tmp_path):
+    result = cli("run", "--space", "minilm_vqa", "--tiny", "--max-gmacs", "0")
+    assert result.returncode == 2 and "give a range of --num-skip" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_one_search_for_num_skip_1_to_3_end_to_end(cli, tmp_path):
+    result = cli("run", "--space", "minilm_vqa", "--num-skip", "1-3", "--tiny", "--target", "accuracy>=full-0.01", timeout=900, check=True)
+    assert "target met" in result.stderr
+    run_dir = tmp_path / "runs" / STUDY
+
+    # one study, two objectives, every round of one size, the sizes in turn
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.user_attrs["num_skip"] == [1, 2, 3]
+    sizes = [t.params["num_skip"] for t in study.trials]
+    assert sizes == [(1, 2, 3)[t.number // 3 % 3] for t in study.trials] and set(sizes) == {1, 2, 3}
+    for t in study.trials:
+        assert len(t.user_attrs["skipped"]) == t.params["num_skip"]
+        assert t.values[1] == pytest.approx(t.user_attrs["additional_gmacs"])
+
+    # one pick per size (a ladder), each retrained in its own run folder, and the full model once
+    front = FrontFile.read(run_dir / FRONT_JSON)
+    assert [p.num_skip for p in front.ladder] == [1, 2, 3] and front.missing == []
+    assert all(set(a.skipped) < set(b.skipped) for a, b in zip(front.ladder, front.ladder[1:]))
+    for p in [front.full, *front.ladder]:
+        metrics = RetrainMetrics.read(run_dir / "front" / p.name / "metrics.json")
+        assert metrics.skipped == p.skipped and metrics.value == p.value and metrics.additional_gmacs == p.additional_gmacs
+    assert front.full.skipped == [] and front.full.additional_gmacs > front.ladder[0].additional_gmacs > front.ladder[-1].additional_gmacs
+    assert any(p.pareto for p in [front.full, *front.ladder])
+    assert (run_dir / FRONT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| skip3 |" in (run_dir / FRONT_MD).read_text()
+
+    # the target: the cheapest retrained point within 0.01 of the full model
+    meeting = [p for p in [front.full, *front.ladder] if p.value >= front.full.value - 0.01]
+    assert front.target.met and front.target.pick == min(meeting, key=lambda p: p.additional_gmacs).name
+
+    # the dashboard: Optuna's Pareto plot of the observations and the retrained front
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert any("das-tune-pareto" in key for key in attrs) and any("das-tune-front" in key for key in attrs)
+
+    # again with a cap nothing meets: nothing is searched or retrained again, it says so and exits 1
+    stamps = {p.name: (run_dir / "front" / p.name / "metrics.json").stat().st_mtime for p in [front.full, *front.ladder]}
+    missed = cli("run", "--space", "minilm_vqa", "--num-skip", "1-3", "--tiny", "--max-gmacs", "-100", "--quiet", timeout=600)
+    assert missed.returncode == 1, missed.stderr
+    assert "target not met: no retrained subnet meets additional GMACs <= -100" in missed.stderr
+    assert "Traceback" not in missed.stderr
+    assert stamps == {name: (run_dir / "front" / name / "metrics.json").stat().st_mtime for name in stamps}
+    assert len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}").trials) == len(study.trials)
+    assert json.loads((run_dir / FRONT_JSON).read_text())["target"]["met"] is False
