@@ -123,3 +123,29 @@ def test_bad_num_skip_on_the_command_line_exits_2_and_writes_nothing(cli, tmp_pa
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_draws_spread_uniformly_over_the_sizes():
+    """The supernet's steps: a size uniform over the range, then a subset of it (uniform, or ∝ DAS's p)."""
+    import numpy as np
+
+    space = SkipSpace(candidates=CANDIDATES, num_skip="1-3")
+    policy = skip_policy(DASSampler(space, seed=0), space)
+    rng = np.random.default_rng(0)
+    skewed = dict.fromkeys(CANDIDATES, 0.1) | {"L5": 0.9}
+    for draw in (lambda: policy.draw(None, rng), lambda: policy.draw(skewed, rng), lambda: space.random_subset(rng)):
+        sizes = [len(draw()) for _ in range(3000)]
+        assert set(sizes) == {1, 2, 3}
+        assert max(abs(sizes.count(m) / 3000 - 1 / 3) for m in (1, 2, 3)) < 0.04
+    assert sum("L5" in policy.draw(skewed, rng) for _ in range(1000)) > 600
+
+
+def test_a_single_number_draws_as_before():
+    """Same generator, same subsets as the draws of a space without ranges (studies resume unchanged)."""
+    import numpy as np
+
+    space = SkipSpace(candidates=CANDIDATES, num_skip=2)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert [space.random_subset(a) for _ in range(20)] == [
+        frozenset(b.choice(space.candidates, size=2, replace=False).tolist()) for _ in range(20)
+    ]
