@@ -105,7 +105,7 @@ def save_front_report(
     from das_tune.front import markdown  # the front imports this module
 
     policy = policy or study_policy(study, space)
-    optuna_dashboard.set_objective_names(study, list(OBJECTIVE_NAMES))
+    study.set_metric_names(list(OBJECTIVE_NAMES))  # the dashboard names the two objectives
     trials = observations(study, space)
     history = policy.history(study)
     largest = frozenset(front.ladder[-1].skipped) if front.ladder else frozenset()

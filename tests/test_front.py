@@ -114,3 +114,64 @@ def test_one_search_for_num_skip_1_to_3_end_to_end(cli, tmp_path):
     assert stamps == {name: (run_dir / "front" / name / "metrics.json").stat().st_mtime for name in stamps}
     assert len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}").trials) == len(study.trials)
     assert json.loads((run_dir / FRONT_JSON).read_text())["target"]["met"] is False
+
+
+def test_dashboard_shows_the_studys_pareto_front_and_the_retrained_front(tmp_path):
+    import threading
+    import urllib.request
+
+    from das_tune import DASSampler, SkipSpace, dashboard
+    from das_tune.front import markdown
+
+    space = SkipSpace(candidates=["A", "B", "C", "D"], num_skip="1-3", name="toy")
+    url = f"sqlite:///{tmp_path / 'front.db'}"
+    study = optuna.create_study(study_name="toy-front", storage=url, directions=["minimize", "minimize"], sampler=DASSampler(space, seed=0))
+    for _ in range(18):
+        trial = study.ask()
+        skipped = space.suggest(trial)
+        trial.set_user_attr("round", trial.number // 3)
+        study.tell(trial, [0.1 * len(skipped) + 0.05 * ("A" in skipped), -0.2 * len(skipped)])
+    picks = study.sampler.picks(study)
+    ladder = [point(f"skip{m}", 0.8 - 0.05 * m, -0.2 * m, sorted(picks[m])) for m in (1, 2, 3)]
+    front = FrontFile(
+        study_name="toy-front", storage=url, space="toy", candidates=list(space.candidates), num_skip=[1, 2, 3], sampler="das",
+        executor="oneshot", observations=18, search_seconds=1.0, pareto_observations=len(study.best_trials), metric="accuracy",
+        full=point("full", 0.8, 0.0), ladder=ladder, target=choose(parse_target("accuracy>=full-0.06"), point("full", 0.8, 0.0), ladder),
+    )
+    dashboard.save_front_report(study, space, front, artifacts_dir="runs/toy-front")
+    dashboard.save_front_report(study, space, front, artifacts_dir="runs/toy-front")  # saved again: replaced, not added
+
+    server = dashboard.make_server(url, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as response:
+            (summary,) = json.load(response)["study_summaries"]
+        with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}?after=0", timeout=30) as response:
+            detail = json.load(response)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(detail["directions"]) == 2 and detail["objective_names"] == ["observed loss", "additional GMACs"]
+    plots = {p["id"]: json.loads(p["graph_object"]) for p in detail["plotly_graph_objects"]}
+    assert sorted(plots) == sorted(dashboard.FRONT_PLOT_IDS.values())
+    assert plots["das-tune-front"]["data"][0]["y"] == [p.value for p in ladder]
+    assert "Pareto" in plots["das-tune-pareto"]["layout"]["title"]["text"]
+    body = detail["note"]["body"]
+    assert markdown(front) in body and "skip 1-3 of 4 layers" in body and "skip1" in front.target.reason
+
+
+@pytest.mark.slow
+def test_front_with_nsga2_and_uneven_sizes_picks_each_sizes_best_observation(cli, tmp_path):
+    cli("run", "--space", "minilm_vqa", "--num-skip", "1,2,4", "--sampler", "nsga2", "--tiny", "--quiet", timeout=900, check=True)
+    name = "easyvqa_minilm-nsga2-seed0"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
+    assert study.trials[0].distributions["num_skip"] == optuna.distributions.CategoricalDistribution((1, 2, 4))
+    front = FrontFile.read(tmp_path / "runs" / name / FRONT_JSON)
+    observed = {p.num_skip for p in front.ladder} | set(front.missing)
+    assert observed == {1, 2, 4} and {len(t.user_attrs["skipped"]) for t in study.trials} == {p.num_skip for p in front.ladder}
+    for p in front.ladder:
+        same_size = [t for t in study.trials if t.params["num_skip"] == p.num_skip]
+        best = min(same_size, key=lambda t: t.values[0])
+        assert p.skipped == best.user_attrs["skipped"] and p.observed_loss == best.values[0]
+        assert p.chosen_by == f"the best observed loss of size {p.num_skip}"

@@ -149,3 +149,14 @@ def test_a_single_number_draws_as_before():
     assert [space.random_subset(a) for _ in range(20)] == [
         frozenset(b.choice(space.candidates, size=2, replace=False).tolist()) for _ in range(20)
     ]
+
+
+def test_the_choice_of_a_range_is_its_largest_observed_size():
+    space = SkipSpace(candidates=CANDIDATES, num_skip="1-3")
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for subset, loss in (({"L1"}, 0.5), ({"L2"}, 0.4), ({"L1", "L2"}, 0.9)):  # size 3 never observed
+        study.add_trial(optuna.trial.create_trial(params=space.encode(subset), distributions=space.distributions, values=[loss, 0.0]))
+    policy = skip_policy(study.sampler, space)
+    assert policy.picks(study) == {1: {"L2"}, 2: {"L1", "L2"}}
+    assert policy.chosen(study) == {"L1", "L2"}
+    assert policy.describe(study) == "1: ['L2']; 2: ['L1', 'L2']"

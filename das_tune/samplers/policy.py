@@ -75,12 +75,16 @@ class SkipPolicy:
         return draw_subset(self.space, probabilities or dict.fromkeys(self.space.candidates, 1.0), rng)
 
     def chosen(self, study: optuna.Study) -> frozenset[str]:
-        """The study's choice: the best trial's subset (a range: the pick of the largest size, see :meth:`picks`)."""
-        size = self.space.sizes[-1] if self.space.is_range else None
-        best = _best_trial_with_subset(study, self.space, size)
-        if best is None:
-            raise UserError(f"study {study.study_name!r} has no completed trial with a skip subset of space {self.space.label}")
-        return self.space.decode(best.params)
+        """The study's choice: the best trial's subset (a range: the largest size's pick, see :meth:`picks`)."""
+        if self.space.is_range:
+            picks = self.picks(study)
+            if picks:
+                return picks[max(picks)]
+        else:
+            best = _best_trial_with_subset(study, self.space)
+            if best is not None:
+                return self.space.decode(best.params)
+        raise UserError(f"study {study.study_name!r} has no completed trial with a skip subset of space {self.space.label}")
 
     def picks(self, study: optuna.Study) -> dict[int, frozenset[str]]:
         """Size → the subset chosen for it: the best observed subset of each size (sizes never observed are missing)."""
