@@ -20,6 +20,8 @@ _LAZY = {
     "load_subnet": "das_tune.subnet",
     "evaluate": "das_tune.evaluation",
     "export_subnet": "das_tune.export",
+    "run_front": "das_tune.front",
+    "parse_target": "das_tune.target",
 }
 
 
@@ -31,5 +33,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DASSampler", "SkipSpace", "UserError", "build_backbone", "build_task", "chosen_skip", "evaluate", "export_subnet",
-    "load_space", "load_subnet", "make_sampler",
+    "load_space", "load_subnet", "make_sampler", "parse_target", "run_front",
 ]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from das_tune import config, resources
 from das_tune.errors import UserError
 from das_tune.search import EXECUTORS
-from das_tune.spaces import SkipSpace, load_space
+from das_tune.spaces import SkipSpace, load_space, parse_num_skip, size_label
 from das_tune.storage import DEFAULT_STORAGE
 
 # The fields that name local files or folders, listed once: checked before a run, made absolute for
@@ -179,6 +179,14 @@ class StudySpec(_Strict):
     seed: int = 0
     tiny: bool = Field(default=False, description="tiny random backbone and a few batches of data")
 
+    @field_validator("num_skip", mode="before")
+    @classmethod
+    def _plain_number(cls, value: Any) -> Any:
+        """``--num-skip 2`` arrives as text: a plain number stays a number (the range forms stay text)."""
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        return value
+
     @model_validator(mode="after")
     def _round_size_in_one_place(self) -> StudySpec:
         for sampler, options in self.sampler.options.items():
@@ -194,7 +202,9 @@ class StudySpec(_Strict):
 
     @property
     def resolved_study_name(self) -> str:
-        return self.study_name or f"{self.name}-{self.sampler.name}-seed{self.seed}"
+        """``study_name``, else ``<name>-<sampler>-seed<seed>``; a num_skip range given as an override adds
+        ``-skip<range>`` (``…-das-skip1-3-seed0``), so it does not collide with the single-size study."""
+        return self.study_name or f"{self.name}-{self.sampler.name}{_range_suffix(self.num_skip)}-seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -212,6 +222,17 @@ class StudySpec(_Strict):
         for field, path in paths.items():
             _set_dotted(data, field, path)
         return StudySpec.model_validate(data)
+
+
+def _range_suffix(num_skip: Any) -> str:
+    """``-skip1-3`` for a range override, ``""`` for none, a number, or a bad value (refused by the space later)."""
+    if num_skip is None or isinstance(num_skip, int):
+        return ""
+    try:
+        sizes = parse_num_skip(num_skip)
+    except ValueError:
+        return ""
+    return f"-skip{size_label(sizes)}" if isinstance(sizes, tuple) else ""
 
 
 def load_study_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
