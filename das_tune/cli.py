@@ -1,6 +1,7 @@
 """``das-tune``: a thin shell over the Python API (parsing, progress, tables, exit codes).
 
-Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a failure during the run.
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a failure during the run
+(one line for a known failure such as a diverged loss, else the traceback).
 """
 
 from __future__ import annotations
@@ -12,11 +13,36 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
+from typer._click import exceptions as click_errors  # typer's own copy of click
 
-from das_tune.errors import UserError
+from das_tune.errors import RunFailure, UserError
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """Typer, with its usage errors (a bad option, a bad value) as one ``error:`` line and exit 2
+    instead of a multi-line box, like every other bad input."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as help_page:
+            help_page.show()
+            raise SystemExit(2) from None
+        except click_errors.ClickException as error:
+            _error_line(error.format_message())
+            raise SystemExit(error.exit_code) from None
+        except typer.Abort:
+            raise SystemExit(130) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {rich_escape(' '.join(str(message).split()))}", soft_wrap=True, highlight=False)
+
+
+app = _App(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,8 +78,11 @@ def exits_cleanly(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            err.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
+            _error_line(str(error))
             raise typer.Exit(2) from None
+        except RunFailure as failure:
+            _error_line(str(failure))
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: progress is saved; run the same command again to resume")
             raise typer.Exit(130) from None
@@ -111,11 +140,11 @@ def run(
     from das_tune.runner import run as run_study
 
     overrides = _overrides(storage, seed, tiny, set_, num_skip=num_skip)
-    if sampler:
+    if sampler is not None:
         overrides["sampler.name"] = sampler
-    if executor:
+    if executor is not None:
         overrides["search.executor"] = executor
-    if address:
+    if address is not None:
         overrides["ray.address"] = address
     spec = _load_spec(study, space, overrides)
     with reporter(quiet) as progress:
@@ -135,32 +164,46 @@ def retrain(
     quiet: Quiet = False,
     set_: Sets = None,
 ) -> None:
-    """Retrain a given subnet without searching: a run folder's, or --skip on a study."""
+    """Retrain a given subnet without searching: a run folder's, or --skip on a study.
+
+    The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
+    folder RUN_DIR/retrain-<subnet>-<budget hash> (the same budget and subnet again: the existing result)."""
+    from das_tune.checks import check_writable_folder
     from das_tune.components import build_components
+    from das_tune.lease import folder_lock
     from das_tune.progress import reporter
-    from das_tune.retrain import read_run, retrain as retrain_subnet, save_spec
+    from das_tune.retrain import METRICS_FILE, artifacts_folder, finished_metrics, read_run, retrain as retrain_subnet
     from das_tune.study import load_study_spec, override_spec
 
     overrides = _overrides(storage, seed, tiny, set_)
     if run_dir is not None:
+        run_dir = run_dir.expanduser().resolve()  # this folder, wherever the command runs
         spec, subnet = read_run(run_dir)
         spec = override_spec(spec, overrides, str(run_dir / "study.yaml"))
         layers = _skip_list(skip) if skip else subnet["skipped"]
         found_by = {k: v for k, v in subnet.items() if k not in ("space", "candidates", "num_skip", "skipped", "backbone", "task")}
-    elif study is not None and skip:
+    elif study is not None and skip is not None:
         spec = load_study_spec(study, overrides)
         layers, found_by = _skip_list(skip), {"sampler": "given by --skip"}
     else:
         raise UserError("give a run folder, or --study with --skip LAYER,LAYER (or --skip none)")
     parts = build_components(spec)
     skipped = parts.space.validate_subset(layers)
-    if run_dir is None and spec.study_name is None:  # its own folder: a search's artifacts are never overwritten
-        label = "+".join(parts.space.ordered(skipped)) or "none"
-        spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
-    save_spec(spec)
-    with reporter(quiet) as progress:
-        metrics = retrain_subnet(spec, parts, skipped, found_by, progress)
-    _report(spec, metrics, quiet)
+    own = run_dir is None  # a folder of its own (--study --skip), not a run's
+    if own:
+        if spec.study_name is None:  # its own folder: a search's artifacts are never overwritten
+            label = "+".join(parts.space.ordered(skipped)) or "none"
+            spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
+        run_dir = spec.run_dir
+        check_writable_folder(Path(spec.output_dir), "output_dir")
+    folder = artifacts_folder(run_dir, spec, skipped, own=own)
+    with folder_lock(run_dir), reporter(quiet) as progress:
+        metrics = finished_metrics(spec, skipped, folder)
+        if metrics is not None:
+            progress.log(f"this subnet was already retrained with this budget: {folder / METRICS_FILE}")
+        else:
+            metrics = retrain_subnet(spec, parts, skipped, found_by, progress, out_dir=folder)
+    _report(spec, {**metrics, "artifacts": str(folder)}, quiet)
 
 
 def _skip_list(skip: str) -> list[str]:
@@ -188,8 +231,12 @@ def bench(
     from das_tune.progress import reporter
     from das_tune.study import default_study_for_space
 
+    from das_tune.checks import check_writable_folder
+
     overrides = _overrides(storage, None, tiny, set_)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
+    if out_dir is not None:
+        check_writable_folder(out_dir, "--out")
     config = BenchConfig(
         study=study or default_study_for_space(space),
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
@@ -212,7 +259,7 @@ def bench(
 def dashboard(
     storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///das_tune.db",
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port.", min=0, max=65535)] = 8080,
     quiet: Quiet = False,
 ) -> None:
     """Start optuna-dashboard on the storage (Ctrl-C to stop)."""
@@ -251,7 +298,7 @@ def studies() -> None:
 
 def _report(spec, metrics: dict[str, Any], quiet: bool) -> None:
     if quiet:
-        print(spec.run_dir)
+        print(metrics["artifacts"])
         return
     table = Table(title=f"das-tune: {spec.resolved_study_name}", show_header=False)
     table.add_row("skipped layers", ", ".join(metrics["skipped"]) or "(none)")
@@ -263,7 +310,7 @@ def _report(spec, metrics: dict[str, Any], quiet: bool) -> None:
     if metrics.get("search_seconds") is not None:
         table.add_row("search wall-clock", f"{metrics['search_seconds']:.0f} s")
     table.add_row("retrain wall-clock", f"{metrics['retrain_seconds']:.0f} s")
-    table.add_row("artifacts", str(spec.run_dir))
+    table.add_row("artifacts", metrics["artifacts"])
     out.print(table)
 
 

@@ -1,38 +1,52 @@
 """The final retrain: the chosen subnet, exported from a fresh pre-trained backbone, trained to the
 retrain budget, evaluated, and written out as plain artifacts.
 
-Artifacts in the run folder:
+Artifacts in the run folder (each written atomically):
     subnet.json          the space, the skipped layers and how they were found
     adapters.safetensors the trained adapters, skip-adapters and head (nothing frozen)
     metrics.json         the metric, additional FLOPs/MACs, trainable params, latency, wall-clock
     study.yaml           the resolved study spec (what ``das-tune retrain RUN_DIR`` reads back)
+
+A run folder's artifacts are never replaced by a retrain of another budget or subnet: that one goes
+to its own folder ``RUN_DIR/retrain-<subnet>-<budget hash>/`` (see ``artifacts_folder``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from das_tune import training
+from das_tune import atomic, config, training
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.flops import CostModel, measure_latency
 from das_tune.components import Components
-from das_tune.errors import UserError
+from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
+from das_tune.search.oneshot import CHECKPOINT, WARMUP_CHECKPOINT, load_checkpoint
 from das_tune.study import StudySpec
 
 SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
 
 
 def retrain(
-    spec: StudySpec, parts: Components, skipped: frozenset[str], found_by: dict[str, Any], reporter: Reporter
+    spec: StudySpec,
+    parts: Components,
+    skipped: frozenset[str],
+    found_by: dict[str, Any],
+    reporter: Reporter,
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts."""
+    """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts
+    into ``out_dir`` (default: the run folder)."""
     training.seed_everything(spec.seed)
     full = parts.fresh_backbone()
     subnet = full.export(skipped)
@@ -44,7 +58,7 @@ def retrain(
     metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds)
     metrics["search_seconds"] = found_by.get("search_seconds")
     metrics["retrain_budget"] = _budget(spec)
-    write_artifacts(spec, subnet, skipped, found_by, metrics)
+    write_artifacts(spec, subnet, skipped, found_by, metrics, out_dir or spec.run_dir)
     return metrics
 
 
@@ -56,7 +70,13 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
         for batch in training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch):
-            reporter.advance(training.train_step(subnet, task, batch, optimizer, scheduler))
+            loss = training.train_step(subnet, task, batch, optimizer, scheduler)
+            if not math.isfinite(loss):
+                raise RunFailure(
+                    f"the retrain diverged: training loss {loss} in epoch {epoch + 1} (retrain.lr = {retrain.lr:g}); "
+                    "lower retrain.lr; nothing was written"
+                )
+            reporter.advance(loss)
         val = training.evaluate(subnet, task, "val", retrain.batch_size)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
     return val
@@ -95,10 +115,14 @@ def _metrics(
 
 
 def write_artifacts(
-    spec: StudySpec, subnet: SkippableBackbone, skipped: frozenset[str], found_by: dict[str, Any], metrics: dict[str, Any]
+    spec: StudySpec,
+    subnet: SkippableBackbone,
+    skipped: frozenset[str],
+    found_by: dict[str, Any],
+    metrics: dict[str, Any],
+    run_dir: Path,
 ) -> None:
-    run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """The four artifacts, each atomically; metrics.json last, so that its presence means "done"."""
     space = spec.load_space()
     subnet_info = {
         "space": space.name,
@@ -109,25 +133,71 @@ def write_artifacts(
         "task": spec.task.model_dump(),
         **found_by,
     }
-    save_file({k: v.contiguous() for k, v in subnet.trainable_state_dict().items()}, run_dir / WEIGHTS_FILE)
-    (run_dir / SUBNET_FILE).write_text(json.dumps(subnet_info, indent=2) + "\n")
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic.check_finite(metrics, METRICS_FILE)  # before the first file is written
+    weights = {k: v.contiguous() for k, v in subnet.trainable_state_dict().items()}
+    atomic.write_with(run_dir / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
+    atomic.write_json(run_dir / SUBNET_FILE, subnet_info)
+    save_spec(spec, run_dir)
+    atomic.write_json(run_dir / METRICS_FILE, metrics)
 
 
-def save_spec(spec: StudySpec) -> None:
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    (spec.run_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+def save_spec(spec: StudySpec, run_dir: Path | None = None) -> None:
+    atomic.write_text((run_dir or spec.run_dir) / SPEC_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
 
 
-def finished_metrics(spec: StudySpec, skipped: frozenset[str]) -> dict[str, Any] | None:
-    """The metrics of an earlier retrain of the same subnet, task and retrain budget in this run
-    folder, if there is one."""
-    path = spec.run_dir / METRICS_FILE
+def finished_metrics(spec: StudySpec, skipped: frozenset[str], run_dir: Path | None = None) -> dict[str, Any] | None:
+    """The metrics of an earlier retrain of the same subnet, task and retrain budget in ``run_dir``
+    (default: the run folder), if there is one."""
+    metrics = read_metrics(run_dir or spec.run_dir)
+    return metrics if metrics is not None and same_retrain(metrics, spec, skipped) else None
+
+
+def same_retrain(metrics: dict[str, Any], spec: StudySpec, skipped: frozenset[str]) -> bool:
+    return set(metrics.get("skipped", ())) == skipped and metrics.get("retrain_budget") == _budget(spec)
+
+
+def artifacts_folder(run_dir: Path, spec: StudySpec, skipped: frozenset[str], *, own: bool = True) -> Path:
+    """Where the retrain of ``skipped`` with ``spec``'s budget goes: the run folder if it holds no
+    retrain yet (``own``: it is this retrain's own folder) or holds this same one; else its own
+    folder ``RUN_DIR/retrain-<subnet>-<hash of the budget>``, so a finished run is never replaced."""
+    metrics = read_metrics(run_dir)
+    if metrics is not None and same_retrain(metrics, spec, skipped) or metrics is None and own:
+        return run_dir
+    label = "+".join(spec.load_space().ordered(skipped)) or "none"
+    digest = hashlib.sha256(json.dumps(_budget(spec), sort_keys=True).encode()).hexdigest()[:8]
+    return run_dir / f"retrain-{label}-{digest}"
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir``'s metrics.json if it has one and its weights are intact; a damaged one is an error."""
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text())
-    same = set(metrics.get("skipped", ())) == skipped and metrics.get("retrain_budget") == _budget(spec)
-    return metrics if same else None
+    metrics = _read_json(path)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{run_dir}: {METRICS_FILE} without {WEIGHTS_FILE}; remove {path.name} or pass --fresh")
+    check_weights(weights)
+    return metrics
+
+
+def check_weights(path: Path) -> None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a complete safetensors file ({' '.join(str(err).split())}); remove it or pass --fresh") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); remove it or pass --fresh") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object; remove it or pass --fresh")
+    return data
 
 
 def _budget(spec: StudySpec) -> dict[str, Any]:
@@ -141,7 +211,40 @@ def read_run(run_dir: Path) -> tuple[StudySpec, dict[str, Any]]:
     for path in (spec_path, subnet_path):
         if not path.is_file():
             raise UserError(f"{run_dir}: not a das-tune run folder (expected {path.name} in it)")
-    from das_tune import config
-
     spec = config.load(StudySpec, spec_path)
-    return spec, json.loads(subnet_path.read_text())
+    subnet = _read_json(subnet_path)
+    if not isinstance(subnet.get("skipped"), list):
+        raise UserError(f"{subnet_path}: expected a list of layers under 'skipped'")
+    read_metrics(run_dir)
+    return spec, subnet
+
+
+PROGRESS_FILES = (CHECKPOINT, WARMUP_CHECKPOINT)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Every file a run would read back is intact (else a one-line error naming it); called before
+    anything is written, so a damaged folder is reported, not built on."""
+    for name in PROGRESS_FILES:
+        if (run_dir / name).is_file():
+            load_checkpoint(run_dir / name)
+    if (run_dir / SUBNET_FILE).is_file():
+        _read_json(run_dir / SUBNET_FILE)
+    if (run_dir / SPEC_FILE).is_file():
+        config.load(StudySpec, run_dir / SPEC_FILE)
+    read_metrics(run_dir)
+
+
+def clear_run_folder(run_dir: Path) -> list[str]:
+    """``--fresh``: remove the run's progress and artifacts, its ``retrain-*`` folders included (other
+    files stay); returns what was removed."""
+    removed = []
+    for name in (*PROGRESS_FILES, METRICS_FILE, SUBNET_FILE, WEIGHTS_FILE, SPEC_FILE):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    for folder in sorted(run_dir.glob("retrain-*")):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            removed.append(folder.name + "/")
+    return removed

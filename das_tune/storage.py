@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from das_tune.errors import UserError
@@ -12,13 +15,56 @@ from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
 
+SQLITE_TIMEOUT_S = 60  # several processes on one SQLite file wait for each other's writes
+_CREATE_ATTEMPTS = 20
+
+
 def get_storage(url: str) -> optuna.storages.BaseStorage:
+    engine_kwargs = {}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"storage {url!r}: cannot create its folder {folder} ({err.strerror})") from None
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
-        return optuna.storages.get_storage(url)
+        return _create(url, engine_kwargs)
     except Exception as err:  # a bad URL, a missing driver, an unreachable server
-        raise UserError(f"storage {url!r} cannot be opened: {err}") from None
+        raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None
+
+
+def _create(url: str, engine_kwargs: dict) -> optuna.storages.BaseStorage:
+    """Several processes creating one new database race on its schema ("table studies already
+    exists", "UNIQUE constraint failed: alembic_version"); whoever loses finds the schema there on a
+    later attempt."""
+    if "://" not in url:
+        return optuna.storages.get_storage(url)
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            if attempt == _CREATE_ATTEMPTS - 1 or not _schema_race(err):
+                raise
+            time.sleep(random.uniform(0.05, 0.3))
+    raise AssertionError("unreachable")
+
+
+def _schema_race(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in ("already exists", "unique constraint", "duplicate", "database is locked"))
+
+
+def fail_running(study: optuna.Study, phase: str | None = None) -> int:
+    """Mark the study's RUNNING trials (of ``phase``, if given) FAIL; only for a study this process
+    holds the lease of, where RUNNING trials can only be a dead process's. Returns how many."""
+    stale = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if phase is None or t.user_attrs.get("phase") == phase
+    ]
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -34,13 +80,14 @@ def open_study(
     *,
     fresh: bool = False,
     log=print,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> optuna.Study:
     """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
 
-    Trials left RUNNING by a process that died are marked FAIL on resume: one-shot search owns its
-    study, so nothing else can be running them.
+    Call it holding the study's lease (``das_tune.lease``). Trials a dead process left RUNNING are the
+    executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
     """
-    storage = get_storage(url)
+    storage = storage or get_storage(url)
     if study_exists(storage, name):
         if fresh:
             count = len(optuna.load_study(study_name=name, storage=storage).trials)
@@ -66,8 +113,6 @@ def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: 
         )
     if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.num_skip):
         raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study.tell(trial.number, state=TrialState.FAIL)
-    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {len(stale)} interrupted ones marked FAIL" if stale else ""))
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {running} interrupted" if running else ""))
     return study

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from das_tune import atomic
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.runs import BenchConfig, Plan, execute, plan
 from das_tune.progress import Reporter
@@ -27,7 +28,7 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> dict[str
     names = plots.write_plots(results, p.out)
     results["files"] = {"out": str(p.out), "json": RESULTS_JSON, "markdown": RESULTS_MD, "plots": names}
     report.write_json(results, p.out / RESULTS_JSON)
-    (p.out / RESULTS_MD).write_text(report.markdown(results, names))
+    atomic.write_text(p.out / RESULTS_MD, report.markdown(results, names))
     return results
 
 

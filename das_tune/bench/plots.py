@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from das_tune import atomic
+
 ANYTIME, METRIC_VS_GMACS = "anytime.png", "metric_vs_gmacs.png"
 
 
@@ -73,4 +75,4 @@ def metric_vs_gmacs(results: dict[str, Any], path: Path) -> None:
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".")))

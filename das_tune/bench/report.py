@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from das_tune import atomic
 from das_tune.bench import stats
 from das_tune.bench.runs import Plan, subset_key
 
@@ -91,7 +92,7 @@ def _paired(records: list[dict[str, Any]], reference: str, other: str) -> dict[s
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    atomic.write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 # -- tables ---------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import optuna
 import torch
 import yaml
 
-from das_tune import runner, storage, training
+from das_tune import atomic, runner, storage, training
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, pick, sample_batches
 from das_tune.components import Components, build_components
 from das_tune.errors import UserError
@@ -162,7 +162,7 @@ def _warm_up(spec: StudySpec, parts: Components, reporter: Reporter) -> dict[str
     ).warm_up()
     steps = training.steps_per_epoch(parts.task, spec.search.batch_size, spec.search.max_steps_per_epoch)
     info = {"checkpoint": str(checkpoint), "steps": steps * spec.search.warmup_epochs, "seconds": time.perf_counter() - start}
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    atomic.write_json(info_path, info)
     return info
 
 
@@ -187,9 +187,13 @@ def _search(p: Plan, seed: int, sampler: str, parts: Components, warm: dict[str,
     saved = spec.run_dir / RUN_FILE
     if saved.is_file():
         return json.loads(saved.read_text())
-    _check_not_foreign(spec)
-    save_spec(spec)
-    study, found_by = runner.search(spec, parts, fresh=False, reporter=reporter, warmup_checkpoint=Path(warm["checkpoint"]))
+    opened = storage.get_storage(spec.storage)
+    with runner.exclusive(spec, opened):
+        _check_not_foreign(spec, opened)
+        save_spec(spec)
+        study, found_by = runner.search(
+            spec, parts, fresh=False, reporter=reporter, warmup_checkpoint=Path(warm["checkpoint"]), storage=opened
+        )
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     steps = training.steps_per_epoch(parts.task, spec.search.batch_size, spec.search.max_steps_per_epoch)
     record = {
@@ -199,7 +203,7 @@ def _search(p: Plan, seed: int, sampler: str, parts: Components, warm: dict[str,
         "warmup_steps": warm["steps"], "warmup_seconds": warm["seconds"],
         "search_steps": steps * spec.search.search_epochs, "search_seconds": found_by["search_seconds"],
     }
-    saved.write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_json(saved, record)
     return record
 
 
@@ -209,7 +213,6 @@ def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], r
     done = finished_metrics(spec, skipped)
     if done is not None:
         return done
-    save_spec(spec)
     return retrain(spec, parts, skipped, {"found_by": "das-tune bench", "seed": seed}, reporter)
 
 
@@ -222,10 +225,10 @@ def _retrain_fields(spec: StudySpec, parts: Components, metrics: dict[str, Any])
     }
 
 
-def _check_not_foreign(spec: StudySpec) -> None:
+def _check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
     """A study of this name that this benchmark did not start (e.g. one of ``das-tune run``) is not extended."""
     ours = (spec.run_dir / CHECKPOINT).is_file()
-    if not ours and storage.study_exists(storage.get_storage(spec.storage), spec.resolved_study_name):
+    if not ours and storage.study_exists(opened, spec.resolved_study_name):
         raise UserError(
             f"study {spec.resolved_study_name!r} already exists in {spec.storage} but was not started by this "
             f"benchmark (no {spec.run_dir / CHECKPOINT}); pass another --storage or --out"
@@ -238,5 +241,4 @@ def _check_plan_file(p: Plan) -> None:
     path = p.out / PLAN_FILE
     if path.is_file() and path.read_text() != resolved:
         raise UserError(f"{p.out} holds a benchmark of another study or budget ({path}); pass another --out")
-    p.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(resolved)
+    atomic.write_text(path, resolved)

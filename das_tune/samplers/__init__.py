@@ -33,8 +33,8 @@ def make_sampler(name: str, space: SkipSpace, seed: int | None = None, **options
         raise UserError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
     try:
         return factory(space, seed, **options)
-    except TypeError as err:
-        raise UserError(f"sampler {name!r}: bad options {sorted(options)}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"sampler {name!r}: bad options {options}: {err}") from None
 
 
 def chosen_skip(study: optuna.Study, space: SkipSpace, sampler: BaseSampler | None = None) -> frozenset[str]:

@@ -5,13 +5,19 @@ from the sampler's current policy (DAS: ∝ its skip probabilities; any other sa
 every ``observe_every`` steps run a redundancy observation: one round of ``round_size`` Optuna trials,
 each a subset proposed by the sampler, scored without gradients on one observation batch and told.
 
-The supernet's trainable state, the optimizer and the position in the data are checkpointed after
-every observation round, so an interrupted search resumes where it stopped.
+Resume is exact: a search killed at any point and run again ends with the same trials (numbers,
+subsets, values) and the same choice as one never interrupted. The supernet's trainable state, the
+optimizer, the random generators, the position in the data and the policy are checkpointed
+(atomically) after every observation round and at every epoch's end; a resumed search replays the
+training steps since then, which are deterministic, and round ``r`` is always trials
+``r·K … r·K+K-1``: trials of the round that were told before the stop are kept as they are, one
+left RUNNING by the dead process is scored and told now (its subset is the one it had, or the one
+its seeded draw gives again), and the missing ones are asked.
 """
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +27,9 @@ import numpy as np
 import optuna
 import torch
 
-from das_tune import training
+from das_tune import atomic, training
 from das_tune.backbones.base import SkippableBackbone
+from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import chosen_skip
 from das_tune.samplers.das import DASSampler, draw_subset
@@ -69,6 +76,7 @@ class OneShotSearch:
         self.position = Position()
         self.observations: Iterator[Batch] = task.observation_batches(model, search.batch_size, search.observation_batches)
         self.probabilities = self._policy()
+        self._first_round = True
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -102,6 +110,11 @@ class OneShotSearch:
             subset = self._uniform() if warmup else draw_subset(self.space, self.probabilities, self.rng)
             self.model.set_skipped(subset)
             loss = training.train_step(self.model, self.task, batch, self.optimizer, self.scheduler)
+            if not math.isfinite(loss):
+                raise RunFailure(
+                    f"the search diverged: training loss {loss} at epoch {epoch + 1}, step {step + 1} "
+                    f"(search.lr = {self.search.lr:g}); lower search.lr and run again with --fresh"
+                )
             pos.step_in_epoch, pos.global_step = step + 1, pos.global_step + 1
             if not warmup and pos.global_step % self.search.observe_every == 0:
                 self._observation_round()
@@ -113,16 +126,35 @@ class OneShotSearch:
             self._save(WARMUP_CHECKPOINT)
 
     def _observation_round(self) -> None:
-        """Ask trials until the sampler's round is full, score each subnet, tell."""
+        """Score round ``r``'s trials ``r·K … r·K+K-1`` and tell them: kept if told before a stop,
+        finished if a dead process left one RUNNING, asked if missing."""
         batch = next(self.observations)
-        while True:
-            trial = self.study.ask()
+        k, r = self.search.round_size, self.position.rounds
+        earlier = {}
+        if self._first_round:  # only a new process can find trials of its round already there
+            earlier = {t.number: t for t in self.study.get_trials(deepcopy=False) if r * k <= t.number < (r + 1) * k}
+            self._first_round = False
+        for number in range(r * k, (r + 1) * k):
+            old = earlier.get(number)
+            if old is not None and old.state.is_finished():
+                continue
+            trial = optuna.Trial(self.study, old._trial_id) if old is not None else self.study.ask()
+            if trial.number != number:
+                raise UserError(
+                    f"study {self.study.study_name!r} has trials this search did not ask (trial {trial.number} where "
+                    f"round {r} expects {number}); pass --fresh, or --set study_name=NEW"
+                )
             skipped = self.space.suggest(trial)
-            for key, value in {**self.trial_attrs(skipped), "round": self.position.rounds, "phase": "search"}.items():
+            for key, value in {**self.trial_attrs(skipped), "round": r, "phase": "search"}.items():
                 trial.set_user_attr(key, value)
-            self.study.tell(trial, training.observe(self.model, self.task, batch, skipped))
-            if (trial.number + 1) % self.search.round_size == 0:
-                break
+            value = training.observe(self.model, self.task, batch, skipped)
+            if not math.isfinite(value):
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise RunFailure(
+                    f"the search diverged: observed loss {value} in round {r} (search.lr = {self.search.lr:g}); "
+                    "lower search.lr and run again with --fresh"
+                )
+            self.study.tell(trial, value)
         self.position.rounds += 1
         self.probabilities = self._policy()
 
@@ -148,28 +180,26 @@ class OneShotSearch:
             "scheduler": self.scheduler.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "study_name": self.study.study_name,
+            "probabilities": self.probabilities,  # the policy the next steps train with (not the study's:
+            "study_name": self.study.study_name,  # it may already hold the next round, told before a stop)
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f"{filename}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / filename)
+        atomic.write_with(self.run_dir / filename, lambda tmp: torch.save(state, tmp))
 
     def _restore(self) -> None:
         """Continue this study's own search, else start from a shared warm-up checkpoint if given."""
         own = self.run_dir / CHECKPOINT
-        state = torch.load(own, weights_only=False) if own.exists() else None
+        state = load_checkpoint(own) if own.exists() else None
         if state is None or state["study_name"] != self.study.study_name:
             if self.warmup_checkpoint is None:
                 return
-            state = torch.load(self.warmup_checkpoint, weights_only=False)
+            state = load_checkpoint(self.warmup_checkpoint)
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
-        self.probabilities = self._policy()
+        self.probabilities = state.get("probabilities") or self._policy()
         for _ in range(self.position.rounds % self.search.observation_batches):
             next(self.observations)
         if not self.position.finished:
@@ -180,9 +210,15 @@ class OneShotSearch:
         return self.position.finished
 
 
-def search_finished(run_dir: Path, study_name: str) -> bool:
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        return False
-    state = torch.load(path, weights_only=False)
-    return state["study_name"] == study_name and state["position"]["finished"]
+_CHECKPOINT_KEYS = {"position", "model", "optimizer", "scheduler", "rng", "torch_rng", "study_name"}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A search checkpoint, or a one-line error naming the file if it is truncated or not one."""
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as err:
+        raise UserError(f"{path}: not a readable search checkpoint ({type(err).__name__}); remove it or pass --fresh") from None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        raise UserError(f"{path}: not a das-tune search checkpoint; remove it or pass --fresh")
+    return state

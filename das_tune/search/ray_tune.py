@@ -23,8 +23,8 @@ Resume
 ------
 The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_dir>/ray``). Running the
 same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
-e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died were
-marked FAIL when the study was reopened (``storage.open_study``); Ray resumes them from their
+e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died are
+marked FAIL when the search starts again (the study's lease says that their process is dead); Ray resumes them from their
 checkpoints, so :meth:`SkipSearch.restore` gives each one a new Optuna trial with the same skip keys
 (user attr ``retry_of``) instead of telling the finished one twice (``UpdateFinishedTrialError``).
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
@@ -64,7 +64,7 @@ from das_tune.progress import Reporter
 from das_tune.search.oneshot import WARMUP_CHECKPOINT, OneShotSearch
 from das_tune.search.ray_trainable import FAIL_ENV, train_subnet
 from das_tune.spaces import SkipSpace
-from das_tune.storage import get_storage
+from das_tune.storage import fail_running, get_storage
 from das_tune.study import RaySpec, StudySpec
 
 METRIC, MODE = "loss", "min"
@@ -163,7 +163,7 @@ class SkipSearch(OptunaSearch):
             if trial_id in self._completed_trials:
                 continue
             state = stored[trial.number].state
-            if state == TrialState.FAIL:  # marked FAIL as interrupted when the study was reopened
+            if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
                 self._ot_trials[trial_id] = self._retry(trial)
             elif state.is_finished():  # told after the searcher's last save: do not tell it twice
                 self._completed_trials.add(trial_id)
@@ -209,6 +209,9 @@ class RaySearch:
 
     def run(self) -> tune.ResultGrid:
         global _reporter
+        interrupted = fail_running(self.study, PHASE)  # the lease is ours: their driver is dead
+        if interrupted:
+            self.reporter.log(f"{interrupted} Ray trials in flight when the last driver stopped: marked FAIL, Ray retries them")
         start_state = self.warm_up()
         started = self._init_ray()
         _reporter = self.reporter

@@ -1,0 +1,81 @@
+"""Checks of a study against its built components, done before anything is written.
+
+A pydantic model checks each field on its own; these check what needs the space, the task's data or a
+working sampler: that the search observes at all, that a round's subsets can be distinct, that the
+sampler's options work, and that the output folder can be written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+
+from das_tune import training
+from das_tune.components import Components
+from das_tune.errors import UserError
+from das_tune.samplers import make_sampler
+from das_tune.study import StudySpec
+
+
+def check_study(spec: StudySpec, parts: Components, sampler_options: dict) -> None:
+    check_rounds(spec, parts)
+    check_sampler(spec, parts, sampler_options)
+    check_writable_folder(Path(spec.output_dir), "output_dir")
+
+
+def check_rounds(spec: StudySpec, parts: Components) -> None:
+    search, space = spec.search, parts.space
+    das_round = spec.sampler.options.get("das", {}).get("round_size", search.round_size)
+    if spec.sampler.name == "das" and das_round != search.round_size:
+        raise UserError(
+            f"sampler.options.das.round_size = {das_round} and search.round_size = {search.round_size} disagree: "
+            "a round is one observation batch on one model state; set search.round_size only"
+        )
+    if search.round_size > space.num_subsets:
+        raise UserError(
+            f"search.round_size = {search.round_size}: a round scores distinct subsets and space {space.label} "
+            f"with num_skip {space.num_skip} has only {space.num_subsets}; expected at most {space.num_subsets}"
+        )
+    if search.executor != "oneshot":
+        return
+    steps = training.steps_per_epoch(parts.task, search.batch_size, search.max_steps_per_epoch)
+    warmup, total = steps * search.warmup_epochs, steps * (search.warmup_epochs + search.search_epochs)
+    rounds = total // search.observe_every - warmup // search.observe_every
+    if rounds < 1:
+        raise UserError(
+            f"search.observe_every = {search.observe_every}: the search epochs have only {total - warmup} training "
+            f"steps ({search.search_epochs} × {steps}), so no observation would run; expected at most {total - warmup}"
+        )
+
+
+def check_sampler(spec: StudySpec, parts: Components, options: dict) -> None:
+    """One trial of the space with the sampler on an in-memory study: bad options fail here, not in
+    the middle of a real study (where they would leave a RUNNING trial behind)."""
+    sampler = make_sampler(spec.sampler.name, parts.space, seed=spec.seed, **options)
+    study = optuna.create_study(sampler=sampler, direction="minimize")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = study.ask()
+            parts.space.suggest(trial)
+            study.tell(trial, 1.0)
+    except Exception as err:
+        message = " ".join(str(err).split())
+        raise UserError(f"sampler {spec.sampler.name!r} with options {options}: {type(err).__name__}: {message}") from None
+
+
+def check_writable_folder(folder: Path, field: str) -> None:
+    """``folder`` exists as a writable folder or can be created: probed in its nearest existing
+    ancestor with a temporary folder that is removed again."""
+    folder = folder.expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UserError(f"{field} {folder}: {existing} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".das-tune-probe-", dir=existing))
+    except OSError as err:
+        raise UserError(f"{field} {folder}: cannot write in {existing} ({err.strerror})") from None
