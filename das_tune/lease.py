@@ -164,18 +164,24 @@ class StudyLease:
 
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (created if missing) for the block, or refuse at once."""
+    """Hold an exclusive lock on ``folder`` for the block, or refuse at once. The folder is created
+    if missing, and removed again (with the parents created for it) if the block leaves it empty."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(
-            f"run folder {folder} is in use by another das-tune process; wait for it to finish, "
-            "or pass --set output_dir=OTHER"
-        ) from None
-    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"run folder {folder} is in use by another das-tune process; wait for it to finish, "
+                "or pass --set output_dir=OTHER"
+            ) from None
         yield
     finally:
         os.close(fd)
+        for path in created:  # innermost first
+            try:
+                path.rmdir()
+            except OSError:  # not empty: it holds what the block wrote
+                break

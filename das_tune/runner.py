@@ -55,10 +55,14 @@ def open_spec_study(spec: StudySpec, parts: Components, *, fresh: bool, reporter
 
 
 @contextmanager
-def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Iterator[None]:
-    """This process is the only writer of the study and of its run folder inside (``das_tune.lease``)."""
-    with StudyLease(storage, spec.resolved_study_name, spec.storage), folder_lock(spec.run_dir):
-        yield
+def exclusive(spec: StudySpec) -> Iterator[optuna.storages.BaseStorage]:
+    """Inside, this process is the only writer of the run folder and of the study (``das_tune.lease``);
+    yields the opened storage. The folder is locked first, so that a second run there is refused
+    before it touches any storage."""
+    with folder_lock(spec.run_dir):
+        storage = get_storage(spec.storage)
+        with StudyLease(storage, spec.resolved_study_name, spec.storage):
+            yield storage
 
 
 def search(
@@ -131,8 +135,7 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     check_study(spec, parts, sampler_options(spec))
     if not fresh:
         check_run_folder(spec.run_dir)
-    storage = get_storage(spec.storage)
-    with exclusive(spec, storage):
+    with exclusive(spec) as storage:
         if fresh:
             removed = clear_run_folder(spec.run_dir)
             if removed:

@@ -104,13 +104,16 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
         before = snapshot(runs, tmp_path / "das_tune.db")
         assert before[0]["easyvqa_minilm-das-seed0"][4][1] == TrialState.RUNNING
 
-        same_study = das_tune(*args, cwd=tmp_path)
-        assert same_study.returncode == 2 and len(same_study.stderr.strip().splitlines()) == 1, same_study.stderr
-        assert "is being run by another das-tune process" in same_study.stderr
-        # the same study name on another storage: another study, but the same run folder
-        same_folder = das_tune(*args, "--storage", "sqlite:///other.db", cwd=tmp_path)
-        assert same_folder.returncode == 2 and "is in use by another das-tune process" in same_folder.stderr
+        for intruder, message in [
+            ([], "run folder"),  # the same command: the same run folder
+            (["--set", "output_dir=runs2"], "is being run by another das-tune process (pid"),  # the same study
+            (["--storage", "sqlite:///other.db"], "run folder"),  # another study in the same run folder
+        ]:
+            refused = das_tune(*args, *intruder, cwd=tmp_path)
+            lines = refused.stderr.strip().splitlines()
+            assert refused.returncode == 2 and len(lines) == 1 and message in lines[0], refused.stderr[-2000:]
         assert snapshot(runs, tmp_path / "das_tune.db") == before  # the live run's trials untouched
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["das_tune.db", "go.paused", "runs"]  # nothing else
 
         release.touch()
         out, errors = first.communicate(timeout=400)

@@ -187,8 +187,7 @@ def _search(p: Plan, seed: int, sampler: str, parts: Components, warm: dict[str,
     saved = spec.run_dir / RUN_FILE
     if saved.is_file():
         return json.loads(saved.read_text())
-    opened = storage.get_storage(spec.storage)
-    with runner.exclusive(spec, opened):
+    with runner.exclusive(spec) as opened:
         _check_not_foreign(spec, opened)
         save_spec(spec)
         study, found_by = runner.search(
