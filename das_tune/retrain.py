@@ -228,11 +228,12 @@ def check_run_folder(run_dir: Path) -> None:
     for name in PROGRESS_FILES:
         if (run_dir / name).is_file():
             load_checkpoint(run_dir / name)
-    if (run_dir / SUBNET_FILE).is_file():
-        _read_json(run_dir / SUBNET_FILE)
-    if (run_dir / SPEC_FILE).is_file():
-        config.load(StudySpec, run_dir / SPEC_FILE)
-    read_metrics(run_dir)
+    for folder in (run_dir, *sorted(run_dir.glob("retrain-*"))):
+        if (folder / SUBNET_FILE).is_file():
+            _read_json(folder / SUBNET_FILE)
+        if (folder / SPEC_FILE).is_file():
+            config.load(StudySpec, folder / SPEC_FILE)
+        read_metrics(folder)
 
 
 def clear_run_folder(run_dir: Path) -> list[str]:
