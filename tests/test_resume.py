@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,18 +58,19 @@ def reference(finished_run) -> dict:
     return result
 
 
-def test_killed_at_random_points_then_resumed_equals_an_uninterrupted_run(reference, tmp_path):
-    # an event: a trial asked, a key suggested, a trial told, a training step, a checkpoint renamed
-    for point in random.Random(14).sample(range(1, 45), 6):  # counted from each process's start
-        killed = das_tune(*RUN, cwd=tmp_path, stop=f"kill:{point}")
+@pytest.mark.timeout(1800)
+def test_killed_at_random_points_then_resumed_and_fresh_equal_an_uninterrupted_run(finished_run, reference, tmp_path):
+    shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)  # a finished study
+    # an event: a trial asked, a key suggested, a trial told, a training step, a checkpoint renamed;
+    # counted from each process's start. The first process starts the finished study with --fresh.
+    points = random.Random(14).sample(range(1, 45), 6)
+    for i, point in enumerate(points):
+        killed = das_tune(*RUN, *(["--fresh"] if i == 0 else []), cwd=tmp_path, stop=f"kill:{point}")
         assert killed.returncode == -signal.SIGKILL, f"kill:{point} did not land: {killed.stderr[-2000:]}"
     das_tune(*RUN, cwd=tmp_path, check=True)
     assert outcome(tmp_path) == reference  # same trials (number, subset, value), choice and retrain
 
-    # --fresh on a finished study: a first run again
-    das_tune(*RUN, "--fresh", cwd=tmp_path, check=True)
-    assert outcome(tmp_path) == reference
-    # --fresh on a partly run study (killed in its 3rd round, after a --fresh start): a first run again
+    # --fresh on a partly run study (killed in its 3rd round): a first run again
     partial = das_tune(*RUN, "--fresh", cwd=tmp_path, stop="kill:95")
     assert partial.returncode == -signal.SIGKILL
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
