@@ -189,7 +189,8 @@ class OneShotSearch:
         """Continue this study's own search, else start from a shared warm-up checkpoint if given."""
         own = self.run_dir / CHECKPOINT
         state = load_checkpoint(own) if own.exists() else None
-        if state is None or state["study_name"] != self.study.study_name:
+        ours = state is not None and state["study_name"] == self.study.study_name
+        if not ours:
             if self.warmup_checkpoint is None:
                 return
             state = load_checkpoint(self.warmup_checkpoint)
@@ -199,7 +200,7 @@ class OneShotSearch:
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
-        self.probabilities = state.get("probabilities") or self._policy()
+        self.probabilities = state["probabilities"] if ours else self._policy()
         for _ in range(self.position.rounds % self.search.observation_batches):
             next(self.observations)
         if not self.position.finished:
@@ -210,7 +211,7 @@ class OneShotSearch:
         return self.position.finished
 
 
-_CHECKPOINT_KEYS = {"position", "model", "optimizer", "scheduler", "rng", "torch_rng", "study_name"}
+_CHECKPOINT_KEYS = {"position", "model", "optimizer", "scheduler", "rng", "torch_rng", "probabilities", "study_name"}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
