@@ -200,7 +200,7 @@ class OneShotSearch:
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
-        self.probabilities = state["probabilities"] if ours else self._policy()
+        self.probabilities = (ours and state.get("probabilities")) or self._policy()  # older checkpoints: none
         for _ in range(self.position.rounds % self.search.observation_batches):
             next(self.observations)
         if not self.position.finished:
@@ -211,7 +211,7 @@ class OneShotSearch:
         return self.position.finished
 
 
-_CHECKPOINT_KEYS = {"position", "model", "optimizer", "scheduler", "rng", "torch_rng", "probabilities", "study_name"}
+_CHECKPOINT_KEYS = {"position", "model", "optimizer", "scheduler", "rng", "torch_rng", "study_name"}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
