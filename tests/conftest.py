@@ -23,12 +23,14 @@ def cli(tmp_path):
     return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
 
 
-# A tiny search lengthened to 9 observation rounds (27 trials), the retrain cut to one step: the
-# study that tests/test_resume.py kills and resumes and tests/test_bad_input.py feeds bad input to.
+# A tiny search lengthened to 9 observation rounds (27 trials; an observation after every one of its
+# 3 × 3 training steps), the retrain cut to one step: the study that tests/test_resume.py kills and
+# resumes and tests/test_bad_input.py feeds bad input to.
 FINISHED_STUDY = "easyvqa_minilm-das-seed3"
 FINISHED_RUN = [
     "run", "--space", "minilm_vqa", "--tiny", "--seed", "3", "--quiet",
-    "--set", "search.search_epochs=3", "--set", "retrain.max_steps_per_epoch=1",
+    "--set", "search.search_epochs=3", "--set", "search.max_steps_per_epoch=3", "--set", "search.observe_every=1",
+    "--set", "retrain.max_steps_per_epoch=1",
 ]
 
 
@@ -36,5 +38,5 @@ FINISHED_RUN = [
 def finished_run(tmp_path_factory) -> Path:
     """A folder in which FINISHED_RUN ran once, uninterrupted (das_tune.db, runs/)."""
     folder = tmp_path_factory.mktemp("finished")
-    run_cli(*FINISHED_RUN, cwd=folder, timeout=600, check=True)
+    run_cli(*FINISHED_RUN, cwd=folder, timeout=1200, check=True)
     return folder

@@ -30,7 +30,7 @@ WORKER = Path(__file__).parent / "kill_worker.py"
 def das_tune(*args, cwd, stop=None, check=False):
     """``das-tune ARGS`` in a subprocess; with ``stop`` (e.g. "kill:12") through the kill worker."""
     cmd = [sys.executable, str(WORKER), stop, *args] if stop else [sys.executable, "-m", "das_tune.cli", *args]
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
     if check and result.returncode != 0:
         raise AssertionError(f"das-tune {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
@@ -71,7 +71,7 @@ def test_killed_at_random_points_then_resumed_and_fresh_equal_an_uninterrupted_r
     assert outcome(tmp_path) == reference  # same trials (number, subset, value), choice and retrain
 
     # --fresh on a partly run study (killed in its 3rd round): a first run again
-    partial = das_tune(*RUN, "--fresh", cwd=tmp_path, stop="kill:95")
+    partial = das_tune(*RUN, "--fresh", cwd=tmp_path, stop="kill:70")
     assert partial.returncode == -signal.SIGKILL
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
     assert 0 < len(study.trials) < 27 and not (tmp_path / "runs" / STUDY / "metrics.json").exists()
@@ -90,9 +90,10 @@ def snapshot(folder: Path, db: Path) -> tuple:
     return trials, files
 
 
+@pytest.mark.timeout(1800)
 def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
     release = tmp_path / "go"
-    args = ["run", "--space", "minilm_vqa", "--tiny", "--quiet"]
+    args = ["run", "--space", "minilm_vqa", "--tiny", "--quiet", "--set", "search.search_epochs=1", "--set", "retrain.max_steps_per_epoch=1"]
     first = subprocess.Popen(
         [sys.executable, str(WORKER), f"pause:5:file={release}:only=tell", *args], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -118,10 +119,10 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["das_tune.db", "go.paused", "runs"]  # nothing else
 
         release.touch()
-        out, errors = first.communicate(timeout=400)
+        out, errors = first.communicate(timeout=1200)
         assert first.returncode == 0, errors[-3000:]
         study = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
-        assert len(study.trials) == 18 and all(t.state == TrialState.COMPLETE for t in study.trials)
+        assert len(study.trials) == 9 and all(t.state == TrialState.COMPLETE for t in study.trials)
         assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'das_tune.db'}") == ["easyvqa_minilm-das-seed0"]  # lease gone
     finally:
         if first.poll() is None:
@@ -146,6 +147,7 @@ def test_processes_creating_one_new_sqlite_file_at_once_all_succeed(tmp_path):
     assert sorted(optuna.get_all_study_names(url)) == [f"seed{i}" for i in range(n)]
 
 
+@pytest.mark.timeout(1800)
 def test_four_seeds_started_at_once_on_a_new_storage(tmp_path):
     short = ["--set", "search.search_epochs=1", "--set", "search.max_steps_per_epoch=2", "--set", "retrain.max_steps_per_epoch=1"]
     procs = [
@@ -156,7 +158,7 @@ def test_four_seeds_started_at_once_on_a_new_storage(tmp_path):
         )
         for seed in range(4)
     ]
-    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=1200), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0] * 4, [err[-1500:] for _, err in results]
     names = sorted(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'shared' / 'new.db'}"))
     assert names == [f"easyvqa_minilm-das-seed{seed}" for seed in range(4)]
