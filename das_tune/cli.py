@@ -228,10 +228,9 @@ def bench(
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
     from das_tune.bench import BenchConfig, run_bench
     from das_tune.bench.report import rich_table
+    from das_tune.checks import check_writable_folder
     from das_tune.progress import reporter
     from das_tune.study import default_study_for_space
-
-    from das_tune.checks import check_writable_folder
 
     overrides = _overrides(storage, None, tiny, set_)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
