@@ -88,8 +88,9 @@ class OneShotSearch:
             self._run_epoch(epoch, warmup)
             if not warmup:
                 self.reporter.log(f"epoch {epoch + 1}: current choice {self.space.ordered(self._current_choice())}")
-        self.position.finished = True
-        self._save()
+        if not self.position.finished:  # a finished search's checkpoint is left as it is
+            self.position.finished = True
+            self._save()
 
     def warm_up(self) -> Path:
         """Run (or finish) only the warm-up epochs; returns the shareable warm-up checkpoint."""
