@@ -5,9 +5,10 @@
     python kill_worker.py pause:K:file=PATH ARGS...   at the K-th event, write PATH.paused, wait for PATH
     ...:only=NAME                                     count only the events of that name
 
-An event is a call of one of ``EVENTS`` (before the call runs): asking, suggesting or telling a trial,
-a training step, a checkpoint or artifact write (before its rename), or a Ray trial told to Optuna.
-Counting calls instead of waiting for a clock makes every kill point exact and repeatable.
+An event is a call of one of ``EVENTS`` (before the call runs): asking, suggesting or telling a trial
+of a stored study (not the in-memory one the sampler check uses), a training step, a checkpoint or
+artifact write (before its rename), or a Ray trial told to Optuna. Counting calls instead of waiting
+for a clock makes every kill point exact and repeatable.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def stop(action: str, argument: str | None) -> None:
             time.sleep(0.1)
 
 
+def _in_memory(owner) -> bool:
+    study = owner.study if isinstance(owner, optuna.Trial) else owner
+    return isinstance(study, optuna.Study) and isinstance(study._storage, optuna.storages.InMemoryStorage)
+
+
 def install(action: str, at: int, argument: str | None, only: str | None) -> None:
     count = 0
 
@@ -52,9 +58,10 @@ def install(action: str, at: int, argument: str | None, only: str | None) -> Non
         @functools.wraps(original)
         def call(*args, **kwargs):
             nonlocal count
-            count += 1
-            if count == at:
-                stop(action, argument)
+            if not _in_memory(args[0] if args else None):
+                count += 1
+                if count == at:
+                    stop(action, argument)
             return original(*args, **kwargs)
 
         return call
