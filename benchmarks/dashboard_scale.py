@@ -32,7 +32,7 @@ import numpy as np
 import optuna
 
 from das_tune import dashboard
-from das_tune.samplers import SAMPLER_ATTR, DASSampler
+from das_tune.samplers import SAMPLER_ATTR, sampler_from_record, skip_policy
 from das_tune.spaces import SkipSpace, load_space
 
 GMACS = {"FL": -1.05, "FV": -5.37, "LEn": -0.27}  # per skipped layer, paper Table A
@@ -138,7 +138,8 @@ def main() -> None:
                 print(f"GET /api/studies/<id>?after=0, {label}: cold {cold[label]:.2f} s, warm {warm:.2f} s, {size / 1e6:.1f} MB ({size / n:.0f} B/trial)")
             large = optuna.load_study(study_name="global-large", storage=url)
             start = time.perf_counter()
-            dashboard.save_study_report(large, global_space, sampler=DASSampler(global_space, **{k: v for k, v in SAMPLER.items() if k != "name"}))
+            policy = skip_policy(sampler_from_record(SAMPLER, global_space), global_space)
+            dashboard.save_study_report(large, global_space, policy=policy)
             print(f"save_study_report on {args.trials} trials: {time.perf_counter() - start:.1f} s")
             time.sleep(10.5)  # let the dashboard's trial cache expire, so that this one is cold too
             report, warm, size = trial_list(base, ids["global-large"])

@@ -19,10 +19,9 @@ import ray
 import torch
 import transformers
 
-from das_tune.backbones.flops import CostModel
 from das_tune.components import build_components
 from das_tune.progress import Reporter
-from das_tune.runner import open_spec_study
+from das_tune.runner import prepare_search
 from das_tune.search.ray_tune import RaySearch
 from das_tune.study import load_study_spec
 
@@ -35,9 +34,7 @@ def trials_per_hour(args: argparse.Namespace, concurrent: int, folder: str) -> f
         "ray.cpus_per_trial": args.cpus_per_trial,
         "storage": f"sqlite:///{folder}/packing.db", "output_dir": folder, "study_name": f"packing-{concurrent}",
     })
-    parts = build_components(spec)
-    study = open_spec_study(spec, parts, fresh=True, reporter=Reporter())
-    search = RaySearch(spec=spec, parts=parts, study=study, cost=CostModel(parts.model), reporter=Reporter())
+    search = RaySearch(prepare_search(spec, build_components(spec), fresh=True, reporter=Reporter()))
     start = time.perf_counter()
     search.run()
     elapsed = time.perf_counter() - start

@@ -31,8 +31,8 @@ def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, 
     from das_tune import training
     from das_tune.components import build_components
     from das_tune.progress import Reporter
-    from das_tune.runner import open_spec_study
-    from das_tune.search.oneshot import OneShotSearch
+    from das_tune.runner import prepare_search
+    from das_tune.search import oneshot
     from das_tune.study import load_study_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -46,20 +46,17 @@ def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, 
     parts.model.to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    search = prepare_search(spec, parts, fresh=True, reporter=Reporter()) if mode == "search" else None
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    if mode == "search":
-        study = open_spec_study(spec, parts, fresh=True, reporter=Reporter())
-        OneShotSearch(
-            search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study,
-            seed=0, run_dir=out, trial_attrs=lambda skipped: {}, reporter=Reporter(),
-        ).run()
+    if search is not None:
+        oneshot.run(search)
     else:
         steps = training.steps_per_epoch(parts.task, spec.search.batch_size, None)
-        optimizer, scheduler = training.make_optimizer(parts.model, spec.search, steps * epochs)
+        trainer = training.Trainer(parts.model, spec.search, steps, epochs)
         for epoch in range(epochs):
-            for batch in training.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None):
-                training.train_step(parts.model, parts.task, batch, optimizer, scheduler)
+            for step, batch in enumerate(training.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None)):
+                trainer.train(parts.task, batch, step)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -17,24 +17,18 @@ import optuna
 from das_tune import training
 from das_tune.components import Components
 from das_tune.errors import UserError
-from das_tune.samplers import make_sampler
+from das_tune.samplers import sampler_from_record, sampler_record
 from das_tune.study import StudySpec
 
 
-def check_study(spec: StudySpec, parts: Components, sampler_options: dict) -> None:
+def check_study(spec: StudySpec, parts: Components) -> None:
     check_rounds(spec, parts)
-    check_sampler(spec, parts, sampler_options)
+    check_sampler(spec, parts)
     check_writable_folder(Path(spec.output_dir), "output_dir")
 
 
 def check_rounds(spec: StudySpec, parts: Components) -> None:
     search, space = spec.search, parts.space
-    das_round = spec.sampler.options.get("das", {}).get("round_size", search.round_size)
-    if spec.sampler.name == "das" and das_round != search.round_size:
-        raise UserError(
-            f"sampler.options.das.round_size = {das_round} and search.round_size = {search.round_size} disagree: "
-            "a round is one observation batch on one model state; set search.round_size only"
-        )
     if search.round_size > space.num_subsets:
         raise UserError(
             f"search.round_size = {search.round_size}: a round scores distinct subsets and space {space.label} "
@@ -52,12 +46,13 @@ def check_rounds(spec: StudySpec, parts: Components) -> None:
         )
 
 
-def check_sampler(spec: StudySpec, parts: Components, options: dict) -> None:
+def check_sampler(spec: StudySpec, parts: Components) -> None:
     """One trial of the space with the sampler on an in-memory study: bad options fail here, not in
     the middle of a real study (where they would leave a RUNNING trial behind)."""
-    sampler = make_sampler(spec.sampler.name, parts.space, seed=spec.seed, **options)
-    study = optuna.create_study(sampler=sampler, direction="minimize")
+    options = spec.sampler.own_options
+    sampler = sampler_from_record(sampler_record(spec.sampler.name, spec.seed, options, spec.search.round_size), parts.space)
     try:
+        study = optuna.create_study(sampler=sampler, direction="minimize")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trial = study.ask()

@@ -18,6 +18,7 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # typer's own copy of click
 
 from das_tune.errors import RunFailure, UserError
+from das_tune.storage import DEFAULT_STORAGE
 
 
 class _App(typer.Typer):
@@ -52,7 +53,7 @@ out = Console()
 err = Console(stderr=True)
 
 # Options every command shares.
-Storage = Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: the study's, sqlite:///das_tune.db)")]
+Storage = Annotated[Optional[str], typer.Option(help=f"Optuna storage URL or journal file (default: the study's, {DEFAULT_STORAGE})")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; print only the result path.")]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler, the data order and the adapters.")]
 Tiny = Annotated[bool, typer.Option(help="Tiny random backbone of the same family and a few batches of data.")]
@@ -148,8 +149,8 @@ def run(
         overrides["ray.address"] = address
     spec = _load_spec(study, space, overrides)
     with reporter(quiet) as progress:
-        metrics = run_study(spec, fresh=fresh, reporter=progress)
-    _report(spec, metrics, quiet)
+        done = run_study(spec, fresh=fresh, reporter=progress)
+    _report(spec, done, quiet)
 
 
 @app.command()
@@ -168,42 +169,19 @@ def retrain(
 
     The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
     folder RUN_DIR/retrain-<subnet>-<budget hash> (the same budget and subnet again: the existing result)."""
-    from das_tune.checks import check_writable_folder
-    from das_tune.components import build_components
-    from das_tune.lease import folder_lock
     from das_tune.progress import reporter
-    from das_tune.retrain import METRICS_FILE, artifacts_folder, finished_metrics, read_run, retrain as retrain_subnet
-    from das_tune.study import load_study_spec, override_spec
+    from das_tune.runner import retrain_run, retrain_subset
 
     overrides = _overrides(storage, seed, tiny, set_)
-    if run_dir is not None:
-        run_dir = run_dir.expanduser().resolve()  # this folder, wherever the command runs
-        spec, subnet = read_run(run_dir)
-        spec = override_spec(spec, overrides, str(run_dir / "study.yaml"))
-        layers = _skip_list(skip) if skip else subnet["skipped"]
-        found_by = {k: v for k, v in subnet.items() if k not in ("space", "candidates", "num_skip", "skipped", "backbone", "task")}
-    elif study is not None and skip is not None:
-        spec = load_study_spec(study, overrides)
-        layers, found_by = _skip_list(skip), {"sampler": "given by --skip"}
-    else:
+    layers = _skip_list(skip) if skip is not None else None
+    if run_dir is None and (study is None or layers is None):
         raise UserError("give a run folder, or --study with --skip LAYER,LAYER (or --skip none)")
-    parts = build_components(spec)
-    skipped = parts.space.validate_subset(layers)
-    own = run_dir is None  # a folder of its own (--study --skip), not a run's
-    if own:
-        if spec.study_name is None:  # its own folder: a search's artifacts are never overwritten
-            label = "+".join(parts.space.ordered(skipped)) or "none"
-            spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
-        run_dir = spec.run_dir
-        check_writable_folder(Path(spec.output_dir), "output_dir")
-    folder = artifacts_folder(run_dir, spec, skipped, own=own)
-    with folder_lock(run_dir), reporter(quiet) as progress:
-        metrics = finished_metrics(spec, skipped, folder)
-        if metrics is not None:
-            progress.log(f"this subnet was already retrained with this budget: {folder / METRICS_FILE}")
+    with reporter(quiet) as progress:
+        if run_dir is not None:
+            spec, done = retrain_run(run_dir, skip=layers, overrides=overrides, reporter=progress)
         else:
-            metrics = retrain_subnet(spec, parts, skipped, found_by, progress, out_dir=folder)
-    _report(spec, {**metrics, "artifacts": str(folder)}, quiet)
+            spec, done = retrain_subset(study, layers, overrides=overrides, reporter=progress)
+    _report(spec, done, quiet)
 
 
 def _skip_list(skip: str) -> list[str]:
@@ -220,7 +198,7 @@ def bench(
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; every method runs once per seed.")] = 5,
     ground_truth: Annotated[bool, typer.Option(help="Also retrain every subset (small spaces): regret, rank, Kendall τ.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite:///<out>/bench.db)")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
     quiet: Quiet = False,
     set_: Sets = None,
@@ -244,19 +222,19 @@ def bench(
     )
     with reporter(quiet) as progress:
         results = run_bench(config, progress)
-    folder = Path(results["files"]["out"])
+    files = results.files
     if quiet:
-        print(folder / results["files"]["json"])
+        print(Path(files.out) / files.json_name)
         return
     out.print(rich_table(results))
-    for name in (results["files"]["json"], results["files"]["markdown"], *results["files"]["plots"]):
-        print(folder / name)
+    for name in (files.json_name, files.markdown, *files.plots):
+        print(Path(files.out) / name)
 
 
 @app.command()
 @exits_cleanly
 def dashboard(
-    storage: Annotated[str, typer.Option(help="Optuna storage URL.")] = "sqlite:///das_tune.db",
+    storage: Annotated[str, typer.Option(help="Optuna storage URL or journal file.")] = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.", min=0, max=65535)] = 8080,
     quiet: Quiet = False,
@@ -295,21 +273,22 @@ def studies() -> None:
     out.print(table)
 
 
-def _report(spec, metrics: dict[str, Any], quiet: bool) -> None:
+def _report(spec, done, quiet: bool) -> None:
     if quiet:
-        print(metrics["artifacts"])
+        print(done.artifacts)
         return
+    metrics = done.metrics
     table = Table(title=f"das-tune: {spec.resolved_study_name}", show_header=False)
-    table.add_row("skipped layers", ", ".join(metrics["skipped"]) or "(none)")
-    table.add_row(f"test {metrics['metric']}", f"{metrics['value']:.4f}")
-    table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics['additional_macs'] / 1e9:+.4f}")
-    table.add_row("FLOPs saved vs full model with adapters", f"{metrics['flops_saved']:.1%}")
-    table.add_row("trainable params", f"{metrics['trainable_params']:,}")
-    table.add_row("latency full → subnet (batch 1)", f"{metrics['latency_full_ms']:.2f} ms → {metrics['latency_subnet_ms']:.2f} ms ({metrics['speedup']:.2f}×)")
-    if metrics.get("search_seconds") is not None:
-        table.add_row("search wall-clock", f"{metrics['search_seconds']:.0f} s")
-    table.add_row("retrain wall-clock", f"{metrics['retrain_seconds']:.0f} s")
-    table.add_row("artifacts", metrics["artifacts"])
+    table.add_row("skipped layers", ", ".join(metrics.skipped) or "(none)")
+    table.add_row(f"test {metrics.metric}", f"{metrics.value:.4f}")
+    table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")
+    table.add_row("FLOPs saved vs full model with adapters", f"{metrics.flops_saved:.1%}")
+    table.add_row("trainable params", f"{metrics.trainable_params:,}")
+    table.add_row("latency full → subnet (batch 1)", f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)")
+    if metrics.search_seconds is not None:
+        table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
+    table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")
+    table.add_row("artifacts", str(done.artifacts))
     out.print(table)
 
 

@@ -10,11 +10,8 @@ from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError
 from das_tune.spaces import SkipSpace
 from das_tune.study import StudySpec
-from das_tune.tasks import TASKS, build_task
+from das_tune.tasks import build_task
 from das_tune.tasks.base import Task
-
-
-TINY_IGNORES = ("tokenizer", "image_size", "patch_size", "max_text_len")
 
 
 @dataclass
@@ -30,9 +27,12 @@ class Components:
 
 
 def build_components(spec: StudySpec) -> Components:
+    """Bad input (a missing file, an unknown option, a layer the backbone lacks) fails here, before
+    anything is written. Tiny mode is already in ``spec`` (see ``study._make_tiny``)."""
     space = spec.load_space()
     _check_local_files(spec)
-    task = build_task(spec.task.name, data_dir=_local_path(spec.task.data_dir, spec.tiny), tiny=spec.tiny, **_task_options(spec))
+    spec = spec.with_paths(spec.local_paths())
+    task = build_task(spec.task.name, data_dir=spec.task.data_dir, tiny=spec.tiny, **spec.task.options)
     model = _backbone(spec, space)
     missing = [c for c in space.candidates if c not in model.layer_names]
     if missing:
@@ -40,7 +40,7 @@ def build_components(spec: StudySpec) -> Components:
             f"space {space.label}: layers {missing} do not exist in backbone {spec.backbone.name!r} "
             f"(its layers: {', '.join(model.layer_names)})"
         )
-    model.task_head = task.build_head(model.feature_dim)
+    task.attach(model)
     return Components(spec, space, task, model)
 
 
@@ -48,44 +48,15 @@ def _backbone(spec: StudySpec, space: SkipSpace) -> SkippableBackbone:
     options = dict(spec.backbone.options)
     if space.skip_adapter_width is not None:
         options.setdefault("skip_adapter_width", space.skip_adapter_width)
-    if spec.tiny:  # a tiny model has its own small sizes and the packaged tokenizer: no local files
-        for key in TINY_IGNORES:
-            options.pop(key, None)
-    else:
-        options = {k: _local_path(v, False) if k == "tokenizer" else v for k, v in options.items()}
-    checkpoint = _local_path(spec.backbone.checkpoint, spec.tiny)
-    return build_backbone(spec.backbone.name, checkpoint=checkpoint, tiny=spec.tiny, **options)
-
-
-def _local_path(path: str | None, tiny: bool) -> str | None:
-    """A declared local path with $VARS and ~ expanded; none in tiny mode (tiny needs no files)."""
-    if path is None or tiny:
-        return None
-    return os.path.expanduser(os.path.expandvars(path))
-
-
-def _task_options(spec: StudySpec) -> dict:
-    """The study's task options; in tiny mode the task's own small sizes win over the study's."""
-    options = dict(spec.task.options)
-    if spec.tiny and spec.task.name in TASKS:
-        for key in TASKS[spec.task.name].tiny_defaults:
-            options.pop(key, None)
-    return options
+    return build_backbone(spec.backbone.name, checkpoint=spec.backbone.checkpoint, tiny=spec.tiny, **options)
 
 
 def _check_local_files(spec: StudySpec) -> None:
     """Name every declared local file that is missing, with the flag that points elsewhere."""
-    if spec.tiny:
-        return
-    declared = {
-        "backbone.checkpoint": spec.backbone.checkpoint,
-        "backbone.options.tokenizer": spec.backbone.options.get("tokenizer"),
-        "task.data_dir": spec.task.data_dir,
-    }
     missing = [
         f"{field} = {path} (put it there or pass --set {field}=PATH)"
-        for field, path in declared.items()
-        if isinstance(path, str) and not os.path.exists(_local_path(path, False))
+        for field, path in spec.local_paths().items()
+        if not os.path.exists(path)
     ]
     if missing:
         raise UserError(

@@ -51,11 +51,11 @@ def validation_message(source: str, err: ValidationError) -> str:
     """One line naming the source, each bad field and what was expected."""
     parts = []
     for problem in err.errors():
-        field = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown field"
-        parts.append(f"field '{field}': {message}")
+        parts.append(f"field '{field}': {message}" if field else message)
     return f"{source}: " + "; ".join(parts)
 
 

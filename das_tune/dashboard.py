@@ -41,13 +41,13 @@ import numpy as np
 import optuna
 import optuna_dashboard
 import plotly.graph_objects as go
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel
 
 from das_tune.errors import UserError
-from das_tune.samplers import SAMPLER_ATTR, chosen_skip, recorded_sampler
-from das_tune.samplers.das import DASSampler
+from das_tune.samplers import SAMPLER_ATTR, SkipPolicy, study_policy
 from das_tune.spaces import SkipSpace
+from das_tune.storage import open_storage
 
 MAX_POINTS = 200  # rounds per plotted line: keeps each saved plot a few kB at any study size
 PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "result": "das-tune-result"}
@@ -59,28 +59,31 @@ def save_study_report(
     study: optuna.Study,
     space: SkipSpace,
     *,
-    sampler: BaseSampler | None = None,
+    policy: SkipPolicy | None = None,
     chosen: frozenset[str] | set[str] | list[str] | None = None,
-    result: dict[str, Any] | None = None,
+    result: BaseModel | dict[str, Any] | None = None,
     artifacts_dir: str | Path | None = None,
 ) -> None:
     """Save the layer plot, the loss plot, the result plot (if ``result``) and a note into ``study``.
 
-    Plots have fixed ids, so saving again replaces them. ``result`` holds at least ``metric``,
-    ``value``, ``additional_gmacs`` and ``skipped`` of the retrained subnet.
+    Plots have fixed ids, so saving again replaces them. ``result`` (``RetrainMetrics`` or a dict)
+    holds at least ``metric``, ``value``, ``additional_gmacs`` and ``skipped`` of the retrained subnet.
+    ``policy`` defaults to the study's (see ``samplers.study_policy``).
     """
-    sampler = sampler or recorded_sampler(study, space) or study.sampler
-    chosen = frozenset(chosen) if chosen is not None else chosen_skip(study, space, sampler)
+    policy = policy or study_policy(study, space)
+    result = result.model_dump() if isinstance(result, BaseModel) else result
+    chosen = frozenset(chosen) if chosen is not None else policy.chosen(study)
     trials = observations(study, space)
-    if isinstance(sampler, DASSampler):
-        layers = gate_figure(space, sampler.gate_history(study), chosen)
+    history = policy.history(study)
+    if history is not None:
+        layers = probability_figure(space, history, chosen)
     else:
         layers = frequency_figure(space, trials)
     optuna_dashboard.save_plotly_graph_object(study, layers, graph_object_id=PLOT_IDS["layers"])
     optuna_dashboard.save_plotly_graph_object(study, loss_figure(trials), graph_object_id=PLOT_IDS["loss"])
     if result is not None:
         optuna_dashboard.save_plotly_graph_object(study, result_figure(result), graph_object_id=PLOT_IDS["result"])
-    optuna_dashboard.save_note(study, note(study, space, sampler, chosen, len(trials), result, artifacts_dir))
+    optuna_dashboard.save_note(study, note(study, space, policy, chosen, len(trials), result, artifacts_dir))
 
 
 def observations(study: optuna.Study, space: SkipSpace) -> list[FrozenTrial]:
@@ -101,9 +104,10 @@ def _sample_rows(n: int) -> np.ndarray:
 
 
 # -- figures --------------------------------------------------------------------------------------
-def gate_figure(space: SkipSpace, gates: np.ndarray, chosen: frozenset[str]) -> go.Figure:
-    rows = _sample_rows(len(gates))
-    p = 1.0 / (1.0 + np.exp(-gates[rows]))
+def probability_figure(space: SkipSpace, history: np.ndarray, chosen: frozenset[str]) -> go.Figure:
+    """Each layer's skip probability over the rounds (row r: after r rounds)."""
+    rows = _sample_rows(len(history))
+    p = history[rows]
     fig = go.Figure()
     for i, layer in enumerate(space.candidates):
         picked = layer in chosen
@@ -111,7 +115,7 @@ def gate_figure(space: SkipSpace, gates: np.ndarray, chosen: frozenset[str]) -> 
             x=rows, y=p[:, i].astype(np.float32), mode="lines", name=f"{layer} (skipped)" if picked else layer,
             line={"width": 3 if picked else 1},
         ))
-    return _layout(fig, "DAS: skip probability sigmoid(gate) of each layer", "rounds observed", "p(skip)")
+    return _layout(fig, "Skip probability of each layer (DAS: sigmoid(gate))", "rounds observed", "p(skip)")
 
 
 def frequency_figure(space: SkipSpace, trials: list[FrozenTrial]) -> go.Figure:
@@ -164,7 +168,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
 def note(
     study: optuna.Study,
     space: SkipSpace,
-    sampler: BaseSampler,
+    policy: SkipPolicy,
     chosen: frozenset[str],
     n_observations: int,
     result: dict[str, Any] | None,
@@ -176,7 +180,7 @@ def note(
         f"## {study.study_name}",
         "",
         f"- **space**: {space.label} — skip {space.num_skip} of {len(space.candidates)} layers",
-        f"- **sampler**: {recorded.get('name', type(sampler).__name__)}" + (f" ({how})" if how else ""),
+        f"- **sampler**: {recorded.get('name', type(study.sampler).__name__)}" + (f" ({how})" if how else ""),
         f"- **observations**: {n_observations} completed trials",
         f"- **chosen layers (skipped)**: {', '.join(space.ordered(chosen))}",
     ]
@@ -187,9 +191,9 @@ def note(
         )
     if artifacts_dir is not None:
         lines.append(f"- **artifacts**: `{Path(artifacts_dir)}`")
-    if isinstance(sampler, DASSampler):
+    probabilities = policy.probabilities(study)
+    if probabilities is not None:
         lines += ["", "| layer | p(skip) |", "|---|---|"]
-        probabilities = sampler.probabilities(study)
         lines += [f"| {c} | {probabilities[c]:.3f} |" for c in sorted(probabilities, key=probabilities.get, reverse=True)]
     return "\n".join(lines) + "\n"
 
@@ -206,7 +210,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def make_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> WSGIServer:
     """A dashboard server for ``storage_url`` bound to ``host:port`` (0: a free port), not yet serving."""
-    app = optuna_dashboard.wsgi(_open_storage(storage_url))
+    app = optuna_dashboard.wsgi(open_storage(storage_url, must_exist=True))
     try:
         return _wsgi_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
     except OSError as err:
@@ -217,23 +221,10 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, quiet: bo
     """Run optuna-dashboard for ``storage_url`` until Ctrl-C."""
     server = make_server(storage_url, host, port)
     if not quiet:
-        print(f"optuna-dashboard for {storage_url}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)")
+        print(f"optuna-dashboard for {storage_url}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-
-
-def _open_storage(url: str) -> optuna.storages.BaseStorage:
-    local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else (None if "://" in url else url)
-    if local is not None and not Path(local).expanduser().is_file():
-        raise UserError(f"storage {url!r} does not exist: expected an Optuna storage a study was run with (e.g. sqlite:///das_tune.db)")
-    if "://" not in url:
-        backend = optuna.storages.journal.JournalFileBackend(str(Path(url).expanduser()))
-        return optuna.storages.JournalStorage(backend)
-    try:
-        return optuna.storages.get_storage(url)
-    except Exception as err:  # a bad URL, a missing driver, an unreachable server
-        raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None

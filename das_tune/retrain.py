@@ -2,9 +2,10 @@
 retrain budget, evaluated, and written out as plain artifacts.
 
 Artifacts in the run folder (each written atomically):
-    subnet.json          the space, the skipped layers and how they were found
+    subnet.json          the space, the skipped layers and how they were found (``results.SubnetFile``)
     adapters.safetensors the trained adapters, skip-adapters and head (nothing frozen)
     metrics.json         the metric, additional FLOPs/MACs, trainable params, latency, wall-clock
+                         (``results.RetrainMetrics``)
     study.yaml           the resolved study spec (what ``das-tune retrain RUN_DIR`` reads back)
 
 A run folder's artifacts are never replaced by a retrain of another budget or subnet: that one goes
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -31,33 +33,27 @@ from das_tune.backbones.flops import CostModel, measure_latency
 from das_tune.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
-from das_tune.search.oneshot import CHECKPOINT, WARMUP_CHECKPOINT, load_checkpoint
+from das_tune.results import FoundBy, RetrainMetrics, SubnetFile, write_json
+from das_tune.search.supernet import CHECKPOINT, WARMUP_CHECKPOINT, load_checkpoint
 from das_tune.study import StudySpec
 
 SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
 
 
 def retrain(
-    spec: StudySpec,
-    parts: Components,
-    skipped: frozenset[str],
-    found_by: dict[str, Any],
-    reporter: Reporter,
-    out_dir: Path | None = None,
-) -> dict[str, Any]:
+    spec: StudySpec, parts: Components, skipped: frozenset[str], found_by: FoundBy, reporter: Reporter, out_dir: Path | None = None
+) -> RetrainMetrics:
     """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts
     into ``out_dir`` (default: the run folder)."""
     training.seed_everything(spec.seed)
     full = parts.fresh_backbone()
+    parts.task.attach(full)
     subnet = full.export(skipped)
-    subnet.task_head = parts.task.build_head(subnet.feature_dim)
     start = time.perf_counter()
     val = _train(spec, parts, subnet, reporter)
     test = training.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
     seconds = time.perf_counter() - start
-    metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds)
-    metrics["search_seconds"] = found_by.get("search_seconds")
-    metrics["retrain_budget"] = _budget(spec)
+    metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds, found_by.search_seconds)
     write_artifacts(spec, subnet, skipped, found_by, metrics, out_dir or spec.run_dir)
     return metrics
 
@@ -65,12 +61,13 @@ def retrain(
 def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> dict[str, float]:
     retrain, task = spec.retrain, parts.task
     steps = training.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
-    optimizer, scheduler = training.make_optimizer(subnet, retrain, steps * retrain.epochs)
+    trainer = training.Trainer(subnet, retrain, steps, retrain.epochs)
     val: dict[str, float] = {}
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
-        for batch in training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch):
-            loss = training.train_step(subnet, task, batch, optimizer, scheduler)
+        batches = training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch)
+        for step, batch in enumerate(batches):
+            loss = trainer.train(task, batch, step)
             if not math.isfinite(loss):
                 raise RunFailure(
                     f"the retrain diverged: training loss {loss} in epoch {epoch + 1} (retrain.lr = {retrain.lr:g}); "
@@ -91,69 +88,52 @@ def _metrics(
     val: dict[str, float],
     test: dict[str, float],
     seconds: float,
-) -> dict[str, Any]:
+    search_seconds: float | None,
+) -> RetrainMetrics:
     costs = CostModel(full)
     cost, unskipped = costs.cost(skipped), costs.cost(())
     inputs = full.example_inputs(batch_size=1)
     full.set_skipped(())
     full_ms = measure_latency(full, inputs) * 1e3
     subnet_ms = measure_latency(subnet, inputs) * 1e3
-    return {
-        "metric": parts.task.metric,
-        "value": test[parts.task.metric],
-        "test": test,
-        "val": val,
-        "skipped": parts.space.ordered(skipped),
-        **cost,
-        "additional_gmacs": cost["additional_macs"] / 1e9,
-        "flops_saved": 1 - cost["flops"] / unskipped["flops"],
-        "latency_full_ms": full_ms,
-        "latency_subnet_ms": subnet_ms,
-        "speedup": full_ms / subnet_ms,
-        "retrain_seconds": seconds,
-    }
+    return RetrainMetrics(
+        metric=parts.task.metric, value=test[parts.task.metric], test=test, val=val, skipped=parts.space.ordered(skipped),
+        **cost.as_dict(), additional_gmacs=cost.additional_gmacs, flops_saved=1 - cost.flops / unskipped.flops,
+        latency_full_ms=full_ms, latency_subnet_ms=subnet_ms, speedup=full_ms / subnet_ms, retrain_seconds=seconds,
+        search_seconds=search_seconds, retrain_budget=_budget(spec),
+    )
 
 
 def write_artifacts(
-    spec: StudySpec,
-    subnet: SkippableBackbone,
-    skipped: frozenset[str],
-    found_by: dict[str, Any],
-    metrics: dict[str, Any],
-    run_dir: Path,
+    spec: StudySpec, subnet: SkippableBackbone, skipped: frozenset[str], found_by: FoundBy, metrics: RetrainMetrics, run_dir: Path
 ) -> None:
     """The four artifacts, each atomically; metrics.json last, so that its presence means "done"."""
     space = spec.load_space()
-    subnet_info = {
-        "space": space.name,
-        "candidates": list(space.candidates),
-        "num_skip": space.num_skip,
-        "skipped": space.ordered(skipped),
-        "backbone": spec.backbone.model_dump(),
-        "task": spec.task.model_dump(),
-        **found_by,
-    }
-    atomic.check_finite(metrics, METRICS_FILE)  # before the first file is written
+    info = SubnetFile(
+        space=space.name, candidates=list(space.candidates), num_skip=space.num_skip, skipped=space.ordered(skipped),
+        backbone=spec.backbone.model_dump(), task=spec.task.model_dump(), **found_by.model_dump(),
+    )
+    atomic.check_finite(metrics.model_dump(), METRICS_FILE)  # before the first file is written
     weights = {k: v.contiguous() for k, v in subnet.trainable_state_dict().items()}
     atomic.write_with(run_dir / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
-    atomic.write_json(run_dir / SUBNET_FILE, subnet_info)
+    write_json(info, run_dir / SUBNET_FILE)
     save_spec(spec, run_dir)
-    atomic.write_json(run_dir / METRICS_FILE, metrics)
+    write_json(metrics, run_dir / METRICS_FILE)
 
 
 def save_spec(spec: StudySpec, run_dir: Path | None = None) -> None:
     atomic.write_text((run_dir or spec.run_dir) / SPEC_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
 
 
-def finished_metrics(spec: StudySpec, skipped: frozenset[str], run_dir: Path | None = None) -> dict[str, Any] | None:
+def finished_metrics(spec: StudySpec, skipped: frozenset[str], run_dir: Path | None = None) -> RetrainMetrics | None:
     """The metrics of an earlier retrain of the same subnet, task and retrain budget in ``run_dir``
     (default: the run folder), if there is one."""
     metrics = read_metrics(run_dir or spec.run_dir)
     return metrics if metrics is not None and same_retrain(metrics, spec, skipped) else None
 
 
-def same_retrain(metrics: dict[str, Any], spec: StudySpec, skipped: frozenset[str]) -> bool:
-    return set(metrics.get("skipped", ())) == skipped and metrics.get("retrain_budget") == _budget(spec)
+def same_retrain(metrics: RetrainMetrics, spec: StudySpec, skipped: frozenset[str]) -> bool:
+    return set(metrics.skipped) == skipped and metrics.retrain_budget == _budget(spec)
 
 
 def artifacts_folder(run_dir: Path, spec: StudySpec, skipped: frozenset[str], *, own: bool = True) -> Path:
@@ -168,17 +148,21 @@ def artifacts_folder(run_dir: Path, spec: StudySpec, skipped: frozenset[str], *,
     return run_dir / f"retrain-{label}-{digest}"
 
 
-def read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """``run_dir``'s metrics.json if it has one and its weights are intact; a damaged one is an error."""
+def read_metrics(run_dir: Path) -> RetrainMetrics | None:
+    """``run_dir``'s metrics.json if it has one (of this version) and its weights are intact; a damaged
+    one is an error."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
-    metrics = _read_json(path)
+    data = _read_json(path)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise UserError(f"{run_dir}: {METRICS_FILE} without {WEIGHTS_FILE}; remove {path.name} or pass --fresh")
     check_weights(weights)
-    return metrics
+    try:
+        return RetrainMetrics.model_validate(data)
+    except ValidationError:  # written by another version: retrain
+        return None
 
 
 def check_weights(path: Path) -> None:
@@ -205,16 +189,17 @@ def _budget(spec: StudySpec) -> dict[str, Any]:
     return {"seed": spec.seed, "task": spec.task.model_dump(mode="json"), "retrain": spec.retrain.model_dump(mode="json")}
 
 
-def read_run(run_dir: Path) -> tuple[StudySpec, dict[str, Any]]:
+def read_run(run_dir: Path) -> tuple[StudySpec, SubnetFile]:
     """The spec and subnet of a finished run folder, for ``das-tune retrain RUN_DIR``."""
     spec_path, subnet_path = run_dir / SPEC_FILE, run_dir / SUBNET_FILE
     for path in (spec_path, subnet_path):
         if not path.is_file():
             raise UserError(f"{run_dir}: not a das-tune run folder (expected {path.name} in it)")
+    try:
+        subnet = SubnetFile.model_validate(_read_json(subnet_path))
+    except ValidationError as err:
+        raise UserError(config.validation_message(str(subnet_path), err)) from None
     spec = config.load(StudySpec, spec_path)
-    subnet = _read_json(subnet_path)
-    if not isinstance(subnet.get("skipped"), list):
-        raise UserError(f"{subnet_path}: expected a list of layers under 'skipped'")
     read_metrics(run_dir)
     return spec, subnet
 

@@ -1,8 +1,9 @@
-"""The main job as a Python API: search which layers to skip, choose, retrain, write artifacts.
+"""The jobs as a Python API: search which layers to skip, choose, retrain, write artifacts; or retrain
+a given subnet. The CLI only parses and prints around these.
 
     from das_tune.runner import run
     from das_tune.study import load_study_spec
-    result = run(load_study_spec("easyvqa_minilm"))
+    done = run(load_study_spec("easyvqa_minilm"))  # done.metrics, done.artifacts
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,96 +20,101 @@ import optuna
 from optuna.trial import TrialState
 
 from das_tune.backbones.flops import CostModel
-from das_tune.dashboard import save_study_report
-from das_tune.checks import check_study
+from das_tune.checks import check_study, check_writable_folder
 from das_tune.components import Components, build_components
+from das_tune.dashboard import save_study_report
 from das_tune.errors import RunFailure
 from das_tune.lease import StudyLease, folder_lock
 from das_tune.progress import Reporter
+from das_tune.results import FoundBy, RetrainMetrics
 from das_tune.retrain import (
-    METRICS_FILE, artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, read_metrics, retrain, save_spec,
+    METRICS_FILE, artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, read_metrics, read_run, retrain, save_spec,
 )
-from das_tune.samplers import chosen_skip, make_sampler
-from das_tune.search.oneshot import OneShotSearch
-from das_tune.storage import get_storage, open_study
-from das_tune.study import StudySpec
+from das_tune.samplers import SkipPolicy, sampler_from_record, sampler_record, skip_policy
+from das_tune.search import get_executor
+from das_tune.search.base import SearchRun
+from das_tune.storage import open_storage, open_study
+from das_tune.study import StudySpec, load_study_spec, override_spec
 from das_tune.training import seed_everything
 
-
-def sampler_record(spec: StudySpec) -> dict[str, Any]:
-    """How the study samples, as recorded in its system attributes (and compared on resume)."""
-    options = spec.sampler.own_options
-    if spec.sampler.name == "das":
-        options.setdefault("round_size", spec.search.round_size)
-    return {"name": spec.sampler.name, "seed": spec.seed, **options}
+GIVEN_BY_SKIP = "given by --skip"
 
 
-def sampler_options(spec: StudySpec) -> dict[str, Any]:
-    return {k: v for k, v in sampler_record(spec).items() if k not in ("name", "seed")}
+@dataclass
+class Searched:
+    """What a search found: its study and policy, the chosen subset, and how (for subnet.json)."""
+
+    study: optuna.Study
+    policy: SkipPolicy
+    chosen: frozenset[str]
+    found_by: FoundBy
 
 
-def open_spec_study(spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage=None):
-    sampler = make_sampler(spec.sampler.name, parts.space, seed=spec.seed, **sampler_options(spec))
-    return open_study(
-        spec.storage, spec.resolved_study_name, sampler, sampler_record(spec), parts.space,
-        fresh=fresh, log=reporter.log, storage=storage,
-    )
+@dataclass
+class Retrained:
+    """A retrain's metrics (as metrics.json holds them) and the folder that holds its artifacts."""
+
+    metrics: RetrainMetrics
+    artifacts: Path
 
 
 @contextmanager
-def exclusive(spec: StudySpec) -> Iterator[optuna.storages.BaseStorage]:
+def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> Iterator[optuna.storages.BaseStorage]:
     """Inside, this process is the only writer of the run folder and of the study (``das_tune.lease``);
-    yields the opened storage. The folder is locked first, so that a second run there is refused
-    before it touches any storage."""
+    yields the opened storage (``storage``, the opened ``spec.storage``, if given). The folder is
+    locked first, so that a second run there is refused before it touches any storage."""
     with folder_lock(spec.run_dir):
-        storage = get_storage(spec.storage)
+        storage = storage or open_storage(spec.storage)
         with StudyLease(storage, spec.resolved_study_name, spec.storage):
             yield storage
 
 
-def search(
+def open_spec_study(
+    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None = None
+) -> optuna.Study:
+    """The spec's study in ``storage`` (default: opened from ``spec.storage``), created or resumed."""
+    return _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)[0]
+
+
+def _open_study(
+    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
+    sampler = sampler_from_record(record, parts.space)  # a bad sampler name or option fails before the storage is opened
+    storage = storage or open_storage(spec.storage)
+    study = open_study(storage, spec.resolved_study_name, sampler, record, parts.space, url=spec.storage, fresh=fresh, log=reporter.log)
+    return study, storage
+
+
+def prepare_search(
     spec: StudySpec,
     parts: Components,
     *,
-    fresh: bool,
+    fresh: bool = False,
     reporter: Reporter,
-    warmup_checkpoint: Path | None = None,
     storage: optuna.storages.BaseStorage | None = None,
-) -> tuple[optuna.Study, dict[str, Any]]:
-    """Run (or resume) the search, one-shot ones from ``warmup_checkpoint`` if given; returns the study
-    and how the subnet was found (for subnet.json). Call it inside ``exclusive(spec, storage)``."""
-    study = open_spec_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
-    cost = CostModel(parts.model)
+    warmup_checkpoint: Path | None = None,
+) -> SearchRun:
+    """The spec's study opened (``storage``: the opened ``spec.storage``, opened here if not given),
+    its sampler's skip policy and the cost model: what an executor runs."""
+    study, storage = _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+    policy = skip_policy(study.sampler, parts.space, spec.search.round_size)
+    return SearchRun(spec, parts, study, storage, policy, CostModel(parts.model), reporter, warmup_checkpoint)
+
+
+def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options: Any) -> Searched:
+    """Run (or resume) the search with the spec's executor (``options``: see :func:`prepare_search`;
+    one-shot searches start from ``warmup_checkpoint`` if given). Call it inside ``exclusive(spec)``."""
+    run = prepare_search(spec, parts, reporter=reporter, **options)
     start = time.perf_counter()
-    if spec.search.executor == "ray":
-        from das_tune.search.ray_tune import RaySearch
-
-        RaySearch(spec=spec, parts=parts, study=study, cost=cost, reporter=reporter).run()
-    else:
-        attrs = lambda skipped: _trial_attrs(cost.cost(skipped))  # noqa: E731
-        OneShotSearch(
-            search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study,
-            seed=spec.seed, run_dir=spec.run_dir, trial_attrs=attrs, reporter=reporter,
-            warmup_checkpoint=warmup_checkpoint,
-        ).run()
+    get_executor(spec.search.executor)(run)
+    study, policy = run.study, run.policy
     _check_observed(study)
-    skipped = chosen_skip(study, parts.space)
-    found_by = {
-        "sampler": spec.sampler.name,
-        "executor": spec.search.executor,
-        "study_name": study.study_name,
-        "storage": spec.storage,
-        "observations": len(study.trials),
-        "search_seconds": time.perf_counter() - start,
-        "chosen": parts.space.ordered(skipped),
-    }
-    if spec.sampler.name == "das":
-        found_by["probabilities"] = study.sampler.probabilities(study)
-    return study, found_by
-
-
-def _trial_attrs(cost: dict[str, Any]) -> dict[str, Any]:
-    return {"additional_gmacs": cost["additional_macs"] / 1e9, "trainable_params": cost["trainable_params"]}
+    found_by = FoundBy(
+        sampler=spec.sampler.name, executor=spec.search.executor, study_name=study.study_name, storage=spec.storage,
+        observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=policy.probabilities(study),
+    )
+    return Searched(study, policy, policy.chosen(study), found_by)
 
 
 def _check_observed(study: optuna.Study) -> None:
@@ -121,9 +128,9 @@ def _check_observed(study: optuna.Study) -> None:
         )
 
 
-def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Search, choose and retrain as ``spec`` declares; returns the metrics written to metrics.json,
-    with ``artifacts``: the folder that holds them.
+def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None) -> Retrained:
+    """Search, choose and retrain as ``spec`` declares; returns the metrics written to metrics.json and
+    the folder that holds them.
 
     Everything is checked before anything is written; a finished run's artifacts are kept (a retrain
     of another budget or subnet goes to its own folder, see ``retrain.artifacts_folder``) unless
@@ -132,7 +139,7 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     reporter = reporter or Reporter()
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
-    check_study(spec, parts, sampler_options(spec))
+    check_study(spec, parts)
     if not fresh:
         check_run_folder(spec.run_dir)
     with exclusive(spec) as storage:
@@ -142,16 +149,62 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
                 reporter.log(f"--fresh: removed {', '.join(removed)} from {spec.run_dir}")
         if read_metrics(spec.run_dir) is None:  # a finished run's study.yaml describes its artifacts: kept
             save_spec(spec)
-        study, found_by = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
-        skipped = frozenset(found_by["chosen"])
-        reporter.log(f"chosen subnet: skip {found_by['chosen']}")
-        folder = artifacts_folder(spec.run_dir, spec, skipped)
-        metrics = finished_metrics(spec, skipped, folder)
+        found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+        reporter.log(f"chosen subnet: skip {parts.space.ordered(found.chosen)}")
+        folder = artifacts_folder(spec.run_dir, spec, found.chosen)
+        metrics = finished_metrics(spec, found.chosen, folder)
         if metrics is not None:
             reporter.log(f"this subnet was already retrained: {folder / METRICS_FILE}")
         else:
             if folder != spec.run_dir:
                 reporter.log(f"{spec.run_dir} holds the retrain of another budget or subnet (kept); this one goes to {folder}")
+            metrics = retrain(spec, parts, found.chosen, found.found_by, reporter, out_dir=folder)
+        save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
+    return Retrained(metrics, folder)
+
+
+def retrain_run(
+    run_dir: Path, *, skip: list[str] | None = None, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
+) -> tuple[StudySpec, Retrained]:
+    """Retrain a run folder's subnet (or ``skip`` instead) with its resolved study and ``overrides``.
+    The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
+    folder ``RUN_DIR/retrain-<subnet>-<budget hash>`` (the same budget and subnet again: the existing result)."""
+    run_dir = Path(run_dir).expanduser().resolve()  # this folder, wherever the command runs
+    spec, subnet = read_run(run_dir)
+    spec = override_spec(spec, overrides or {}, str(run_dir / "study.yaml"))
+    layers = subnet.skipped if skip is None else skip
+    return spec, _retrain(spec, layers, subnet.found_by, reporter, run_dir=run_dir)
+
+
+def retrain_subset(
+    study: str | Path, skip: list[str], *, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
+) -> tuple[StudySpec, Retrained]:
+    """Retrain the subnet that skips ``skip`` (``[]``: the full model with adapters) without a search,
+    into its own folder ``<study>-skip-<layers>-seed<k>`` unless ``study_name`` is set."""
+    spec = load_study_spec(study, overrides)
+    skipped = spec.load_space().validate_subset(skip)
+    if spec.study_name is None:  # a search's artifacts are never overwritten
+        label = "+".join(spec.load_space().ordered(skipped)) or "none"
+        spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
+    check_writable_folder(Path(spec.output_dir), "output_dir")
+    return spec, _retrain(spec, list(skipped), FoundBy(sampler=GIVEN_BY_SKIP), reporter)
+
+
+def _retrain(
+    spec: StudySpec, layers: list[str], found_by: FoundBy, reporter: Reporter | None, *, run_dir: Path | None = None
+) -> Retrained:
+    """Into ``run_dir`` (a run's folder) or, if None, the spec's own folder; see ``artifacts_folder``."""
+    reporter = reporter or Reporter()
+    parts = build_components(spec)
+    skipped = parts.space.validate_subset(layers)
+    own = run_dir is None
+    run_dir = run_dir or spec.run_dir
+    check_run_folder(run_dir)
+    folder = artifacts_folder(run_dir, spec, skipped, own=own)
+    with folder_lock(run_dir):
+        metrics = finished_metrics(spec, skipped, folder)
+        if metrics is not None:
+            reporter.log(f"this subnet was already retrained with this budget: {folder / METRICS_FILE}")
+        else:
             metrics = retrain(spec, parts, skipped, found_by, reporter, out_dir=folder)
-        save_study_report(study, parts.space, chosen=skipped, result=metrics, artifacts_dir=folder)
-    return {**metrics, "artifacts": str(folder)}
+    return Retrained(metrics, folder)

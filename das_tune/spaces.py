@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -97,8 +97,17 @@ class SkipSpace(BaseModel):
 
     def decode(self, params: Mapping[str, Any]) -> frozenset[str]:
         """The subset a point of the space means: the ``num_skip`` candidates with the largest keys."""
-        keys = [float(params[name]) for name in self.param_names]
-        order = sorted(range(len(keys)), key=lambda i: (-keys[i], i))
+        return self.top([float(params[name]) for name in self.param_names])
+
+    def top(self, scores: Sequence[float] | Mapping[str, float]) -> frozenset[str]:
+        """The ``num_skip`` candidates with the highest scores, ties broken by candidate order.
+
+        ``scores``: one per candidate, in candidate order, or by name. Every "top-k" of das-tune (the
+        decoded keys, DAS's gates, the training-free scores) goes through here.
+        """
+        if isinstance(scores, Mapping):
+            scores = [scores[c] for c in self.candidates]
+        order = sorted(range(len(self.candidates)), key=lambda i: (-scores[i], i))
         return frozenset(self.candidates[i] for i in order[: self.num_skip])
 
     def encode(self, skipped: frozenset[str] | set[str] | list[str]) -> dict[str, float]:
@@ -131,9 +140,6 @@ class SkipSpace(BaseModel):
         if len(subset) != len(list(skipped)):
             raise UserError(f"skip set: layer names repeated in {list(skipped)}")
         return subset
-
-    def with_num_skip(self, num_skip: int) -> SkipSpace:
-        return SkipSpace(**{**self.model_dump(), "num_skip": num_skip})
 
     def all_subsets(self) -> Iterator[frozenset[str]]:
         return (frozenset(s) for s in itertools.combinations(self.candidates, self.num_skip))

@@ -1,4 +1,9 @@
-"""Opening a study's Optuna storage: create, resume, or start fresh on request — never overwrite."""
+"""Opening Optuna storages (one opener for every command) and a study in them: create, resume, or
+start fresh on request — never overwrite.
+
+A storage is an Optuna URL (``sqlite:///runs.db``, ``postgresql://…``) or the path of a journal file
+(``journal.log``, ``optuna.storages.journal``): what suits a shared file system or many processes.
+"""
 
 from __future__ import annotations
 
@@ -14,32 +19,39 @@ from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
+DEFAULT_STORAGE = "sqlite:///das_tune.db"
 
 SQLITE_TIMEOUT_S = 60  # several processes on one SQLite file wait for each other's writes
 _CREATE_ATTEMPTS = 20
 
 
-def get_storage(url: str) -> optuna.storages.BaseStorage:
-    engine_kwargs = {}
+def local_file(url: str) -> Path | None:
+    """The file an SQLite URL or a journal path names; None for a server URL."""
     if url.startswith("sqlite:///"):
-        folder = Path(url.removeprefix("sqlite:///")).expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"storage {url!r}: cannot create its folder {folder} ({err.strerror})") from None
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        return Path(url.removeprefix("sqlite:///")).expanduser()
+    return None if "://" in url else Path(url).expanduser()
+
+
+def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """The storage at ``url``, created unless ``must_exist`` (then a missing file is a UserError)."""
+    path = local_file(url)
+    if path is not None and must_exist and not path.is_file():
+        raise UserError(f"storage {url!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})")
     try:
-        return _create(url, engine_kwargs)
-    except Exception as err:  # a bad URL, a missing driver, an unreachable server
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if "://" not in url:
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return _rdb(url)
+    except Exception as err:  # a bad URL, a missing driver, an unreachable server, an unwritable folder
         raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None
 
 
-def _create(url: str, engine_kwargs: dict) -> optuna.storages.BaseStorage:
+def _rdb(url: str) -> optuna.storages.BaseStorage:
     """Several processes creating one new database race on its schema ("table studies already
     exists", "UNIQUE constraint failed: alembic_version"); whoever loses finds the schema there on a
     later attempt."""
-    if "://" not in url:
-        return optuna.storages.get_storage(url)
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:///") else {}
     for attempt in range(_CREATE_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
@@ -72,22 +84,22 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 
 def open_study(
-    url: str,
+    storage: optuna.storages.BaseStorage,
     name: str,
     sampler: optuna.samplers.BaseSampler,
     sampler_record: dict,
     space: SkipSpace,
     *,
+    url: str,
     fresh: bool = False,
     log=print,
-    storage: optuna.storages.BaseStorage | None = None,
 ) -> optuna.Study:
     """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
 
     Call it holding the study's lease (``das_tune.lease``). Trials a dead process left RUNNING are the
     executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
+    ``url`` names the storage in messages.
     """
-    storage = storage or get_storage(url)
     if study_exists(storage, name):
         if fresh:
             count = len(optuna.load_study(study_name=name, storage=storage).trials)

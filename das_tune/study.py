@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from das_tune import config, resources
 from das_tune.errors import UserError
+from das_tune.search import EXECUTORS
 from das_tune.spaces import SkipSpace, load_space
+from das_tune.storage import DEFAULT_STORAGE
+
+# The fields that name local files or folders, listed once: checked before a run, made absolute for
+# Ray workers, dropped in tiny mode (a tiny model and its data need no files).
+LOCAL_PATHS = ("backbone.checkpoint", "backbone.options.tokenizer", "task.data_dir")
 
 
 class _Strict(BaseModel):
@@ -41,23 +49,75 @@ class SamplerSpec(_Strict):
 
 
 class OptimSpec(_Strict):
-    """AdamW (0.9, 0.98) with linear warm-up then linear decay, as METER/ViLT/DAS train."""
+    """AdamW (0.9, 0.98) with linear warm-up then linear decay, as METER/ViLT/DAS train.
+
+    ``batch_size`` is the micro-batch; the optimizer steps once every ``accumulate`` micro-batches, so
+    the total batch is ``batch_size × accumulate`` (the reference: METER 32 × 16, ViLT 64 × 4).
+    """
 
     lr: float = Field(default=1e-3, gt=0)
     head_lr_multiplier: float = Field(default=1.0, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
+    cross_modal_lr_multiplier: float = Field(
+        default=5.0, gt=0, description="lr multiplier of a backbone's cross-modal modules (METER's poolers and fusion adapters)"
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="not applied to biases and LayerNorm weights")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=32, gt=0, description="micro-batch size")
+    accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
+
+    @property
+    def total_batch_size(self) -> int:
+        return self.batch_size * self.accumulate
+
+
+class ObservationSpec(_Strict):
+    """How a redundancy observation scores a subnet: in ``train`` mode (dropout on, as the reference,
+    inside its training step) or ``eval`` mode; on the ``fixed`` first batch of ``split`` (the
+    reference: ``next(iter(val_loader))``) or cycling over ``search.observation_batches`` of them."""
+
+    mode: Literal["train", "eval"] = "eval"
+    batches: Literal["fixed", "cycle"] = "cycle"
+    split: Literal["train", "val"] = "val"
+
+
+# Named observation settings (``search.observation: reference``).
+OBSERVATION_PRESETS = {
+    "reference": ObservationSpec(mode="train", batches="fixed", split="val"),  # DoubtedSteam/DAS
+    "held_out": ObservationSpec(mode="eval", batches="cycle", split="val"),  # das-tune's default
+}
 
 
 class SearchSpec(OptimSpec):
-    executor: Literal["oneshot", "ray"] = "oneshot"
+    executor: str = Field(default="oneshot", description="a search executor by name (das_tune.search.EXECUTORS)")
     warmup_epochs: int = Field(default=1, ge=0, description="epochs of uniformly random subnets")
     search_epochs: int = Field(default=2, ge=1, description="epochs with redundancy observations")
-    observe_every: int = Field(default=10, gt=0, description="training steps between observation rounds")
-    round_size: int = Field(default=3, gt=0, description="distinct subsets scored per observation round")
-    observation_batches: int = Field(default=4, gt=0, description="validation batches the observations cycle over")
+    observe_every: int = Field(default=10, gt=0, description="training micro-batches between observation rounds (das_turn)")
+    round_size: int = Field(default=3, gt=0, description="trials per observation round (DAS: distinct subsets); its only home")
+    observation: ObservationSpec = Field(
+        default_factory=ObservationSpec, description=f"a mapping or a preset: {', '.join(OBSERVATION_PRESETS)}"
+    )
+    observation_batches: int = Field(default=4, gt=0, description="batches the observations cycle over (batches: cycle)")
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, name: str) -> str:
+        if name not in EXECUTORS:
+            raise ValueError(f"expected one of {', '.join(EXECUTORS)}, got {name!r}")
+        return name
+
+    @field_validator("observation", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in OBSERVATION_PRESETS:
+                raise ValueError(f"unknown observation preset {value!r}; expected one of {', '.join(OBSERVATION_PRESETS)} or a mapping")
+            return OBSERVATION_PRESETS[value]
+        return value
+
+    @property
+    def observation_batch_count(self) -> int:
+        return 1 if self.observation.batches == "fixed" else self.observation_batches
 
 
 class RetrainSpec(OptimSpec):
@@ -96,11 +156,21 @@ class StudySpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
-    storage: str = "sqlite:///das_tune.db"
+    storage: str = Field(default=DEFAULT_STORAGE, description="an Optuna storage URL or a journal file path")
     study_name: str | None = Field(default=None, pattern=_FOLDER_NAME, description="default: <name>-<sampler>-seed<seed>")
     output_dir: str = "runs"
     seed: int = Field(default=0, ge=0, lt=2**32, description="NumPy's and Optuna's seeds are 32-bit")
     tiny: bool = Field(default=False, description="tiny random backbone and a few batches of data")
+
+    @model_validator(mode="after")
+    def _round_size_in_one_place(self) -> StudySpec:
+        for sampler, options in self.sampler.options.items():
+            if "round_size" in options:
+                raise ValueError(
+                    f"field 'sampler.options.{sampler}.round_size': the round size is set in one place, "
+                    f"search.round_size (now {self.search.round_size}); remove it from the sampler's options"
+                )
+        return self
 
     def load_space(self) -> SkipSpace:
         return load_space(self.space, self.num_skip)
@@ -121,6 +191,19 @@ class StudySpec(_Strict):
         """The run folder, absolute (resolved once, against the current folder)."""
         return (Path(self.output_dir).expanduser() / self.resolved_study_name).resolve()
 
+    def local_paths(self) -> dict[str, str]:
+        """``{field: path}`` of the declared local files (see ``LOCAL_PATHS``), $VARS and ~ expanded."""
+        data = self.model_dump()
+        paths = {field: _get_dotted(data, field) for field in LOCAL_PATHS}
+        return {field: os.path.expanduser(os.path.expandvars(p)) for field, p in paths.items() if isinstance(p, str)}
+
+    def with_paths(self, paths: dict[str, str]) -> StudySpec:
+        """This spec with the local-path fields in ``paths`` replaced."""
+        data = self.model_dump()
+        for field, path in paths.items():
+            _set_dotted(data, field, path)
+        return StudySpec.model_validate(data)
+
 
 def load_study_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
     """A built-in study by name or a YAML file by path, with dotted-key overrides applied."""
@@ -131,23 +214,47 @@ def load_study_spec(name_or_path: str | Path, overrides: dict[str, Any] | None =
     data = config.read_yaml(path)
     data.setdefault("name", path.stem)
     overrides = overrides or {}
-    return _apply(data, overrides, str(path), tiny_budgets=bool(overrides.get("tiny", data.get("tiny"))))
+    return _apply(data, overrides, str(path), tiny=bool(overrides.get("tiny", data.get("tiny"))))
 
 
 def override_spec(spec: StudySpec, overrides: dict[str, Any], source: str) -> StudySpec:
-    """A resolved spec (a run's ``study.yaml``) with more dotted-key overrides. Its budgets are kept:
-    the tiny ones are applied only when the overrides turn ``tiny`` on."""
+    """A resolved spec (a run's ``study.yaml``) with more dotted-key overrides. Its settings are kept:
+    tiny mode is applied only when the overrides turn ``tiny`` on."""
     turns_tiny_on = bool(overrides.get("tiny")) and not spec.tiny
-    return _apply(spec.model_dump(), overrides, source, tiny_budgets=turns_tiny_on)
+    return _apply(spec.model_dump(), overrides, source, tiny=turns_tiny_on)
 
 
-def _apply(data: dict[str, Any], overrides: dict[str, Any], source: str, *, tiny_budgets: bool) -> StudySpec:
-    if tiny_budgets:
-        for key, value in TINY_BUDGETS.items():
-            _set_dotted(data, key, value)
+def _apply(data: dict[str, Any], overrides: dict[str, Any], source: str, *, tiny: bool) -> StudySpec:
+    """The study file's fields, then tiny mode's (if on), then the user's overrides: an explicit
+    ``--set`` always wins."""
+    if tiny:
+        final = copy.deepcopy(data)
+        for key, value in overrides.items():
+            _set_dotted(final, key, value)
+        _make_tiny(data, backbone=_get_dotted(final, "backbone.name"), task=_get_dotted(final, "task.name"))
     for key, value in overrides.items():
         _set_dotted(data, key, value)
     return config.parse(StudySpec, data, source)
+
+
+def _make_tiny(data: dict[str, Any], *, backbone: str | None, task: str | None) -> None:
+    """Tiny mode, as each piece owns it: the backbone (named ``backbone`` once overridden) drops the
+    options its tiny model sets itself, the task applies its small sizes, no local files are read, and
+    the budgets are cut to a few steps."""
+    from das_tune.backbones import BACKBONES
+    from das_tune.tasks import TASKS
+
+    for field in LOCAL_PATHS:
+        _pop_dotted(data, field)
+    options = _get_dotted(data, "backbone.options")
+    if backbone in BACKBONES and isinstance(options, dict):
+        for key in BACKBONES[backbone].tiny_ignores:
+            options.pop(key, None)
+    if task in TASKS and isinstance(data.get("task"), dict):
+        options = data["task"].get("options")
+        data["task"]["options"] = {**(options if isinstance(options, dict) else {}), **TASKS[task].tiny_defaults}
+    for key, value in TINY_BUDGETS.items():
+        _set_dotted(data, key, value)
 
 
 def default_study_for_space(space: str) -> str:
@@ -204,3 +311,19 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise UserError(f"override {key!r}: {part!r} is not a section")
         node = child
     node[leaf] = value
+
+
+def _get_dotted(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _pop_dotted(data: dict[str, Any], key: str) -> None:
+    *parents, leaf = key.split(".")
+    parent = _get_dotted(data, ".".join(parents)) if parents else data
+    if isinstance(parent, dict):
+        parent.pop(leaf, None)

@@ -29,9 +29,9 @@ EVENTS = [
     (optuna.Study, "ask"),
     (optuna.Study, "tell"),
     (optuna.Trial, "suggest_float"),
-    (training, "train_step"),
+    (training.Trainer, "train"),
     (os, "replace"),
-    (ray_tune.SkipSearch, "on_trial_complete"),
+    (ray_tune.SkipSearcher, "on_trial_complete"),
 ]
 
 

@@ -90,12 +90,28 @@ def test_export_equals_supernet_and_is_smaller(models, name):
         subnet.set_skipped([])
 
 
+# The reference's filter (meter_module_search.py / vilt_module_search.py): names containing one of these
+# train, except METER's encoders (text_transformer, vit_model: here vision, text_embeddings and the
+# RoBERTa layers inside text_layers.N.layer). Our BERT-family models have no reference: adapters and
+# the image tokens.
+REFERENCE_TRAINABLE = re.compile(r"classifier|pooler|token_type_embeddings|rank_output|adapter")
+METER_ENCODERS = re.compile(r"^(vision\.|text_embeddings\.|text_layers\.\d+\.layer\.)")
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_only_adapters_head_and_extras_train(models, name):
+def test_trainable_parameters_follow_the_reference(models, name):
     model = models[name]
+    names = {n for n, _ in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    allowed = re.compile(r"(adapter|image_tokens|token4classifier)")
-    assert trainable and all(allowed.search(n) for n in trainable)
+    if name == "meter":
+        expected = {n for n in names if REFERENCE_TRAINABLE.search(n) and not METER_ENCODERS.search(n)}
+        assert {"text_pooler.dense.weight", "token_type_embeddings.weight", "token4classifier"} <= expected
+    elif name == "vilt":
+        expected = {n for n in names if REFERENCE_TRAINABLE.search(n)}
+        assert {"pooler.dense.weight", "embeddings.token_type_embeddings.weight"} <= expected
+    else:
+        expected = {n for n in names if re.search(r"adapter|image_tokens", n)}
+    assert trainable == expected
     assert set(model.trainable_state_dict()) == trainable
 
 
@@ -104,19 +120,19 @@ def test_flops_fall_by_each_skipped_layers_cost(models):
     inputs = model.example_inputs()
     costs = CostModel(model, inputs)
     full = count_flops(model, inputs)
-    assert costs.cost([])["flops"] == full
+    assert costs.cost([]).flops == full
     for skip in (["En0"], ["En1", "En4"], ["En0", "En2", "En3", "En5"]):
         subnet = model.export(skip)
-        assert count_flops(subnet, inputs) == costs.cost(skip)["flops"]
-        assert costs.cost(skip)["params"] == sum(p.numel() for p in subnet.parameters())
-        assert costs.cost(skip)["trainable_params"] == len(torch.cat([p.flatten() for p in subnet.trainable_parameters()]))
+        assert count_flops(subnet, inputs) == costs.cost(skip).flops
+        assert costs.cost(skip).params == sum(p.numel() for p in subnet.parameters())
+        assert costs.cost(skip).trainable_params == len(torch.cat([p.flatten() for p in subnet.trainable_parameters()]))
     layer = model.layers[1]
     x = torch.randn(1, 32, model.feature_dim)
     with torch.no_grad():
         block = count_flops_of(lambda: layer.layer(x, None))
         skip = count_flops_of(lambda: layer.skip_adapter(x))
     assert costs.delta_flops["En1"] == skip - block < 0
-    assert costs.cost([])["additional_flops"] > 0 and costs.cost([])["macs"] * 2 == full
+    assert costs.cost([]).additional_flops > 0 and costs.cost([]).macs * 2 == full
 
 
 def count_flops_of(fn):
@@ -193,7 +209,6 @@ def official_layout(core: MeterCore) -> dict[str, torch.Tensor]:
         for kind in ("weight", "bias"):
             parts = [state[f"vision.layers.{i}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
             out[f"vit_model.visual.transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(parts)
-    out["itm_score.fc.weight"] = torch.zeros(2, 32)
     return out
 
 
@@ -225,6 +240,8 @@ def test_meter_checkpoint_layout_loads_through_the_key_mapping(tmp_path, monkeyp
     model = build_backbone("meter", tiny=True, checkpoint=str(path))
     torch.testing.assert_close(model.text_fusion[2].layer.crossattention.self.key.weight,
                                source.cross_modal_text_layers[2].crossattention.self.key.weight)
+    torch.testing.assert_close(model.pretrained_itm["weight"], source.itm_score.fc.weight)
+    assert build_backbone("meter", tiny=True).pretrained_itm is None
 
     del state["cross_modal_text_pooler.dense.weight"]
     torch.save(state, path)  # a plain state_dict file

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from das_tune.bench import BenchConfig, plan, stats
-from das_tune.bench.baselines import angular_distance, block_influence, pick
+from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.errors import UserError
 from das_tune.spaces import SkipSpace
@@ -66,8 +66,9 @@ def test_block_influence_and_angular_distance_on_hand_made_tokens():
 
 def test_pick_takes_the_highest_scores_ties_by_candidate_order():
     space = SkipSpace(candidates=("En0", "En1", "En2", "En3"), num_skip=2)
-    assert pick(space, {"En0": 0.1, "En1": 0.9, "En2": 0.5, "En3": 0.2}) == {"En1", "En2"}
-    assert pick(space, dict.fromkeys(space.candidates, 1.0)) == {"En0", "En1"}
+    assert space.top({"En0": 0.1, "En1": 0.9, "En2": 0.5, "En3": 0.2}) == {"En1", "En2"}
+    assert space.top(dict.fromkeys(space.candidates, 1.0)) == {"En0", "En1"}
+    assert space.top([0.0, 0.5, 0.5, 0.5]) == {"En1", "En2"}
 
 
 # -- the command, end to end --------------------------------------------------------------------------
@@ -142,6 +143,21 @@ def test_tiny_bench_writes_agreeing_json_markdown_and_plots(tmp_path):
     assert [r for r in rerun if r["kind"] == "sampler"] == samplers
     assert [(r["method"], r["seed"], r["chosen"], r["value"]) for r in rerun] == [(r["method"], r["seed"], r["chosen"], r["value"]) for r in runs]
     assert len(storage.get_all_trials(storage.get_study_id_from_name("easyvqa_minilm-das-seed0"))) == samplers[0]["observations"]
+
+
+@pytest.mark.slow
+def test_bench_on_a_journal_file_storage(tmp_path):
+    args = ["bench", "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--tiny", "--quiet",
+            "--storage", "bench.log", "--out", "out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["storage"] == "bench.log" and not (tmp_path / "out" / "bench.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "bench.log")))
+    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage).trials
+    assert len(trials) == results["runs"][0]["observations"] > 0
 
 
 @pytest.mark.slow

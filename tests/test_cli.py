@@ -1,6 +1,9 @@
 """The CLI in subprocesses on tiny models: search, choose, retrain, artifacts, storage, resume, errors."""
 
 import json
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -66,6 +69,8 @@ def test_tiny_run_end_to_end(cli, tmp_path):
         (["run", "--study", "easyvqa_minilm", "--num-skip", "6"], "num_skip"),
         (["run", "--study", "easyvqa_minilm", "--set", "search.warmup_epochs=-1"], "search.warmup_epochs"),
         (["run", "--study", "missing.yaml"], "unknown study 'missing.yaml'"),
+        (["run", "--study", "easyvqa_minilm", "--set", "sampler.options.das.round_size=4"], "set in one place, search.round_size"),
+        (["run", "--study", "easyvqa_minilm", "--executor", "dask"], "search.executor"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, tmp_path, args, message):
@@ -100,3 +105,26 @@ def test_retrain_a_given_subnet_without_searching(cli, tmp_path):
     assert full["skipped"] == [] and full["flops_saved"] == 0 and full["additional_macs"] > 0  # adapters only
     bad = cli("retrain", "--study", "easyvqa_minilm", "--skip", "En1,FV0", "--tiny")
     assert bad.returncode == 2 and "FV0" in bad.stderr
+
+
+def test_journal_file_storage_for_run_and_dashboard(cli, tmp_path):
+    cli("run", "--space", "minilm_vqa", "--tiny", "--quiet", "--storage", "journal.log", check=True, timeout=600)
+    assert (tmp_path / "journal.log").is_file() and not (tmp_path / "das_tune.db").exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")))
+    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage).trials
+    assert trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "das_tune.cli", "dashboard", "--storage", "journal.log", "--port", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = server.stdout.readline().split("http://")[1].split("/dashboard")[0]
+        with urllib.request.urlopen(f"http://{url}/api/studies", timeout=30) as response:
+            studies = json.load(response)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["easyvqa_minilm-das-seed0"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    missing = cli("dashboard", "--storage", "nothing.log")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "nothing.log").exists()

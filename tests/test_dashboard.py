@@ -119,7 +119,7 @@ def test_gate_history_replays_the_sampler_round_by_round(storage_url):
 
 def test_plots_stay_small_for_long_searches():
     gates = np.cumsum(np.random.default_rng(0).normal(size=(5001, 6)), axis=0)
-    fig = dashboard.gate_figure(SPACE, gates, frozenset({"En0"}))
+    fig = dashboard.probability_figure(SPACE, gates, frozenset({"En0"}))
     assert all(len(trace.x) <= dashboard.MAX_POINTS and trace.x[-1] == 5000 for trace in fig.data)
 
 

@@ -15,12 +15,10 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
-from das_tune.backbones.flops import CostModel
 from das_tune.components import build_components
 from das_tune.progress import Reporter
-from das_tune.runner import open_spec_study
-from das_tune.search.ray_trainable import FAIL_ENV
-from das_tune.search.ray_tune import RaySearch, SkipSearch, SuggestSkip, trial_outcome
+from das_tune.runner import prepare_search
+from das_tune.search.ray_tune import RaySearch, SkipSearcher, SuggestSkip, trial_outcome
 from das_tune.study import load_study_spec
 
 pytestmark = pytest.mark.slow
@@ -98,13 +96,12 @@ class Recorder(Reporter):
 
 def test_failing_trial_is_retried_then_failed(ray_session, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(FAIL_ENV, "1")  # Optuna trial 1 raises after each attempt's first report
     overrides = {"tiny": True, "search.executor": "ray", "ray.num_trials": 3, "ray.scheduler": None, "ray.max_failures": 1}
     spec = load_study_spec("easyvqa_minilm", overrides)
-    parts = build_components(spec)
-    study = open_spec_study(spec, parts, fresh=False, reporter=Reporter())
     progress = Recorder()
-    grid = RaySearch(spec=spec, parts=parts, study=study, cost=CostModel(parts.model), reporter=progress).run()
+    search = prepare_search(spec, build_components(spec), reporter=progress)
+    study = search.study
+    grid = RaySearch(search, fail_trials=frozenset({1})).run()  # trial 1 raises after each attempt's first report
 
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     errors = [str(r.error) for r in grid if r.error]
@@ -115,13 +112,18 @@ def test_failing_trial_is_retried_then_failed(ray_session, tmp_path, monkeypatch
 
 def test_searcher_pickles_with_std_pickle(tmp_path):
     spec = load_study_spec("easyvqa_minilm", {"tiny": True, "storage": f"sqlite:///{tmp_path}/s.db"})
-    parts = build_components(spec)
-    study = open_spec_study(spec, parts, fresh=False, reporter=Reporter())
-    searcher = SkipSearch(
-        space=SuggestSkip.build(parts.space, 3, CostModel(parts.model)), sampler=study.sampler,
-        study_name=study.study_name, storage=study._storage, steps_per_trial=4,
-    )
+    search = prepare_search(spec, build_components(spec), reporter=Reporter())
+    suggest = SuggestSkip.build(search.parts.space, search.policy, search.costs)
+    searcher = SkipSearcher(study=search.study, suggest=suggest, steps_per_trial=4)
     config = searcher.suggest("t0")
-    copy = pickle.loads(pickle.dumps(searcher.__dict__))
-    assert parts.space.decode(config) == frozenset(study.trials[0].user_attrs["skipped"])
-    assert copy["_ot_trials"]["t0"].number == 0 and config["trial_number"] == 0
+    searcher.on_trial_result("t0", {"loss": 1.5, "training_iteration": 1})
+    checkpoint = tmp_path / "searcher.pkl"
+    searcher.save(str(checkpoint))
+    restored = SkipSearcher(study=search.study, suggest=suggest, steps_per_trial=4)
+    restored.restore(str(checkpoint))
+    restored.on_trial_complete("t0", {"loss": 1.25, "step": 4})
+    trial = search.study.trials[0]
+    assert search.parts.space.decode(config) == frozenset(trial.user_attrs["skipped"])
+    assert config["trial_number"] == 0 and trial.user_attrs["round"] == 0 and trial.user_attrs["phase"] == "ray"
+    assert trial.state == TrialState.COMPLETE and trial.value == 1.25 and trial.intermediate_values == {1: 1.5}
+    assert pickle.loads(pickle.dumps(suggest)).policy.round_size == 3

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import FINISHED_RUN as RUN, FINISHED_STUDY as STUDY
 
-from das_tune.storage import get_storage
+from das_tune.storage import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
 
 def _open_at_once(url: str, name: str, barrier) -> None:
     barrier.wait()
-    optuna.create_study(study_name=name, storage=get_storage(url))
+    optuna.create_study(study_name=name, storage=open_storage(url))
 
 
 def test_processes_creating_one_new_sqlite_file_at_once_all_succeed(tmp_path):

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.backbones.bert import TextEncoderBackbone, build_bert, build_minilm
-from das_tune.backbones.meter import MeterBackbone, build_meter
-from das_tune.backbones.vilt import ViltBackbone, build_vilt
-from das_tune.backbones.vl_bert import SingleStreamVL, build_bert_vl, build_minilm_vl
+from das_tune.backbones.bert import MiniLM, TextEncoderBackbone
+from das_tune.backbones.meter import MeterBackbone
+from das_tune.backbones.vilt import ViltBackbone
+from das_tune.backbones.vl_bert import MiniLMVL, SingleStreamVL
 from das_tune.errors import UserError
 
-# name → factory(checkpoint=None, tiny=False, **options)
-BACKBONES: dict[str, Callable[..., SkippableBackbone]] = {
-    "bert": build_bert,
-    "minilm": build_minilm,
-    "bert_vl": build_bert_vl,
-    "minilm_vl": build_minilm_vl,
-    "meter": build_meter,
-    "vilt": build_vilt,
+# name → class; ``cls.build(checkpoint=None, tiny=False, **options)``, ``cls.tiny_ignores``
+BACKBONES: dict[str, type[SkippableBackbone]] = {
+    "bert": TextEncoderBackbone,
+    "minilm": MiniLM,
+    "bert_vl": SingleStreamVL,
+    "minilm_vl": MiniLMVL,
+    "meter": MeterBackbone,
+    "vilt": ViltBackbone,
 }
 
 
@@ -31,7 +29,7 @@ def build_backbone(
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; expected one of {', '.join(sorted(BACKBONES))}")
     try:
-        backbone = BACKBONES[name](checkpoint=checkpoint, tiny=tiny, **options)
+        backbone = BACKBONES[name].build(checkpoint=checkpoint, tiny=tiny, **options)
     except TypeError as error:
         if "unexpected keyword argument" not in str(error):
             raise
@@ -41,6 +39,6 @@ def build_backbone(
 
 
 __all__ = [
-    "BACKBONES", "MeterBackbone", "SingleStreamVL", "SkippableBackbone", "TextEncoderBackbone", "ViltBackbone",
-    "build_backbone",
+    "BACKBONES", "MeterBackbone", "MiniLM", "MiniLMVL", "SingleStreamVL", "SkippableBackbone", "TextEncoderBackbone",
+    "ViltBackbone", "build_backbone",
 ]

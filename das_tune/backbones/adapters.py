@@ -7,13 +7,17 @@ from torch import nn
 
 
 class Adapter(nn.Module):
-    """DAS's bottleneck adapter: LayerNorm → down → ReLU → up (``up`` is not zero-initialised)."""
+    """DAS's bottleneck adapter: LayerNorm → down → ReLU → up. Initialised as the reference's
+    ``ParallelAdapter`` (BERT init): weights normal(0, 0.02), zero biases (``up`` is not zeroed)."""
 
     def __init__(self, dim: int, width: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.down = nn.Linear(dim, width)
         self.up = nn.Linear(width, dim)
+        for linear in (self.down, self.up):
+            nn.init.normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(torch.relu(self.down(self.norm(x))))

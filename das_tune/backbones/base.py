@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +41,9 @@ class SkippableBackbone(nn.Module, ABC):
 
     layer_names: list[str]
     feature_dim: int
+    # Options a tiny model sets itself (its small sizes, the packaged tokenizer): tiny mode drops
+    # them from a study's options, so the tiny model is the same whatever the study declares.
+    tiny_ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,7 +84,20 @@ class SkippableBackbone(nn.Module, ABC):
 
     @abstractmethod
     def features(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Pooled features, shape ``[batch, feature_dim]``."""
+        """Pooled features, shape ``[batch, feature_dim]``. Vision-language backbones also take
+        ``image_token_type`` (1, or up to ``count`` after :meth:`use_image_token_types`)."""
+
+    def use_image_token_types(self, count: int) -> None:
+        """Image token types 1..``count``, trainable, the new ones copies of the last (NLVR2 types its
+        two images 1 and 2: a 3-row table with row 2 := row 1)."""
+        from das_tune.errors import UserError
+
+        raise UserError(f"{type(self).__name__} takes no images, so it cannot tell two images apart")
+
+    @classmethod
+    @abstractmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> SkippableBackbone:
+        """The backbone from a local ``checkpoint``, or a tiny random one of the same family."""
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         pooled = self.features(**inputs)
@@ -90,6 +106,10 @@ class SkippableBackbone(nn.Module, ABC):
     # -- training ---------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def cross_modal_modules(self) -> list[nn.Module]:
+        """Modules trained at the cross-modal lr multiplier (the reference's names with "cross_modal")."""
+        return []
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changed (adapters, skip-adapters, head, extras): the artifact to save."""

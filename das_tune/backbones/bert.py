@@ -9,7 +9,7 @@ from torch import nn
 
 from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
-from das_tune.backbones.processing import load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
+from das_tune.backbones.processing import example_text, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
 from das_tune.errors import UserError
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
@@ -56,6 +56,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TextEncoderBackbone(LayerSkipBackbone):
     """A BERT-family encoder: frozen embeddings → skippable layers → mean (or CLS) pooling."""
 
+    tiny_ignores = ("tokenizer", "max_text_len")
+
     def __init__(
         self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 128, pooling: str = "mean",
@@ -90,11 +92,7 @@ class TextEncoderBackbone(LayerSkipBackbone):
         return tokenize(load_tokenizer(self.tokenizer_path), texts, text_pairs, self.max_text_len)
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        length = min(self.max_text_len, 128)
-        return {
-            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
-        }
+        return example_text(batch_size, min(self.max_text_len, 128))
 
     def features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         if attention_mask is None:
@@ -106,9 +104,9 @@ class TextEncoderBackbone(LayerSkipBackbone):
         return x[:, 0] if self.pooling == "cls" else masked_mean(x, attention_mask)
 
 
-def build_bert(checkpoint=None, tiny=False, **options) -> TextEncoderBackbone:
-    return TextEncoderBackbone.build(checkpoint, tiny, **options)
+class MiniLM(TextEncoderBackbone):
+    """The packaged all-MiniLM-L6-v2 (6 layers): no checkpoint to give."""
 
-
-def build_minilm(checkpoint=None, tiny=False, **options) -> TextEncoderBackbone:
-    return TextEncoderBackbone.build(checkpoint or minilm_path(), tiny, num_layers=6, **options)
+    @classmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> MiniLM:
+        return super().build(checkpoint or minilm_path(), tiny, num_layers=6, **options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -62,6 +63,30 @@ def _numel(module: nn.Module | None, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What a subnet costs; "additional" is relative to the original model without adapters."""
+
+    macs: int
+    flops: int
+    additional_macs: int
+    additional_flops: int
+    params: int
+    trainable_params: int
+
+    @property
+    def additional_gmacs(self) -> float:
+        """The paper's "FLOPs" (Table A): additional multiply-accumulates, in G."""
+        return self.additional_macs / 1e9
+
+    def trial_attrs(self) -> dict[str, float | int]:
+        """What each trial records of its subnet (user attributes, shown in the dashboard)."""
+        return {"additional_gmacs": self.additional_gmacs, "trainable_params": self.trainable_params}
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
 class CostModel:
     """Cheap per-trial costs of a skip set, from one full count plus one count per candidate layer.
 
@@ -92,7 +117,7 @@ class CostModel:
         self.base_trainable = _numel(backbone, True) - _numel(head, True)
         self.layers = backbone.candidates()
 
-    def cost(self, skipped: Iterable[str]) -> dict[str, int]:
+    def cost(self, skipped: Iterable[str]) -> Cost:
         """Costs of the subnet exported with ``skipped`` removed, for the inputs given at construction."""
         skipped = set(skipped)
         flops = self.base_flops + sum(self.delta_flops[name] for name in skipped)
@@ -102,11 +127,10 @@ class CostModel:
             params -= _numel(dropped)
             trainable -= _numel(dropped, True)
         additional = flops - self.original_flops
-        return {
-            "macs": flops // 2, "flops": flops,
-            "additional_macs": additional // 2, "additional_flops": additional,
-            "params": params, "trainable_params": trainable,
-        }
+        return Cost(
+            macs=flops // 2, flops=flops, additional_macs=additional // 2, additional_flops=additional,
+            params=params, trainable_params=trainable,
+        )
 
 
 def measure_latency(

@@ -54,6 +54,18 @@ class LayerSkipBackbone(SkippableBackbone):
                 param.requires_grad_(True)
 
 
+def extend_rows(table: nn.Embedding, rows: int) -> nn.Embedding:
+    """``table`` with at least ``rows`` rows, the new ones copies of its last row (NLVR2's token types)."""
+    if table.num_embeddings >= rows:
+        return table
+    extended = nn.Embedding(rows, table.embedding_dim).to(table.weight.device)
+    with torch.no_grad():
+        extended.weight[: table.num_embeddings] = table.weight
+        extended.weight[table.num_embeddings :] = table.weight[-1]
+    extended.weight.requires_grad_(table.weight.requires_grad)
+    return extended
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``[batch, keys]`` 1/0 mask → ``[batch, 1, 1, keys]`` additive attention mask."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min

@@ -15,25 +15,25 @@ from torch import nn
 
 from das_tune.backbones.adapters import SkippableLayer, add_lora
 from das_tune.backbones.fusion import FusionLayer
-from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, tokenize
+from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl, extend_rows
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, tokenize
 from das_tune.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 FULL = dict(
-    dim=768, heads=12, ffn=3072, fusion_layers=6,
+    dim=768, heads=12, ffn=3072, fusion_layers=6, dropout=0.1,
     vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=11, num_attention_heads=12, patch_size=16),
     text=dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
               intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
               layer_norm_eps=1e-5),
 )
 TINY = dict(
-    dim=32, heads=2, ffn=64, fusion_layers=6,
+    dim=32, heads=2, ffn=64, fusion_layers=6, dropout=0.1,
     vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16),
     text=dict(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
-              max_position_embeddings=128, type_vocab_size=1, pad_token_id=0, layer_norm_eps=1e-5),
+              max_position_embeddings=128, type_vocab_size=1, pad_token_id=0, bos_token_id=101, layer_norm_eps=1e-5),
 )
 
 
@@ -65,6 +65,14 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
+class ITMHead(nn.Module):
+    """METER's pre-trained image-text matching head (``itm_score.fc``: "no match", "match")."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 2)
+
+
 class MeterCore(nn.Module):
     """The pre-trained METER modules, named as in the official checkpoint (text and vision renamed)."""
 
@@ -81,16 +89,25 @@ class MeterCore(nn.Module):
         self.cross_modal_text_transform = nn.Linear(text_config.hidden_size, dim)
         self.cross_modal_image_transform = nn.Linear(sizes["vision"]["hidden_size"], dim)
         self.token_type_embeddings = nn.Embedding(2, dim)
-        fusion = [FusionLayer(dim, sizes["heads"], sizes["ffn"]) for _ in range(2 * sizes["fusion_layers"])]
+        fusion = [FusionLayer(dim, sizes["heads"], sizes["ffn"], sizes["dropout"]) for _ in range(2 * sizes["fusion_layers"])]
         self.cross_modal_text_layers = nn.ModuleList(fusion[: sizes["fusion_layers"]])
         self.cross_modal_image_layers = nn.ModuleList(fusion[sizes["fusion_layers"]:])
         self.cross_modal_text_pooler = Pooler(dim)
         self.cross_modal_image_pooler = Pooler(dim)
+        self.itm_score = ITMHead(2 * dim)
         self.text_dim = text_config.hidden_size
+        self.bos_token_id = text_config.bos_token_id
 
 
 class MeterBackbone(LayerSkipBackbone):
-    """Features: the two pooled streams concatenated (``2 × 768``)."""
+    """Features: the two pooled streams concatenated (``2 × 768``).
+
+    Trainable, as the reference's name filter (classifier, pooler, token_type_embeddings, rank_output,
+    adapter; never the encoders): adapters, skip-adapters, both poolers, the token-type table and
+    ``token4classifier``. ``pretrained_itm`` holds the checkpoint's ITM head (for Flickr30K's heads).
+    """
+
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
 
     def __init__(
         self, core: MeterCore, tokenizer_path: str | None, *, adapter_width: int = 96,
@@ -112,7 +129,12 @@ class MeterBackbone(LayerSkipBackbone):
             SkippableLayer(f"LEn{i}", layer, core.text_dim, text_skip_adapter_width)
             for i, layer in enumerate(core.text_layers)
         )
-        self.token4classifier = nn.Parameter(torch.zeros(1, 1, core.text_dim))
+        # DAS: a learnable classifier token, RoBERTa's <s> embedding, replaces token 0 of the text
+        # stream after cross_modal_text_transform.
+        with torch.no_grad():
+            bos = torch.full((1, 1), core.bos_token_id, dtype=torch.long, device=core.token_type_embeddings.weight.device)
+            self.token4classifier = nn.Parameter(core.text_embeddings.eval()(input_ids=bos).clone())
+        self.pretrained_itm: dict[str, torch.Tensor] | None = None  # set by build() from a checkpoint
         self.cross_modal_text_transform = core.cross_modal_text_transform
         self.cross_modal_image_transform = core.cross_modal_image_transform
         self.token_type_embeddings = core.token_type_embeddings
@@ -129,8 +151,17 @@ class MeterBackbone(LayerSkipBackbone):
         self.image_size = core.vision.embeddings.image_size
         self.max_text_len = max_text_len
         self.tokenizer_path = tokenizer_path
-        self.freeze(extras=[])
+        self.freeze(extras=[self.text_pooler, self.image_pooler, self.token_type_embeddings])
         self.token4classifier.requires_grad_(True)
+
+    def cross_modal_modules(self) -> list[nn.Module]:
+        """The reference's "cross_modal" parameters: the poolers and the adapters inside fusion layers
+        (its skip-adapters, ``adapter_list_l/v``, train at the base lr)."""
+        kept = [m.layer for m in [*self.text_fusion, *self.image_fusion] if m.layer is not None]
+        return [self.text_pooler, self.image_pooler, *kept]
+
+    def use_image_token_types(self, count: int) -> None:
+        self.token_type_embeddings = extend_rows(self.token_type_embeddings, 1 + count)
 
     @classmethod
     def build(
@@ -152,7 +183,10 @@ class MeterBackbone(LayerSkipBackbone):
                 "METER needs its pre-trained weights: download meter_clip16_288_roberta_pretrain.ckpt and pass "
                 "checkpoint=PATH (or random_weights=True for FLOPs counting only)"
             )
-        return cls(core.eval(), tokenizer, **options)
+        model = cls(core.eval(), tokenizer, **options)
+        if checkpoint is not None:
+            model.pretrained_itm = {k: v.detach().clone() for k, v in core.itm_score.fc.state_dict().items()}
+        return model
 
     def preprocess(self, texts, images=None, text_pairs=None) -> dict[str, torch.Tensor]:
         if images is None or len(images) != len(texts):
@@ -166,28 +200,24 @@ class MeterBackbone(LayerSkipBackbone):
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         device = self.token4classifier.device
         return {
-            "input_ids": torch.full((batch_size, self.max_text_len), 5, dtype=torch.long, device=device),
-            "attention_mask": torch.ones(batch_size, self.max_text_len, dtype=torch.long, device=device),
+            **example_text(batch_size, self.max_text_len, device),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size, device=device),
         }
 
-    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None, image_token_type=1) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text = self.text_embeddings(input_ids=input_ids)
         text_mask = additive_mask(attention_mask, text.dtype)
         for layer in self.text_layers:
             text = layer(text, text_mask)
-        # DAS: a learnable classifier token replaces the text encoder's CLS output.
-        text = torch.cat([self.token4classifier.expand(len(text), -1, -1), text[:, 1:]], dim=1)
-        x = self.cross_modal_text_transform(text) + self.token_type_embeddings(torch.zeros_like(input_ids))
+        x = self.cross_modal_text_transform(text)
+        x = torch.cat([self.token4classifier.expand(len(x), -1, -1), x[:, 1:]], dim=1)
+        x = x + self.token_type_embeddings(torch.zeros_like(input_ids))
         image = self.cross_modal_image_transform(self.vision(pixel_values.to(text.dtype)))
-        y = image + self.token_type_embeddings.weight[1]
+        y = image + self.token_type_embeddings.weight[image_token_type]
         image_mask = additive_mask(y.new_ones(y.shape[:2]), y.dtype)
         for fl, fv in zip(self.text_fusion, self.image_fusion):
             x, y = fl(x, y, text_mask, image_mask), fv(y, x, image_mask, text_mask)
         return torch.cat([self.text_pooler(x), self.image_pooler(y)], dim=-1)
 
-
-def build_meter(checkpoint=None, tiny=False, **options) -> MeterBackbone:
-    return MeterBackbone.build(checkpoint, tiny, **options)

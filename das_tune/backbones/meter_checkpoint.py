@@ -24,7 +24,7 @@ from das_tune.errors import UserError
 log = logging.getLogger(__name__)
 
 # Parts of the checkpoint METER's backbone does not use (pre-training heads, CLIP's projection).
-IGNORED = ("itm_score.", "mlm_score.", "text_transformer.pooler.", "vit_model.visual.proj", "vit_model.logit_scale")
+IGNORED = ("mlm_score.", "text_transformer.pooler.", "vit_model.visual.proj", "vit_model.logit_scale")
 # (checkpoint pattern, model replacement), tried in order; the first match wins.
 RENAMES = [
     (r"^text_transformer\.embeddings\.", "text_embeddings."),
@@ -39,7 +39,7 @@ RENAMES = [
     (r"^vit_model\.visual\.transformer\.resblocks\.(\d+)\.ln_2\.", r"vision.layers.\1.layer_norm2."),
     (r"^vit_model\.visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.", r"vision.layers.\1.mlp.fc1."),
     (r"^vit_model\.visual\.transformer\.resblocks\.(\d+)\.mlp\.c_proj\.", r"vision.layers.\1.mlp.fc2."),
-    (r"^(cross_modal_|token_type_embeddings)", r"\1"),
+    (r"^(cross_modal_|token_type_embeddings|itm_score\.)", r"\1"),
 ]
 IN_PROJ = re.compile(r"^vit_model\.visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
 

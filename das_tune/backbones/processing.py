@@ -52,6 +52,18 @@ def tokenize(
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+def example_text(batch_size: int, length: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """``length`` attended text tokens per example, for counting FLOPs and timing (example inputs).
+
+    Costs depend on shapes only, so no tokenizer is needed (FLOPs are counted on meta-device models
+    built without one): every id is 0, an id every vocabulary has.
+    """
+    return {
+        "input_ids": torch.zeros(batch_size, length, dtype=torch.long, device=device),
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
+    }
+
+
 def images_to_tensor(
     images: list[Any], size: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""ViLT (transformers ``ViltModel``) with skippable encoder layers En0..11."""
+"""ViLT (transformers ``ViltModel``) with skippable encoder layers En0..11.
+
+As DAS's ViLT: dropout 0.1 in the blocks and embeddings (none on attention probabilities), at most
+``max_image_len`` = 200 sampled image patches, two parallel adapters per block that read the block's
+input stream, and trainable adapters, pooler and token-type tables.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
-from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
+from das_tune.backbones.adapters import Adapter, SkippableLayer, add_lora
+from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl, extend_rows
 from das_tune.backbones.processing import (
-    images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
+    example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
 )
 from das_tune.errors import UserError
 
@@ -21,30 +26,50 @@ TINY = dict(
 )
 
 
-def load_vilt(checkpoint: str | None, tiny: bool, image_size: int, random_weights: bool) -> nn.Module:
+def load_vilt(
+    checkpoint: str | None, tiny: bool, image_size: int, random_weights: bool, dropout: float, max_image_len: int
+) -> nn.Module:
     from transformers import ViltConfig, ViltModel
 
+    settings = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.0, max_image_length=max_image_len)
     if tiny:
-        return ViltModel(ViltConfig(vocab_size=minilm_vocab_size(), **TINY)).eval()
+        return ViltModel(ViltConfig(vocab_size=minilm_vocab_size(), **TINY, **settings)).eval()
     if random_weights:
-        return ViltModel(ViltConfig(image_size=image_size), add_pooling_layer=True).eval()
+        return ViltModel(ViltConfig(image_size=image_size, **settings), add_pooling_layer=True).eval()
     folder = require_folder(checkpoint, "ViLT checkpoint", "checkpoint=PATH")
-    model = ViltModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+    model = ViltModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager", **settings)
     model.config.image_size = image_size
     return model.eval()
 
 
-def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: int) -> None:
+class AdaptedBlock(nn.Module):
+    """A ViLT block with DAS's two parallel adapters, each reading the stream the residual adds to
+    (the reference's timm ``Block``: ``x + attn(norm1(x)) + adapter0(x)``, then
+    ``x + mlp(norm2(x)) + adapter1(x)``)."""
+
+    def __init__(self, block: nn.Module, dim: int, width: int) -> None:
+        super().__init__()
+        self.block = block
+        self.adapter0 = Adapter(dim, width)
+        self.adapter1 = Adapter(dim, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        x = x + block.attention(block.layernorm_before(x), mask)[0] + self.adapter0(x)
+        return block.output(block.intermediate(block.layernorm_after(x)), x) + self.adapter1(x)
+
+
+def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: int) -> nn.Module:
     """Two parallel adapters per kept block (so a skip-adapter of 2 × 96 = 192), or LoRA on q, v."""
     if petl == "lora":
         add_lora(layer, ["query", "value"], lora_rank)
-        return
-    # ViltSelfOutput ignores its residual argument (the layer adds it): add the adapter to its output.
-    layer.attention.output = ParallelAdapter(layer.attention.output, Adapter(dim, width), into_residual=False)
-    layer.output = ParallelAdapter(layer.output, Adapter(dim, width))
+        return layer
+    return AdaptedBlock(layer, dim, width)
 
 
 class ViltBackbone(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "max_text_len")
+
     def __init__(
         self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40,
@@ -54,10 +79,9 @@ class ViltBackbone(LayerSkipBackbone):
         config = vilt.config
         dim = config.hidden_size
         self.embeddings = vilt.embeddings
-        for layer in vilt.encoder.layer:
-            adapt_layer(layer, dim, adapter_width, petl, lora_rank)
         self.layers = nn.ModuleList(
-            SkippableLayer(f"En{i}", layer, dim, skip_adapter_width) for i, layer in enumerate(vilt.encoder.layer)
+            SkippableLayer(f"En{i}", adapt_layer(layer, dim, adapter_width, petl, lora_rank), dim, skip_adapter_width)
+            for i, layer in enumerate(vilt.encoder.layer)
         )
         self.layernorm = vilt.layernorm
         self.pooler = vilt.pooler
@@ -65,16 +89,23 @@ class ViltBackbone(LayerSkipBackbone):
         self.feature_dim = dim
         self.image_size = config.image_size
         self.max_text_len = min(max_text_len, config.max_position_embeddings)
+        self.max_image_len = config.max_image_length
+        self.patch_size = config.patch_size
         self.tokenizer_path = tokenizer_path
-        self.freeze()
+        # The reference's name filter also catches BERT's text token-type table inside the embeddings.
+        self.freeze(extras=[self.pooler, self.embeddings.token_type_embeddings, self.embeddings.text_embeddings.token_type_embeddings])
+
+    def use_image_token_types(self, count: int) -> None:
+        self.embeddings.token_type_embeddings = extend_rows(self.embeddings.token_type_embeddings, 1 + count)
 
     @classmethod
     def build(
         cls, checkpoint: str | None = None, tiny: bool = False, tokenizer: str | None = None,
-        image_size: int = 384, random_weights: bool = False, **options: Any,
+        image_size: int = 384, random_weights: bool = False, dropout: float = 0.1, max_image_len: int = 200,
+        **options: Any,
     ) -> ViltBackbone:
         """``random_weights``: full size without a checkpoint (for FLOPs counting only)."""
-        vilt = load_vilt(checkpoint, tiny, image_size, random_weights)
+        vilt = load_vilt(checkpoint, tiny, image_size, random_weights, dropout, max_image_len)
         return cls(vilt, tokenizer or (minilm_path() if tiny else str(checkpoint)), **options)
 
     def preprocess(self, texts, images=None, text_pairs=None) -> dict[str, torch.Tensor]:
@@ -85,26 +116,25 @@ class ViltBackbone(LayerSkipBackbone):
         return inputs
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """ViLT's convention: the shorter side at ``image_size`` (384), the longer at 5/3 of it (640, ViLT's
+        cap), of which ``max_image_len`` (200) patches are sampled: 40 + 201 tokens at full size."""
+        longer = self.image_size * 5 // 3 // self.patch_size * self.patch_size
         return {
-            "input_ids": torch.full((batch_size, self.max_text_len), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, self.max_text_len, dtype=torch.long),
-            "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
+            **example_text(batch_size, self.max_text_len),
+            "pixel_values": torch.zeros(batch_size, 3, self.image_size, longer),
         }
 
-    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None, image_token_type=1) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         pixel_mask = pixel_values.new_ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long)
         x, valid = self.embeddings(
-            input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, None, None
+            input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, None, None, image_token_type
         )
         mask = additive_mask(valid, x.dtype)
         for layer in self.layers:
             x = layer(x, mask)
         return self.pooler(self.layernorm(x))
 
-
-def build_vilt(checkpoint=None, tiny=False, **options) -> ViltBackbone:
-    return ViltBackbone.build(checkpoint, tiny, **options)

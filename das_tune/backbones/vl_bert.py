@@ -13,10 +13,11 @@ from torch import nn
 
 from das_tune.backbones.bert import load_encoder, masked_mean, skippable_layers
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask
-from das_tune.backbones.processing import images_to_tensor, load_tokenizer, minilm_path, tokenize
+from das_tune.backbones.processing import example_text, images_to_tensor, load_tokenizer, minilm_path, tokenize
 from das_tune.errors import UserError
 
 MEAN = STD = (0.5, 0.5, 0.5)
+EXAMPLE_TEXT_LEN = 16  # text tokens of the example inputs (FLOPs, latency): a short question
 
 
 class ImageTokens(nn.Module):
@@ -31,12 +32,14 @@ class ImageTokens(nn.Module):
         self.token_type = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, image_token_type: int = 1) -> torch.Tensor:
         tokens = self.patch(pixel_values).flatten(2).transpose(1, 2)
-        return self.norm(tokens + self.position + self.token_type)
+        return self.norm(tokens + self.position + self.token_type[image_token_type - 1])
 
 
 class SingleStreamVL(LayerSkipBackbone):
+    tiny_ignores = ("tokenizer", "image_size", "patch_size", "max_text_len")
+
     def __init__(
         self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
         petl: str = "adapter", lora_rank: int = 8, image_size: int = 64, patch_size: int = 16,
@@ -65,6 +68,12 @@ class SingleStreamVL(LayerSkipBackbone):
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 
+    def use_image_token_types(self, count: int) -> None:
+        table = self.image_tokens.token_type.detach()
+        if len(table) < count:
+            extra = table[-1:].expand(count - len(table), -1, -1)
+            self.image_tokens.token_type = nn.Parameter(torch.cat([table, extra]))
+
     def preprocess(self, texts, images=None, text_pairs=None) -> dict[str, torch.Tensor]:
         if images is None or len(images) != len(texts):
             raise UserError("a vision-language backbone needs one image per text")
@@ -73,18 +82,16 @@ class SingleStreamVL(LayerSkipBackbone):
         return inputs
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        length = 16
         return {
-            "input_ids": torch.full((batch_size, length), 5, dtype=torch.long),
-            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+            **example_text(batch_size, EXAMPLE_TEXT_LEN),
             "pixel_values": torch.zeros(batch_size, 3, self.image_size, self.image_size),
         }
 
-    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def features(self, input_ids, pixel_values, attention_mask=None, token_type_ids=None, image_token_type=1) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        image = self.image_tokens(pixel_values.to(text.dtype))
+        image = self.image_tokens(pixel_values.to(text.dtype), image_token_type)
         x = torch.cat([text, image], dim=1)
         valid = torch.cat([attention_mask, attention_mask.new_ones(image.shape[:2])], dim=1)
         mask = additive_mask(valid, x.dtype)
@@ -93,9 +100,9 @@ class SingleStreamVL(LayerSkipBackbone):
         return masked_mean(x, valid)
 
 
-def build_bert_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint, tiny, **options)
+class MiniLMVL(SingleStreamVL):
+    """The single-stream model on the packaged all-MiniLM-L6-v2 (6 layers): no checkpoint to give."""
 
-
-def build_minilm_vl(checkpoint=None, tiny=False, **options) -> SingleStreamVL:
-    return SingleStreamVL.build(checkpoint or minilm_path(), tiny, num_layers=6, **options)
+    @classmethod
+    def build(cls, checkpoint: str | None = None, tiny: bool = False, **options: Any) -> MiniLMVL:
+        return super().build(checkpoint or minilm_path(), tiny, num_layers=6, **options)

@@ -4,30 +4,29 @@
     results = run_bench(BenchConfig(study="easyvqa_minilm", seeds=5, ground_truth=True))
 
 writes ``results.json``, ``results.md`` and PNGs into ``bench/<space>-skip<num_skip>/`` (or ``config.out``) and
-returns the results document. See :mod:`das_tune.bench.runs` for what is shared between runs.
+returns the results document (``results.BenchResults``). See :mod:`das_tune.bench.runs` for what is shared between runs.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from das_tune import atomic
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.runs import BenchConfig, Plan, execute, plan
 from das_tune.progress import Reporter
+from das_tune.results import BenchFiles, BenchResults, write_json
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
 
-def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchResults:
     from das_tune.bench import plots, report
 
     p = plan(config)
     records, truth = execute(p, reporter or Reporter())
     results = report.summarise(p, records, truth)
     names = plots.write_plots(results, p.out)
-    results["files"] = {"out": str(p.out), "json": RESULTS_JSON, "markdown": RESULTS_MD, "plots": names}
-    report.write_json(results, p.out / RESULTS_JSON)
+    results.files = BenchFiles(out=str(p.out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=names)
+    write_json(results, p.out / RESULTS_JSON)
     atomic.write_text(p.out / RESULTS_MD, report.markdown(results, names))
     return results
 

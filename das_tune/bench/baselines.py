@@ -1,7 +1,7 @@
 """Training-free layer scores, the baselines DAS is compared with besides other samplers.
 
 Every method gives each candidate layer a *skippability* score (higher: skip it first); a method's
-pick is the ``num_skip`` layers with the highest scores, and a subset's score is the sum of its
+pick is the ``num_skip`` layers with the highest scores (``SkipSpace.top``), and a subset's score is the sum of its
 layers' scores (what Kendall τ compares with the true per-subset results).
 
 * ``block_influence`` (ShortGPT): 1 − cos(input token, output token) of a layer, averaged over the
@@ -83,12 +83,6 @@ def layer_scores(method: str, space: SkipSpace, model: LayerSkipBackbone, task: 
     if method == "first_k":
         return {name: -i for name, i in position.items()}
     raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-
-
-def pick(space: SkipSpace, scores: dict[str, float]) -> frozenset[str]:
-    """The ``num_skip`` candidates with the highest scores (ties: the earlier candidate)."""
-    order = sorted(range(len(space.candidates)), key=lambda i: (-scores[space.candidates[i]], i))
-    return frozenset(space.candidates[i] for i in order[: space.num_skip])
 
 
 def sample_batches(task: Task, model: LayerSkipBackbone, batch_size: int, num_batches: int) -> list[Batch]:

@@ -20,7 +20,6 @@ A re-run of the same command reuses everything finished and resumes what was int
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +30,20 @@ import torch
 import yaml
 
 from das_tune import atomic, runner, storage, training
-from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, pick, sample_batches
+from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.components import Components, build_components
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
+from das_tune.results import BenchRecord, FoundBy, RetrainMetrics, WarmupRecord, write_json
 from das_tune.retrain import finished_metrics, retrain, save_spec
 from das_tune.samplers import SAMPLERS
-from das_tune.search.oneshot import CHECKPOINT, OneShotSearch
+from das_tune.search.supernet import CHECKPOINT, warm_up
 from das_tune.spaces import SkipSpace
 from das_tune.study import StudySpec, load_study_spec
 
 MAX_GROUND_TRUTH_SUBSETS = 64
 RUN_FILE, WARMUP_FILE, PLAN_FILE = "run.json", "warmup.json", "plan.yaml"
+BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class BenchConfig:
     ground_truth: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip>
+    reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Plan:
     base: StudySpec
     space: SkipSpace
     out: Path
-    storage: str
+    storage: str  # the URL every search of the benchmark shares (opened once by ``execute``)
 
     def spec(self, seed: int, sampler: str = "das", **fields: Any) -> StudySpec:
         overrides = {
@@ -106,16 +108,20 @@ def plan(config: BenchConfig) -> Plan:
     return Plan(config, base, space, out, url)
 
 
-def execute(p: Plan, reporter: Reporter) -> tuple[list[dict[str, Any]], dict[int, dict[str, dict[str, Any]]] | None]:
+Truth = dict[int, dict[str, RetrainMetrics]]  # {seed: {subset key: retrain metrics}}
+
+
+def execute(p: Plan, reporter: Reporter) -> tuple[list[BenchRecord], Truth | None]:
     """Run every (method, seed) and, with ground truth, retrain every subset per seed.
 
-    Returns the run records and ``{seed: {subset key: retrain metrics}}`` (None without ground truth).
+    Returns the run records and the ground truth's retrains (None without ground truth).
     """
     _check_plan_file(p)
+    opened = storage.open_storage(p.storage)
     records, truth = [], {} if p.config.ground_truth else None
     for seed in p.seeds:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
-        seed_records, seed_truth = _run_seed(p, seed, reporter)
+        seed_records, seed_truth = _run_seed(p, seed, opened, reporter)
         records += seed_records
         if truth is not None:
             truth[seed] = seed_truth
@@ -128,20 +134,25 @@ def subset_key(space: SkipSpace, skipped: frozenset[str] | list[str]) -> str:
 
 
 # -- one seed -------------------------------------------------------------------------------------
-def _run_seed(p: Plan, seed: int, reporter: Reporter) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def _run_seed(
+    p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter
+) -> tuple[list[BenchRecord], dict[str, RetrainMetrics]]:
     training.seed_everything(seed)
     warm_spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
     parts = build_components(warm_spec)
     warm = _warm_up(warm_spec, parts, reporter)
-    parts.model.load_state_dict(torch.load(warm["checkpoint"], weights_only=False)["model"], strict=False)
+    parts.model.load_state_dict(torch.load(warm.checkpoint, weights_only=False)["model"], strict=False)
     records = [_training_free(p, seed, method, parts, warm) for method in p.config.methods]
-    records += [_search(p, seed, sampler, parts, warm, reporter) for sampler in p.config.samplers]
+    records += [_search(p, seed, sampler, parts, warm, opened, reporter) for sampler in p.config.samplers]
     for record in records:
-        metrics = _retrained(p, seed, parts, frozenset(record["chosen"]), reporter)
-        record.update(_retrain_fields(warm_spec, parts, metrics))
-        record["total_steps"] = record["warmup_steps"] + record["search_steps"] + record["retrain_steps"]
-        record["total_seconds"] = record["warmup_seconds"] + record["search_seconds"] + record["retrain_seconds"]
-        reporter.log(f"seed {seed}: {record['method']} skips {record['chosen']} → test {metrics['metric']} {metrics['value']:.4f}")
+        metrics = _retrained(p, seed, parts, frozenset(record.chosen), reporter)
+        steps = training.steps_per_epoch(parts.task, warm_spec.retrain.batch_size, warm_spec.retrain.max_steps_per_epoch)
+        retrain_steps = steps * warm_spec.retrain.epochs
+        record.metric, record.value, record.additional_gmacs = metrics.metric, metrics.value, metrics.additional_gmacs
+        record.flops_saved, record.retrain_steps, record.retrain_seconds = metrics.flops_saved, retrain_steps, metrics.retrain_seconds
+        record.total_steps = record.warmup_steps + record.search_steps + retrain_steps
+        record.total_seconds = record.warmup_seconds + record.search_seconds + metrics.retrain_seconds
+        reporter.log(f"seed {seed}: {record.method} skips {record.chosen} → test {metrics.metric} {metrics.value:.4f}")
     truth = {}
     if p.config.ground_truth:
         for subset in p.space.all_subsets():
@@ -149,79 +160,65 @@ def _run_seed(p: Plan, seed: int, reporter: Reporter) -> tuple[list[dict[str, An
     return records, truth
 
 
-def _warm_up(spec: StudySpec, parts: Components, reporter: Reporter) -> dict[str, Any]:
+def _warm_up(spec: StudySpec, parts: Components, reporter: Reporter) -> WarmupRecord:
     """The seed's shared warm-up: its checkpoint, training steps and wall-clock (done once)."""
     info_path = spec.run_dir / WARMUP_FILE
     if info_path.is_file():
-        return json.loads(info_path.read_text())
-    study = optuna.create_study(study_name=spec.resolved_study_name)  # in memory: the warm-up asks nothing
+        return WarmupRecord.read(info_path)
     start = time.perf_counter()
-    checkpoint = OneShotSearch(
-        search=spec.search, space=parts.space, model=parts.model, task=parts.task, study=study, seed=spec.seed,
-        run_dir=spec.run_dir, trial_attrs=lambda skipped: {}, reporter=reporter,
-    ).warm_up()
+    checkpoint = warm_up(spec, parts, reporter)
     steps = training.steps_per_epoch(parts.task, spec.search.batch_size, spec.search.max_steps_per_epoch)
-    info = {"checkpoint": str(checkpoint), "steps": steps * spec.search.warmup_epochs, "seconds": time.perf_counter() - start}
-    atomic.write_json(info_path, info)
+    info = WarmupRecord(checkpoint=str(checkpoint), steps=steps * spec.search.warmup_epochs, seconds=time.perf_counter() - start)
+    write_json(info, info_path)
     return info
 
 
-def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: dict[str, Any]) -> dict[str, Any]:
+def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: WarmupRecord) -> BenchRecord:
     """Layer scores on the warm-up supernet (loaded by the caller) and the subset they pick."""
     search = p.base.search
     start = time.perf_counter()
     batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
     scores = layer_scores(method, p.space, parts.model, parts.task, batches)
-    return {
-        "method": method, "kind": "training-free", "seed": seed, "study_name": None,
-        "chosen": p.space.ordered(pick(p.space, scores)), "layer_scores": scores,
-        "observations": 0, "observed": [], "scoring_batches": len(batches) if method in SIMILARITY_METHODS else 0,
-        "warmup_steps": warm["steps"], "warmup_seconds": warm["seconds"],
-        "search_steps": 0, "search_seconds": time.perf_counter() - start,
-    }
+    return BenchRecord(
+        method=method, kind="training-free", seed=seed, study_name=None, chosen=p.space.ordered(p.space.top(scores)),
+        layer_scores=scores, observations=0, observed=[], scoring_batches=len(batches) if method in SIMILARITY_METHODS else 0,
+        warmup_steps=warm.steps, warmup_seconds=warm.seconds, search_steps=0, search_seconds=time.perf_counter() - start,
+    )
 
 
-def _search(p: Plan, seed: int, sampler: str, parts: Components, warm: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+def _search(
+    p: Plan, seed: int, sampler: str, parts: Components, warm: WarmupRecord, opened: optuna.storages.BaseStorage, reporter: Reporter
+) -> BenchRecord:
     """One sampler's search from the shared warm-up checkpoint (its record is reused once finished)."""
     spec = p.spec(seed, sampler)
     saved = spec.run_dir / RUN_FILE
     if saved.is_file():
-        return json.loads(saved.read_text())
-    with runner.exclusive(spec) as opened:
+        return BenchRecord.read(saved)
+    with runner.exclusive(spec, opened):
         _check_not_foreign(spec, opened)
         save_spec(spec)
-        study, found_by = runner.search(
-            spec, parts, fresh=False, reporter=reporter, warmup_checkpoint=Path(warm["checkpoint"]), storage=opened
-        )
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
+    complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     steps = training.steps_per_epoch(parts.task, spec.search.batch_size, spec.search.max_steps_per_epoch)
-    record = {
-        "method": sampler, "kind": "sampler", "seed": seed, "study_name": spec.resolved_study_name,
-        "chosen": found_by["chosen"], "layer_scores": found_by.get("probabilities"),
-        "observations": len(complete), "observed": [t.value for t in complete], "scoring_batches": 0,
-        "warmup_steps": warm["steps"], "warmup_seconds": warm["seconds"],
-        "search_steps": steps * spec.search.search_epochs, "search_seconds": found_by["search_seconds"],
-    }
-    atomic.write_json(saved, record)
+    record = BenchRecord(
+        method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
+        chosen=parts.space.ordered(found.chosen), layer_scores=found.found_by.probabilities,
+        observations=len(complete), observed=[t.value for t in complete], scoring_batches=0,
+        warmup_steps=warm.steps, warmup_seconds=warm.seconds,
+        search_steps=steps * spec.search.search_epochs, search_seconds=found.found_by.search_seconds,
+    )
+    write_json(record, saved)
     return record
 
 
-def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> dict[str, Any]:
+def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics:
     """The retrain metrics of ``skipped`` at ``seed``: from an earlier retrain, else retrained now."""
     spec = p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)))
     done = finished_metrics(spec, skipped)
     if done is not None:
         return done
-    return retrain(spec, parts, skipped, {"found_by": "das-tune bench", "seed": seed}, reporter)
-
-
-def _retrain_fields(spec: StudySpec, parts: Components, metrics: dict[str, Any]) -> dict[str, Any]:
-    steps = training.steps_per_epoch(parts.task, spec.retrain.batch_size, spec.retrain.max_steps_per_epoch)
-    return {
-        "metric": metrics["metric"], "value": metrics["value"], "additional_gmacs": metrics["additional_macs"] / 1e9,
-        "flops_saved": metrics["flops_saved"], "retrain_steps": steps * spec.retrain.epochs,
-        "retrain_seconds": metrics["retrain_seconds"],
-    }
+    save_spec(spec)
+    return retrain(spec, parts, skipped, FoundBy(sampler=BENCH), reporter)
 
 
 def _check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:

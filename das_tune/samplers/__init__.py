@@ -1,4 +1,4 @@
-"""Samplers by name, and the subset a finished study chose."""
+"""Samplers by name, and the skip policy of a study (how the loops see its sampler)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from optuna.samplers import BaseSampler
 
 from das_tune.errors import UserError
 from das_tune.samplers.das import DASSampler
+from das_tune.samplers.policy import SkipPolicy, skip_policy
 from das_tune.spaces import SkipSpace
 
 SAMPLER_ATTR = "das_tune:sampler"  # study system attr: {"name": ..., **options}, written at creation
@@ -26,6 +27,24 @@ SAMPLERS: dict[str, SamplerFactory] = {
 }
 
 
+# Samplers whose trials come in rounds: they take the study's round size (search.round_size, its only
+# home) as their ``round_size`` option.
+ROUND_BASED = frozenset({"das"})
+
+
+def sampler_record(name: str, seed: int | None, options: dict[str, Any], round_size: int) -> dict[str, Any]:
+    """How a study samples, as recorded in its system attributes (and compared on resume)."""
+    record = {"name": name, "seed": seed, **options}
+    if name in ROUND_BASED:
+        record["round_size"] = round_size
+    return record
+
+
+def sampler_from_record(record: dict[str, Any], space: SkipSpace) -> BaseSampler:
+    options = {k: v for k, v in record.items() if k not in ("name", "seed")}
+    return make_sampler(record["name"], space, seed=record.get("seed"), **options)
+
+
 def make_sampler(name: str, space: SkipSpace, seed: int | None = None, **options: Any) -> BaseSampler:
     """A sampler by registry name ("das", "random", "tpe", "cmaes", "qmc", "gp")."""
     factory = SAMPLERS.get(name)
@@ -37,41 +56,34 @@ def make_sampler(name: str, space: SkipSpace, seed: int | None = None, **options
         raise UserError(f"sampler {name!r}: bad options {options}: {err}") from None
 
 
-def chosen_skip(study: optuna.Study, space: SkipSpace, sampler: BaseSampler | None = None) -> frozenset[str]:
-    """The subset ``study`` chose, whatever sampler ran it.
+def study_policy(
+    study: optuna.Study, space: SkipSpace, round_size: int = 1, sampler: BaseSampler | None = None
+) -> SkipPolicy:
+    """The skip policy of ``study``, whatever sampler ran it.
 
-    DAS: the layers with the largest gates (its policy, replayed from the trials). Any other sampler:
-    the subset of the best trial. The sampler is ``sampler``, else the study's own, else the one
-    das-tune recorded in the study's system attributes when it created the study.
+    The sampler is ``sampler``, else the study's own if it has a policy, else the one das-tune recorded
+    in the study's system attributes when it created the study (a study loaded for the dashboard
+    carries a default sampler).
     """
-    sampler = sampler or recorded_sampler(study, space) or study.sampler
-    if isinstance(sampler, DASSampler):
-        return sampler.chosen(study)
-    best = _best_trial_with_subset(study, space)
-    if best is None:
-        raise UserError(f"study {study.study_name!r} has no completed trial with a skip subset of space {space.label}")
-    return space.decode(best.params)
+    if sampler is None and getattr(study.sampler, "skip_policy", None) is None:
+        sampler = recorded_sampler(study, space)
+    return skip_policy(sampler or study.sampler, space, round_size)
+
+
+def chosen_skip(study: optuna.Study, space: SkipSpace, sampler: BaseSampler | None = None) -> frozenset[str]:
+    """The subset ``study`` chose (DAS: the top gates; any other sampler: the best trial's subset)."""
+    return study_policy(study, space, sampler=sampler).chosen(study)
 
 
 def recorded_sampler(study: optuna.Study, space: SkipSpace) -> BaseSampler | None:
-    if isinstance(study.sampler, DASSampler):
-        return study.sampler
+    """The sampler das-tune recorded when it created ``study``, rebuilt; None if there is none."""
     recorded = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
-    if not recorded or recorded.get("name") != "das":
+    if not recorded or recorded.get("name") not in SAMPLERS:
         return None
-    options = {k: v for k, v in recorded.items() if k != "name"}
-    return DASSampler(space, **options)
+    return sampler_from_record(recorded, space)
 
 
-def _best_trial_with_subset(study: optuna.Study, space: SkipSpace) -> optuna.trial.FrozenTrial | None:
-    complete = [
-        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if space.subset_of(t) is not None
-    ]
-    if not complete:
-        return None
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    return pick(complete, key=lambda t: t.value)
-
-
-__all__ = ["DASSampler", "SAMPLERS", "SAMPLER_ATTR", "chosen_skip", "make_sampler"]
+__all__ = [
+    "DASSampler", "SAMPLERS", "SAMPLER_ATTR", "SkipPolicy", "chosen_skip", "make_sampler", "sampler_from_record",
+    "sampler_record", "skip_policy", "study_policy",
+]

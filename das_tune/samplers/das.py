@@ -47,6 +47,7 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from das_tune.samplers.policy import SkipPolicy, random_log_keys
 from das_tune.spaces import SkipSpace
 
 Reward = Callable[[float], float]
@@ -62,19 +63,6 @@ def _default_reward(direction: StudyDirection) -> Reward:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def random_log_keys(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """log of Efraimidis–Spirakis keys U^(1/w), w ∝ p: their top-m is a draw without replacement ∝ p."""
-    weights = p / p.max()
-    return np.log(rng.uniform(np.finfo(float).tiny, 1.0, size=len(p))) / weights
-
-
-def draw_subset(space: SkipSpace, probabilities: dict[str, float], rng: np.random.Generator) -> frozenset[str]:
-    """``num_skip`` layers drawn without replacement with probability ∝ ``probabilities``."""
-    p = np.array([probabilities[c] for c in space.candidates])
-    top = np.argsort(-random_log_keys(p, rng), kind="stable")[: space.num_skip]
-    return frozenset(space.candidates[i] for i in top)
 
 
 class DASSampler(BaseSampler):
@@ -136,22 +124,17 @@ class DASSampler(BaseSampler):
     def gate_history(self, study: Study) -> np.ndarray:
         """Row r: the gates after the first r rounds (row 0: zeros); the last row is ``gates``."""
         trials = study._get_trials(deepcopy=False, use_cache=False)
-        reward = self.reward or _default_reward(study.direction)
-        k = self.round_size
-        gates = np.zeros(len(self.space.candidates))
-        rows = [gates.copy()]
-        for start in range(0, len(trials) - k + 1, k):
-            members = trials[start : start + k]
-            if not any(t.state in _UNSETTLED for t in members):
-                self._apply_round(gates, members, reward)
-            rows.append(gates.copy())
+        rows = [np.zeros(len(self.space.candidates))]
+        self._replay(study, trials, history=rows)
         return np.array(rows)
 
     def chosen(self, study: Study) -> frozenset[str]:
         """The subset DAS chooses now: the ``num_skip`` layers with the largest gates."""
-        gates = self.gates(study)
-        order = sorted(range(len(gates)), key=lambda i: (-gates[i], i))
-        return frozenset(self.space.candidates[i] for i in order[: self.space.num_skip])
+        return self.space.top(self.gates(study).tolist())
+
+    def skip_policy(self) -> DASPolicy:
+        """What the search loops, the dashboard and the bench see of this sampler."""
+        return DASPolicy(self)
 
     # -- BaseSampler ------------------------------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -227,20 +210,27 @@ class DASSampler(BaseSampler):
                 taken.add(subset)
         return taken
 
-    def _replay(self, study: Study, trials: list[FrozenTrial]) -> np.ndarray:
-        """Gates after applying every settled round in round order (cached settled prefix)."""
+    def _replay(self, study: Study, trials: list[FrozenTrial], history: list[np.ndarray] | None = None) -> np.ndarray:
+        """Gates after applying every settled round in round order (cached settled prefix).
+
+        With ``history``, the replay starts from zero and appends the gates after every round slot.
+        """
         cache_key = (study.study_name, study._study_id)
-        done, cached = self._cache.get(cache_key, (0, np.zeros(len(self.space.candidates))))
+        done, cached = (0, np.zeros(len(self.space.candidates))) if history is not None else self._cache.get(
+            cache_key, (0, np.zeros(len(self.space.candidates)))
+        )
         gates = cached.copy()
         reward = self.reward or _default_reward(study.direction)
-        prefix_intact = True
+        prefix_intact = history is None
         k = self.round_size
         for start in range(done * k, len(trials) - k + 1, k):
             members = trials[start : start + k]
             if any(t.state in _UNSETTLED for t in members):
                 prefix_intact = False
-                continue
-            self._apply_round(gates, members, reward)
+            else:
+                self._apply_round(gates, members, reward)
+            if history is not None:
+                history.append(gates.copy())
             if prefix_intact:
                 done = start // k + 1
                 self._cache[cache_key] = (done, gates.copy())
@@ -267,3 +257,19 @@ class DASSampler(BaseSampler):
                 delta[index[name]] += advantage
         gates += self.lr * delta * p * (1.0 - p)
 
+
+class DASPolicy(SkipPolicy):
+    """DAS seen by the loops: training steps draw ∝ sigmoid(gates), the choice is the top gates."""
+
+    def __init__(self, sampler: DASSampler) -> None:
+        super().__init__(sampler.space, sampler.round_size)
+        self.sampler = sampler
+
+    def probabilities(self, study: Study) -> dict[str, float]:
+        return self.sampler.probabilities(study)
+
+    def chosen(self, study: Study) -> frozenset[str]:
+        return self.sampler.chosen(study)
+
+    def history(self, study: Study) -> np.ndarray:
+        return _sigmoid(self.sampler.gate_history(study))

@@ -5,8 +5,8 @@ only in the layers they skip. The loss reported every ``ray.report_every`` steps
 the task's observation batches, with a checkpoint (model, optimizer, step) so that a retried trial
 resumes where it stopped.
 
-Failure injection (for tests and drills): the driver reads ``DAS_TUNE_FAIL_TRIALS`` (comma-separated
-Optuna trial numbers) and those trials raise after each attempt's first report.
+Failure injection (for tests and drills): the trials whose Optuna numbers are in ``fail_trials`` (an
+argument of the executor's ``RaySearch``, empty in a run) raise after each attempt's first report.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from das_tune.components import Components, build_components
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
-FAIL_ENV = "DAS_TUNE_FAIL_TRIALS"
 _STATE = "state.pt"
 
 
@@ -41,8 +40,10 @@ def _components(spec_json: str) -> tuple[Components, list[Batch]]:
     spec = StudySpec.model_validate_json(spec_json)
     parts = build_components(spec)
     parts.model.to("cuda" if torch.cuda.is_available() else "cpu")
-    n = spec.search.observation_batches
-    observations = list(itertools.islice(parts.task.observation_batches(parts.model, spec.search.batch_size, n), n))
+    search = spec.search
+    n = search.observation_batch_count
+    batches = parts.task.observation_batches(parts.model, search.batch_size, n, split=search.observation.split)
+    observations = list(itertools.islice(batches, n))
     return parts, observations
 
 
@@ -53,14 +54,15 @@ def train_subnet(config: dict[str, Any], spec: StudySpec, start_state: dict[str,
     training.seed_everything(spec.seed)
     model.load_state_dict(start_state, strict=False)
     model.set_skipped(skipped)
-    optimizer, scheduler = training.make_optimizer(model, spec.search, steps)
-    start = _restore(model, optimizer, scheduler)
+    trainer = training.Trainer(model, spec.search, steps, epochs=1)  # steps: micro-batches of this trial
+    start = _restore(model, trainer)
+    mode = spec.search.observation.mode
     for step, batch in enumerate(itertools.islice(_train_batches(parts, spec), start, steps), start + 1):
-        training.train_step(model, task, batch, optimizer, scheduler)
+        trainer.train(task, batch, step - 1)
         if step % spec.ray.report_every and step < steps:
             continue
-        loss = sum(training.observe(model, task, b, skipped) for b in observations) / len(observations)
-        _report(loss, step, model, optimizer, scheduler)
+        loss = sum(training.observe(model, task, b, skipped, mode) for b in observations) / len(observations)
+        _report(loss, step, model, trainer)
         if not math.isfinite(loss):
             return
         if config["trial_number"] in fail_trials:
@@ -76,14 +78,14 @@ def _train_batches(parts: Components, spec: StudySpec) -> Iterator[Batch]:
         )
 
 
-def _report(loss: float, step: int, model, optimizer, scheduler) -> None:
-    state = {"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+def _report(loss: float, step: int, model, trainer: training.Trainer) -> None:
+    state = {"model": model.trainable_state_dict(), "trainer": trainer.state_dict(), "step": step}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / _STATE)
         tune.report({"loss": loss, "step": step}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _restore(model, optimizer, scheduler) -> int:
+def _restore(model, trainer: training.Trainer) -> int:
     """The step to continue from: 0, or the last checkpoint's after a retry."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -91,6 +93,5 @@ def _restore(model, optimizer, scheduler) -> int:
     with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / _STATE, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    trainer.load_state_dict(state["trainer"])
     return state["step"]

@@ -2,10 +2,11 @@
 
 The flow
 --------
-1. Warm-up (in the driver): ``OneShotSearch.warm_up`` (epochs of uniformly random subnets), saved
-   once as ``run_dir/warmup_state.pt`` (reused when present, e.g. from a one-shot run of the study).
-2. Ray Tune: :class:`SkipSearch` (an ``OptunaSearch``) asks the study's own sampler for a skip subset
-   per Ray trial; the trial (``ray_trainable.train_subnet``) loads the warm-up state, trains that subnet
+1. Warm-up (in the driver): the shared :func:`~das_tune.search.supernet.warm_up` (epochs of uniformly
+   random subnets), saved once as ``run_dir/warmup_state.pt`` (reused when present, e.g. from a
+   one-shot run of the study).
+2. Ray Tune: :class:`SkipSearcher` (a Ray Tune ``Searcher``) asks the study, and so its sampler, for
+   a skip subset per Ray trial; the trial (``ray_trainable.train_subnet``) loads the warm-up state, trains that subnet
    for ``ray.steps_per_trial`` steps and reports the loss on the task's observation batches every
    ``ray.report_every`` steps, with a checkpoint. A scheduler (``ray.scheduler``: asha, median or null
    for FIFO) stops bad subnets early; ``FailureConfig(max_failures)`` retries a crashed trial from its
@@ -16,7 +17,7 @@ What Optuna is told (the rule DAS relies on)
 --------------------------------------------
 * COMPLETE, value = last loss: only a trial that trained all ``steps_per_trial`` steps;
 * PRUNED: a trial the scheduler stopped early (its loss is truncated, not comparable), so DAS's
-  reward and TPE's "good" set never count it (Ray's own OptunaSearch would tell it COMPLETE);
+  reward and TPE's "good" set never count it (Ray's OptunaSearch would tell it COMPLETE);
 * FAIL: a trial that errored after its retries, or whose loss is NaN/inf (never left RUNNING).
 
 Resume
@@ -24,8 +25,8 @@ Resume
 The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_dir>/ray``). Running the
 same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
 e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died are
-marked FAIL when the search starts again (the study's lease says that their process is dead); Ray resumes them from their
-checkpoints, so :meth:`SkipSearch.restore` gives each one a new Optuna trial with the same skip keys
+marked FAIL when the search starts again (the study's lease says that their process is dead); Ray
+resumes them from their checkpoints, so :meth:`SkipSearcher.restore` gives each one a new Optuna trial with the same skip keys
 (user attr ``retry_of``) instead of telling the finished one twice (``UpdateFinishedTrialError``).
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
@@ -44,6 +45,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +59,16 @@ import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from das_tune.backbones.flops import CostModel
-from das_tune.components import Components
 from das_tune.progress import Reporter
-from das_tune.search.oneshot import WARMUP_CHECKPOINT, OneShotSearch
-from das_tune.search.ray_trainable import FAIL_ENV, train_subnet
+from das_tune.samplers import SkipPolicy
+from das_tune.search.base import SearchRun
+from das_tune.search.ray_trainable import train_subnet
+from das_tune.search.supernet import warm_up
 from das_tune.spaces import SkipSpace
-from das_tune.storage import fail_running, get_storage
+from das_tune.storage import fail_running
 from das_tune.study import RaySpec, StudySpec
 
 METRIC, MODE = "loss", "min"
@@ -76,6 +80,7 @@ QUIET_ENV = {
     # CheckpointConfig(num_to_keep=1) snapshots the experiment at every report, on purpose.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 SCHEDULERS: dict[str, Callable[[RaySpec], TrialScheduler]] = {
     "asha": lambda r: ASHAScheduler(metric=METRIC, mode=MODE, max_t=reports_per_trial(r), grace_period=r.grace_period),
@@ -85,6 +90,11 @@ SCHEDULERS: dict[str, Callable[[RaySpec], TrialScheduler]] = {
 
 def reports_per_trial(ray_spec: RaySpec) -> int:
     return -(-ray_spec.steps_per_trial // ray_spec.report_every)
+
+
+def run(search: SearchRun) -> None:
+    """The executor (see the module docstring)."""
+    RaySearch(search).run()
 
 
 # -- what Optuna is told ---------------------------------------------------------------------------
@@ -104,99 +114,135 @@ def trial_outcome(result: dict | None, error: bool, steps_per_trial: int) -> tup
 
 @dataclass(frozen=True)
 class SuggestSkip:
-    """The define-by-run space: suggest the skip keys, record the subset and its costs.
+    """Suggest the skip keys on a trial, record the subset, its costs and its round.
 
     Costs add up per layer (see ``CostModel``), so a base and per-layer deltas stand in for the cost
     model: the searcher is pickled (std pickle) with everything it holds, and the model must not be.
     """
 
     space: SkipSpace
-    round_size: int
+    policy: SkipPolicy
     base: dict[str, float]
     deltas: dict[str, dict[str, float]]
 
     @classmethod
-    def build(cls, space: SkipSpace, round_size: int, cost: CostModel) -> SuggestSkip:
-        base = _cost_attrs(cost.cost([]))
-        deltas = {c: {k: v - base[k] for k, v in _cost_attrs(cost.cost([c])).items()} for c in space.candidates}
-        return cls(space, round_size, base, deltas)
+    def build(cls, space: SkipSpace, policy: SkipPolicy, costs: CostModel) -> SuggestSkip:
+        base = costs.cost([]).trial_attrs()
+        deltas = {c: {k: v - base[k] for k, v in costs.cost([c]).trial_attrs().items()} for c in space.candidates}
+        return cls(space, policy, base, deltas)
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's config for the trainable: its skip keys and its number."""
         skipped = self.space.suggest(trial)
         attrs = {k: v + sum(self.deltas[c][k] for c in skipped) for k, v in self.base.items()}
         attrs["trainable_params"] = int(attrs["trainable_params"])
-        for key, value in {**attrs, "round": trial.number // self.round_size, "phase": PHASE}.items():
+        for key, value in {**attrs, "round": self.policy.round_of(trial.number), "phase": PHASE}.items():
             trial.set_user_attr(key, value)
-        return {"trial_number": trial.number}
+        return {**trial.params, "trial_number": trial.number}
 
 
-def _cost_attrs(cost: dict[str, Any]) -> dict[str, float]:
-    return {"additional_gmacs": cost["additional_macs"] / 1e9, "trainable_params": cost["trainable_params"]}
+class SkipSearcher(Searcher):
+    """Ray Tune's ``Searcher`` on an Optuna study: each Ray trial is one asked Optuna trial, told
+    COMPLETE, PRUNED (stopped by the scheduler) or FAIL (errored, NaN/inf) by :func:`trial_outcome`."""
 
+    def __init__(self, *, study: optuna.Study, suggest: SuggestSkip, steps_per_trial: int) -> None:
+        super().__init__(metric=METRIC, mode=MODE)
+        self.study, self.suggest_skip, self.steps_per_trial = study, suggest, steps_per_trial
+        self.trials: dict[str, optuna.Trial] = {}  # Ray trial id → its Optuna trial
+        self.told: set[str] = set()
 
-class SkipSearch(OptunaSearch):
-    """``OptunaSearch`` that tells scheduler-stopped trials PRUNED and NaN/inf or errored ones FAIL."""
-
-    def __init__(self, *, steps_per_trial: int, **kwargs: Any) -> None:
-        super().__init__(metric=METRIC, mode=MODE, **kwargs)
-        self.steps_per_trial = steps_per_trial
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        trial = self.study.ask()
+        self.trials[trial_id] = trial
+        return self.suggest_skip(trial)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials and math.isfinite(result[METRIC]):
-            super().on_trial_result(trial_id, result)
+        if trial_id not in self.told and math.isfinite(result[METRIC]):
+            self.trials[trial_id].report(result[METRIC], result["training_iteration"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        if trial_id in self.told:
             return
         state, value = trial_outcome(result, error, self.steps_per_trial)
-        trial = self._ot_trials[trial_id]
-        if state == TrialState.PRUNED and result and math.isfinite(result.get(METRIC, math.nan)):
-            trial.report(result[METRIC], result["training_iteration"])  # where it was stopped
-        self._ot_study.tell(trial, value, state=state)
-        self._completed_trials.add(trial_id)
+        self.study.tell(self.trials[trial_id], value, state=state)
+        self.told.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore, then re-attach the trials Ray will resume whose Optuna trials were closed."""
-        super().restore(checkpoint_path)
-        stored = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
-        for trial_id, trial in list(self._ot_trials.items()):
-            if trial_id in self._completed_trials:
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
+        stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        for trial_id, trial in list(self.trials.items()):
+            if trial_id in self.told:
                 continue
             state = stored[trial.number].state
             if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
-                self._ot_trials[trial_id] = self._retry(trial)
+                self.trials[trial_id] = self._retry(trial)
             elif state.is_finished():  # told after the searcher's last save: do not tell it twice
-                self._completed_trials.add(trial_id)
+                self.told.add(trial_id)
 
     def _retry(self, trial: optuna.Trial) -> optuna.Trial:
-        self._ot_study.enqueue_trial(trial.params)
-        retry = self._ot_study.ask()
-        self._space(retry)  # the same keys (enqueued), the same user attrs, a new number
+        self.study.enqueue_trial(trial.params)
+        retry = self.study.ask()
+        self.suggest_skip(retry)  # the same keys (enqueued), the same user attrs, a new number
         retry.set_user_attr("retry_of", trial.number)
         return retry
 
 
 # -- progress --------------------------------------------------------------------------------------
-# Tune pickles its callbacks into the experiment and a restored experiment uses the pickled ones, so
-# the callback looks the running search's reporter up here instead of holding it.
-_reporter: Reporter = Reporter()
+class StudyProgress:
+    """Advances a reporter as the study's Ray trials finish, read from the storage.
 
+    Tune pickles its callbacks into the experiment and a restored experiment uses the pickled ones, so
+    no callback could reach this run's reporter; the study is where every outcome lands anyway.
+    """
 
-class _Progress(tune.Callback):
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _reporter.advance(trial.last_result.get(METRIC))
+    def __init__(self, study: optuna.Study, reporter: Reporter, interval: float = 0.5) -> None:
+        self.study, self.reporter, self.interval = study, reporter, interval
+        self.seen = self._finished()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _reporter.advance()
+    def __enter__(self) -> StudyProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._update()
+
+    def _finished(self) -> set[int]:
+        trials = self.study.get_trials(deepcopy=False, states=_FINISHED)
+        return {t.number for t in trials if t.user_attrs.get("phase") == PHASE}
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._update()
+
+    def _update(self) -> None:
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False, states=_FINISHED)}
+        for number in sorted(self._finished() - self.seen):
+            self.seen.add(number)
+            self.reporter.advance(trials[number].value)
 
 
 # -- the executor ----------------------------------------------------------------------------------
 class RaySearch:
-    """The Ray Tune executor of one study (see the module docstring); ``run()`` returns Tune's results."""
+    """The Ray Tune executor of one search; ``run()`` returns Tune's results.
 
-    def __init__(self, *, spec: StudySpec, parts: Components, study: optuna.Study, cost: CostModel, reporter: Reporter) -> None:
-        self.spec, self.parts, self.study, self.cost, self.reporter = spec, parts, study, cost, reporter
-        self.ray = spec.ray
+    ``fail_trials``: Optuna trial numbers that raise after each attempt's first report (for tests and
+    drills of the retry path).
+    """
+
+    def __init__(self, search: SearchRun, *, fail_trials: frozenset[int] = frozenset()) -> None:
+        self.search, self.spec, self.study, self.reporter = search, search.spec, search.study, search.reporter
+        self.ray = search.spec.ray
+        self.fail_trials = fail_trials
 
     @property
     def storage_path(self) -> str:
@@ -208,20 +254,18 @@ class RaySearch:
         return f"{self.storage_path.rstrip('/')}/{self.study.study_name}"
 
     def run(self) -> tune.ResultGrid:
-        global _reporter
         interrupted = fail_running(self.study, PHASE)  # the lease is ours: their driver is dead
         if interrupted:
             self.reporter.log(f"{interrupted} Ray trials in flight when the last driver stopped: marked FAIL, Ray retries them")
         start_state = self.warm_up()
         started = self._init_ray()
-        _reporter = self.reporter
         try:
             tuner, restored = self._tuner(start_state)
             done = _finished(tuner.get_results()) if restored else 0
             self.reporter.phase("ray trials", self.ray.num_trials - done)
-            grid = tuner.fit()
+            with StudyProgress(self.study, self.reporter):
+                grid = tuner.fit()
         finally:
-            _reporter = Reporter()
             if started:
                 ray.shutdown()
         if _finished(grid) < self.ray.num_trials:  # Tune returns normally after Ctrl+C; its state is saved
@@ -229,18 +273,11 @@ class RaySearch:
         self._fail_leftovers()
         return grid
 
-    # -- warm-up ----------------------------------------------------------------------------------
     def warm_up(self) -> dict[str, torch.Tensor]:
-        """The trainable state every trial starts from: after the warm-up epochs (run once here)."""
-        if self.spec.search.warmup_epochs == 0:
-            return self.parts.model.trainable_state_dict()
-        path = self.spec.run_dir / WARMUP_CHECKPOINT
-        if not path.exists():
-            path = OneShotSearch(
-                search=self.spec.search, space=self.parts.space, model=self.parts.model, task=self.parts.task,
-                study=self.study, seed=self.spec.seed, run_dir=self.spec.run_dir,
-                trial_attrs=lambda skipped: {}, reporter=self.reporter,  # the warm-up asks no trials
-            ).warm_up()
+        """The trainable state every trial starts from: after the shared warm-up (run once here)."""
+        path = self.search.warmup_checkpoint or warm_up(self.spec, self.search.parts, self.reporter)
+        if path is None:
+            return self.search.parts.model.trainable_state_dict()
         return torch.load(path, weights_only=False)["model"]
 
     # -- Ray ----------------------------------------------------------------------------------------
@@ -257,8 +294,7 @@ class RaySearch:
         return True
 
     def _trainable(self, start_state: dict[str, torch.Tensor]) -> Any:
-        fail = frozenset(int(n) for n in os.environ.get(FAIL_ENV, "").split(",") if n.strip())
-        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), start_state=start_state, fail_trials=fail)
+        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), start_state=start_state, fail_trials=self.fail_trials)
         return tune.with_resources(fn, {"cpu": self.ray.cpus_per_trial, "gpu": self.ray.gpus_per_trial})
 
     def _tuner(self, start_state: dict[str, torch.Tensor]) -> tuple[tune.Tuner, bool]:
@@ -270,11 +306,8 @@ class RaySearch:
                 return tune.Tuner.restore(path, trainable), True
             fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)  # the study was started afresh
             fs.delete_dir(fs_path)
-        searcher = SkipSearch(
-            space=SuggestSkip.build(self.parts.space, self.spec.search.round_size, self.cost),
-            sampler=self.study.sampler, study_name=self.study.study_name, storage=get_storage(self.spec.storage),
-            steps_per_trial=self.ray.steps_per_trial,
-        )
+        suggest = SuggestSkip.build(self.search.parts.space, self.search.policy, self.search.costs)
+        searcher = SkipSearcher(study=self.study, suggest=suggest, steps_per_trial=self.ray.steps_per_trial)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -285,7 +318,7 @@ class RaySearch:
             run_config=tune.RunConfig(
                 name=self.study.study_name, storage_path=self.storage_path, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.ray.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[_Progress()],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
         return tuner, False
@@ -310,10 +343,4 @@ def _finished(grid: tune.ResultGrid) -> int:
 
 def _absolute_paths(spec: StudySpec) -> StudySpec:
     """Workers may run elsewhere (another folder, another node): local paths made absolute."""
-    def absolute(path: str | None) -> str | None:
-        return str(Path(path).resolve()) if path and Path(path).exists() else path
-
-    return spec.model_copy(update={
-        "backbone": spec.backbone.model_copy(update={"checkpoint": absolute(spec.backbone.checkpoint)}),
-        "task": spec.task.model_copy(update={"data_dir": absolute(spec.task.data_dir)}),
-    })
+    return spec.with_paths({field: str(Path(path).resolve()) for field, path in spec.local_paths().items() if Path(path).exists()})

@@ -61,6 +61,10 @@ class Task(ABC):
     def build_head(self, feature_dim: int) -> nn.Module:
         """A fresh head for pooled features of width ``feature_dim``."""
 
+    def attach(self, backbone: SkippableBackbone) -> None:
+        """Give ``backbone`` this task's fresh head (and whatever else the task needs of it)."""
+        backbone.task_head = self.build_head(backbone.feature_dim)
+
     @abstractmethod
     def collate(self, examples: Sequence[Any], backbone: SkippableBackbone) -> Batch:
         """Turn raw examples into a batch through the backbone's own processor."""
@@ -81,11 +85,8 @@ class Task(ABC):
         *,
         shuffle: bool = False,
         seed: int = 0,
-        limit: int | None = None,
     ) -> DataLoader:
         data = self.examples(split)
-        if limit is not None:
-            data = data[:limit]
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(
             data,
@@ -96,15 +97,11 @@ class Task(ABC):
         )
 
     def observation_batches(
-        self, backbone: SkippableBackbone, batch_size: int, num_batches: int = 4
+        self, backbone: SkippableBackbone, batch_size: int, num_batches: int = 4, split: str = "val"
     ) -> Iterator[Batch]:
-        """A deterministic, endless stream of a few validation batches for redundancy observations.
-
-        It cycles over the first ``num_batches`` batches of the val split (the reference code scores
-        every observation on the same batch; cycling over a few gives the same deterministic signal
-        with less noise from one batch).
-        """
-        fixed = list(itertools.islice(iter(self.loader("val", backbone, batch_size)), num_batches))
+        """A deterministic, endless stream of the first ``num_batches`` batches of ``split``, cycled,
+        for redundancy observations (``num_batches=1``: the reference's one fixed batch)."""
+        fixed = list(itertools.islice(iter(self.loader(split, backbone, batch_size)), num_batches))
         if not fixed:
-            raise ValueError(f"task {self.name!r}: the val split is empty")
+            raise ValueError(f"task {self.name!r}: the {split} split is empty")
         return itertools.cycle(fixed)

@@ -4,9 +4,13 @@ Data: the ``f30k_caption_karpathy_{train,val,test}.arrow`` files of ViLT's ``wri
 (one row per image, ``caption`` holds its five captions). An example is one (image, caption) pair.
 
 Training, as METER's ``itm`` + ``irtr`` objectives: each image is scored against its caption and
-``negatives`` captions of other images; the loss is the matching cross-entropy of every pair plus the
-ranking cross-entropy that puts the true caption first. Evaluation scores every image against every
-caption of the evaluated examples and reports IR/TR Recall@1/5/10.
+``negatives`` captions of other images by ``rank_output``; the loss is the ranking cross-entropy that
+puts the true caption first (``irtr``) plus ``itm_weight`` × the ITM cross-entropy of the true pair and
+the first negative (balanced, as the reference's; its negative is another caption from the same
+forward, where the reference draws another image in a second forward). The reference sums both for
+METER (``itm_weight`` 1) and, as its ViLT drops loss weights below 1, only ``irtr`` for ViLT (0).
+Evaluation scores every image against every caption of the evaluated examples with ``rank_output``
+and reports IR/TR Recall@1/5/10.
 """
 
 from __future__ import annotations
@@ -27,11 +31,23 @@ from das_tune.errors import UserError
 from das_tune.tasks import metrics
 from das_tune.tasks.base import Batch, Task, check_split, model_device, move_to
 from das_tune.tasks.files import LazySequence, data_folder, decode_image, entry_keys, read_arrow
-from das_tune.tasks.heads import itm_head
+from das_tune.tasks.heads import MATCH, RetrievalHead
 
 FILES = {split: f"f30k_caption_karpathy_{split}" for split in ("train", "val", "test")}
 COLUMNS = ("image", "caption", "image_id")
-MATCH = 1  # the "match" column of the ITM logits
+
+
+def retrieval_loss(itm_logits: torch.Tensor, scores: torch.Tensor, itm_weight: float = 1.0) -> torch.Tensor:
+    """The ``irtr`` ranking loss of ``scores`` ``[images, 1 + negatives]`` (the true caption in column 0)
+    plus ``itm_weight`` × the ITM cross-entropy of ``itm_logits`` ``[images, 1 + negatives, 2]`` on each
+    image's true pair ("match") and first negative ("no match")."""
+    first = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+    ranking = F.cross_entropy(scores, first)
+    if itm_weight == 0:
+        return ranking
+    pairs = itm_logits[:, :2].reshape(-1, 2)
+    labels = torch.tensor([MATCH, 1 - MATCH], device=scores.device).repeat(len(scores))
+    return ranking + itm_weight * F.cross_entropy(pairs, labels)
 
 
 @dataclass
@@ -52,6 +68,7 @@ class F30KTask(Task):
         self,
         data_dir: str | Path | None,
         negatives: int = 15,
+        itm_weight: float = 1.0,
         seed: int = 0,
         score_chunk: int = 64,
         train_limit: int | None = None,
@@ -67,7 +84,10 @@ class F30KTask(Task):
             self._tables[split] = table
             self._keys[split] = entry_keys(table, "caption")
             self._captions[split] = pc.list_flatten(table["caption"]).to_pylist()
+        if negatives < 1:
+            raise UserError(f"f30k: negatives must be at least 1, got {negatives}")
         self.negatives = negatives
+        self.itm_weight = itm_weight
         self.score_chunk = score_chunk
         self._train_rng = random.Random(seed)
         self._limits = {"train": train_limit, "val": val_limit, "test": test_limit}
@@ -98,8 +118,12 @@ class F30KTask(Task):
                 picked.append(captions[j])
         return picked
 
-    def build_head(self, feature_dim: int) -> nn.Module:
-        return itm_head(feature_dim)
+    def build_head(self, feature_dim: int, pretrained_itm: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        return RetrievalHead(feature_dim, pretrained_itm)
+
+    def attach(self, backbone: SkippableBackbone) -> None:
+        """The head, from the backbone's pre-trained ITM head when it has one (METER's checkpoint)."""
+        backbone.task_head = self.build_head(backbone.feature_dim, getattr(backbone, "pretrained_itm", None))
 
     def collate(self, examples: Sequence[CaptionExample], backbone: SkippableBackbone) -> Batch:
         """Rows grouped per example: its true caption first, then its negatives."""
@@ -120,10 +144,10 @@ class F30KTask(Task):
         return self._loss(model, move_to(batch, model_device(model)))
 
     def _loss(self, model: SkippableBackbone, batch: Batch) -> torch.Tensor:
-        logits = model(**batch["inputs"])
-        ranking = logits[:, MATCH].view(-1, self.negatives + 1)
-        true_first = torch.zeros(len(ranking), dtype=torch.long, device=ranking.device)
-        return F.cross_entropy(logits, batch["targets"]) + F.cross_entropy(ranking, true_first)
+        features, group = model.features(**batch["inputs"]), self.negatives + 1
+        scores = model.task_head(features).view(-1, group)
+        itm = model.task_head.itm(features).view(-1, group, 2)
+        return retrieval_loss(itm, scores, self.itm_weight)
 
     def evaluate(self, model: SkippableBackbone, batches: Iterator[Batch]) -> dict[str, float]:
         loss_sum, captions, text_image, images = 0.0, [], [], {}
@@ -143,13 +167,13 @@ class F30KTask(Task):
         return {**recalls, "loss": loss_sum / len(captions)}
 
     def score_matrix(self, model: SkippableBackbone, images: list, captions: list[str]) -> torch.Tensor:
-        """``[images, captions]`` matching scores (the "match" logit) of every pair."""
+        """``[images, captions]`` retrieval scores (``rank_output``) of every pair."""
         rows = []
         for image in images:
             row = []
             for start in range(0, len(captions), self.score_chunk):
                 chunk = captions[start : start + self.score_chunk]
                 inputs = move_to(model.preprocess(chunk, images=[image] * len(chunk)), model_device(model))
-                row.append(model(**inputs)[:, MATCH].float().cpu())
+                row.append(model(**inputs).float().cpu())
             rows.append(torch.cat(row))
         return torch.stack(rows)

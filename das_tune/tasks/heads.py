@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -31,8 +32,28 @@ def sentence_head(dim: int, out_dim: int) -> nn.Sequential:
     return head
 
 
-def itm_head(dim: int) -> nn.Linear:
-    """Lin(d, 2): image-text matching ("no match", "match") logits, METER's ``itm_score``."""
-    head = nn.Linear(dim, 2)
-    init_weights(head)
-    return head
+MATCH = 1  # the "match" row of an ITM head
+
+
+class RetrievalHead(nn.Module):
+    """METER/ViLT's retrieval heads: ``itm`` (Lin(d, 2), "no match"/"match" logits) and ``rank_output``
+    (Lin(d, 1), the IR/TR score), initialised from the ITM "match" row. Called, it gives the score.
+
+    With a pre-trained ITM head (``pretrained_itm``, a state dict) the ITM head is loaded and frozen,
+    as the reference does; without one it starts random and trains.
+    """
+
+    def __init__(self, dim: int, pretrained_itm: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.itm = nn.Linear(dim, 2)
+        self.rank_output = nn.Linear(dim, 1)
+        init_weights(self.itm)
+        if pretrained_itm is not None:
+            self.itm.load_state_dict(pretrained_itm)
+            self.itm.requires_grad_(False)
+        with torch.no_grad():
+            self.rank_output.weight.copy_(self.itm.weight[MATCH:MATCH + 1])
+            self.rank_output.bias.copy_(self.itm.bias[MATCH:MATCH + 1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.rank_output(features)[:, 0]

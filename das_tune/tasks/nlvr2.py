@@ -4,8 +4,10 @@ Data: the ``nlvr2_*.arrow`` files of ViLT's ``write_nlvr2.py`` (one row per imag
 and ``answers`` hold each sentence and its "True"/"False" label). Splits: train = ``nlvr2_train``,
 val = ``nlvr2_dev``, test = ``nlvr2_test1``.
 
-Each example runs through the backbone twice, once per image; the two pooled features are
-concatenated and classified (batch keys ``inputs`` for the left image, ``inputs_right`` for the right).
+Each example runs through the backbone twice, once per image, the left image typed 1 and the right
+typed 2 (a third, trainable row of the token-type table, initialised from row 1, as the reference);
+the two pooled features are concatenated and classified (batch keys ``inputs`` for the left image,
+``inputs_right`` for the right).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class NLVR2Task(SingleLabelTask):
     def build_head(self, feature_dim: int) -> nn.Module:
         return mlp_head(2 * feature_dim, feature_dim, 2)
 
+    def attach(self, backbone: SkippableBackbone) -> None:
+        backbone.use_image_token_types(2)
+        super().attach(backbone)
+
     def collate(self, examples: Sequence[NLVR2Example], backbone: SkippableBackbone) -> Batch:
         sentences = [e.sentence for e in examples]
         return {
@@ -76,7 +82,8 @@ class NLVR2Task(SingleLabelTask):
         }
 
     def logits(self, model: SkippableBackbone, batch: Batch) -> torch.Tensor:
-        pooled = torch.cat([model.features(**batch["inputs"]), model.features(**batch["inputs_right"])], -1)
+        left = model.features(**batch["inputs"], image_token_type=1)
+        pooled = torch.cat([left, model.features(**batch["inputs_right"], image_token_type=2)], -1)
         return model.task_head(pooled)
 
 

@@ -1,0 +1,39 @@
+"""What every search executor gets: one :class:`SearchRun`, built once by the runner (or the bench)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from das_tune.backbones.flops import CostModel
+from das_tune.components import Components
+from das_tune.progress import Reporter
+from das_tune.samplers import SkipPolicy
+from das_tune.study import StudySpec
+
+
+@dataclass
+class SearchRun:
+    """A study's search, ready to run: the spec and its components, the opened study and storage, the
+    sampler's skip policy (the only view of the sampler an executor has) and the cost model."""
+
+    spec: StudySpec
+    parts: Components
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage  # the study's, opened once per run
+    policy: SkipPolicy
+    costs: CostModel
+    reporter: Reporter
+    warmup_checkpoint: Path | None = None  # a warm-up shared by several searches (the bench's)
+
+    def record(self, trial: optuna.Trial, skipped: frozenset[str], phase: str) -> None:
+        """The user attributes every observation trial carries (the dashboard shows them)."""
+        attrs = {**self.costs.cost(skipped).trial_attrs(), "round": self.policy.round_of(trial.number), "phase": phase}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
+Executor = Callable[[SearchRun], None]
