@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import optuna
-import ray
 import torch
 import transformers
 
@@ -24,6 +23,8 @@ from das_tune.progress import Reporter
 from das_tune.runner import prepare_search
 from das_tune.search.ray_tune import RaySearch
 from das_tune.study import load_study_spec
+
+import ray  # noqa: E402  after das_tune.search, which keeps Ray's node address on 127.0.0.1
 
 
 def trials_per_hour(args: argparse.Namespace, concurrent: int, folder: str) -> float:
@@ -55,7 +56,7 @@ def main() -> None:
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
-    ray.init(num_cpus=int(4 * args.cpus_per_trial), num_gpus=1, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    ray.init(address="local", num_cpus=int(4 * args.cpus_per_trial), num_gpus=1, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     with tempfile.TemporaryDirectory() as folder:
         one = trials_per_hour(args, 1, folder)
         four = trials_per_hour(args, 4, folder)

@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_backbone": "das_tune.backbones",
     "build_task": "das_tune.tasks",
+    "load_subnet": "das_tune.subnet",
+    "evaluate": "das_tune.evaluation",
+    "export_subnet": "das_tune.export",
 }
 
 
@@ -26,4 +29,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'das_tune' has no attribute {name!r}")
 
 
-__all__ = ["DASSampler", "SkipSpace", "UserError", "build_backbone", "build_task", "chosen_skip", "load_space", "make_sampler"]
+__all__ = [
+    "DASSampler", "SkipSpace", "UserError", "build_backbone", "build_task", "chosen_skip", "evaluate", "export_subnet",
+    "load_space", "load_subnet", "make_sampler",
+]

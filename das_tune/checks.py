@@ -34,7 +34,7 @@ def check_rounds(spec: StudySpec, parts: Components) -> None:
             f"search.round_size = {search.round_size}: a round scores distinct subsets and space {space.label} "
             f"with num_skip {space.num_skip} has only {space.num_subsets}; expected at most {space.num_subsets}"
         )
-    if search.executor != "oneshot":
+    if search.executor_name not in ("oneshot", "data_parallel"):  # Ray Tune trials do not observe
         return
     steps = training.steps_per_epoch(parts.task, search.batch_size, search.max_steps_per_epoch)
     warmup, total = steps * search.warmup_epochs, steps * (search.warmup_epochs + search.search_epochs)

@@ -129,6 +129,7 @@ def run(
     num_skip: Annotated[Optional[int], typer.Option(help="How many layers to skip.")] = None,
     executor: Annotated[Optional[str], typer.Option(help="oneshot (supernet, the paper) or ray (Ray Tune trials).")] = None,
     address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,
     fresh: Annotated[bool, typer.Option(help="Delete the study and its run folder's progress and start again.")] = False,
     storage: Storage = None,
     seed: Seed = None,
@@ -147,6 +148,8 @@ def run(
         overrides["search.executor"] = executor
     if address is not None:
         overrides["ray.address"] = address
+    if workers is not None:
+        overrides["search.workers"] = workers
     spec = _load_spec(study, space, overrides)
     with reporter(quiet) as progress:
         done = run_study(spec, fresh=fresh, reporter=progress)
@@ -193,10 +196,12 @@ def _skip_list(skip: str) -> list[str]:
 def bench(
     space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
     study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers to compare (searches on one supernet).")] = "das,random,tpe",
+    samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp.")] = "das,das_std,random,tpe",
     methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
-    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1; every method runs once per seed.")] = 5,
-    ground_truth: Annotated[bool, typer.Option(help="Also retrain every subset (small spaces): regret, rank, Kendall τ.")] = False,
+    seeds: Annotated[str, typer.Option(help="Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results.")] = "5",
+    retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; its result is the mean.")] = 2,
+    ground_truth: Annotated[bool, typer.Option(help="Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ.")] = False,
+    reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
@@ -204,7 +209,7 @@ def bench(
     set_: Sets = None,
 ) -> None:
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
-    from das_tune.bench import BenchConfig, run_bench
+    from das_tune.bench import BenchConfig, parse_seeds, run_bench
     from das_tune.bench.report import rich_table
     from das_tune.checks import check_writable_folder
     from das_tune.progress import reporter
@@ -218,10 +223,13 @@ def bench(
         study=study or default_study_for_space(space),
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        seeds=seeds, ground_truth=ground_truth, overrides=overrides, out=out_dir,
+        seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
+        reference_size=reference_size, overrides=overrides, out=out_dir,
     )
     with reporter(quiet) as progress:
         results = run_bench(config, progress)
+    for warning in results.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     files = results.files
     if quiet:
         print(Path(files.out) / files.json_name)
@@ -229,6 +237,216 @@ def bench(
     out.print(rich_table(results))
     for name in (files.json_name, files.markdown, *files.plots):
         print(Path(files.out) / name)
+
+
+RunDir = Annotated[Path, typer.Argument(help="A run folder (runs/<study>-<sampler>-seed<k>) or an exported subnet folder.")]
+
+
+@app.command("evaluate")
+@exits_cleanly
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `das-tune run` or `das-tune retrain`.")],
+    split: Annotated[str, typer.Option(help="val or test")] = "test",
+    quiet: Quiet = False,
+    set_: Sets = None,
+) -> None:
+    """Evaluate a run's subnet again: on its own data, or on other data with --set task.data_dir=PATH."""
+    from das_tune.evaluation import evaluate
+    from das_tune.study import parse_overrides
+
+    overrides = parse_overrides(set_ or [])
+    with _status(quiet, f"evaluating {run_dir} on {split}"):
+        result = evaluate(run_dir, split, overrides)
+    if quiet:
+        print(result.value)
+        return
+    table = Table(title=f"das-tune evaluate: {run_dir}", show_header=False)
+    table.add_row(f"{split} {result.metric}", f"{result.value:.4f}")
+    if result.recorded is not None:
+        table.add_row(f"metrics.json {split} {result.metric}", f"{result.recorded:.4f}")
+    table.add_row(f"{split} loss", f"{result.metrics['loss']:.4f}")
+    table.add_row("examples", f"{result.examples:,}")
+    out.print(table)
+
+
+@app.command("predict")
+@exits_cleanly
+def predict_command(
+    run_dir: RunDir,
+    question: Annotated[Optional[str], typer.Option(help="VQA: the question.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Vision-language tasks: the image file.")] = None,
+    image2: Annotated[Optional[Path], typer.Option(help="NLVR2: the second image file.")] = None,
+    sentence: Annotated[Optional[str], typer.Option(help="SST-2, NLVR2: the sentence.")] = None,
+    premise: Annotated[Optional[str], typer.Option(help="MNLI: the premise.")] = None,
+    hypothesis: Annotated[Optional[str], typer.Option(help="MNLI: the hypothesis.")] = None,
+    caption: Annotated[Optional[str], typer.Option(help="Flickr30K: the caption to match with --image.")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option(help="Batch: a JSON object of inputs per line (image paths relative to the file).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Batch: write the predictions here as JSON lines (default: stdout).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="How many labels to list, best first.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch: inputs per forward pass.")] = 32,
+    quiet: Quiet = False,
+    set_: Sets = None,
+) -> None:
+    """Answer with a run's subnet: one input from flags, or a JSONL file of them (--jsonl)."""
+    from das_tune.predict import task_inputs
+    from das_tune.study import parse_overrides
+    from das_tune.subnet import load_subnet, summarize
+
+    given = {"question": question, "image": image, "image2": image2, "sentence": sentence,
+             "premise": premise, "hypothesis": hypothesis, "caption": caption}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+    if jsonl is not None and given:
+        raise UserError("give either --jsonl FILE or the inputs of one example (--question, --image, ...), not both")
+    if jsonl is None and not given:
+        raise UserError("give the inputs of one example (e.g. --question TEXT --image FILE) or --jsonl FILE")
+    task = summarize(run_dir).task
+    inputs = task_inputs(task)
+    rows = _read_jsonl(jsonl) if jsonl is not None else [given]
+    if jsonl is not None:
+        rows = [_relative_images(row, inputs.images, jsonl.parent) for row in rows]
+    for row in rows:  # before the model loads
+        inputs.check(task, row)
+    with _status(quiet, f"loading {run_dir}"):
+        model = load_subnet(run_dir, parse_overrides(set_ or []))
+    if jsonl is None:
+        _print_prediction(model.predict(top=top, **rows[0]), quiet)
+        return
+    from das_tune.progress import reporter
+
+    with reporter(quiet) as progress:
+        progress.phase("predict", len(rows))
+        predictions = model.predict_batch(
+            rows, top=top, batch_size=batch_size, on_batch=lambda n: [progress.advance() for _ in range(n)]
+        )
+    lines = "".join(p.model_dump_json() + "\n" for p in predictions)
+    if out_file is None:
+        print(lines, end="")
+        return
+    _write_atomically(out_file, lines)
+    if not quiet:
+        err.print(f"{len(predictions)} predictions written to {out_file}")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"--jsonl {path}: cannot be read ({error.strerror})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise UserError(f"{path} line {number}: expected a JSON object of inputs, e.g. {{\"question\": ..., \"image\": ...}}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"--jsonl {path}: no inputs in it")
+    return rows
+
+
+def _relative_images(row: dict[str, Any], fields: tuple[str, ...], folder: Path) -> dict[str, Any]:
+    return {k: str(folder / v) if k in fields and isinstance(v, str) and not Path(v).is_absolute() else v for k, v in row.items()}
+
+
+def _print_prediction(prediction, quiet: bool) -> None:
+    if quiet:
+        print(prediction.label)
+        return
+    table = Table("label", "score")
+    for entry in prediction.top:
+        table.add_row(entry.label, f"{entry.score:.4f}")
+    out.print(table)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+@app.command("export")
+@exits_cleanly
+def export_command(
+    run_dir: RunDir,
+    out_dir: Annotated[Path, typer.Option("--out", help="A new folder to write.")],
+    format: Annotated[str, typer.Option("--format", help="safetensors (load_subnet loads it), onnx, or hf (BERT-family, plain layer removal).")] = "safetensors",
+    quiet: Quiet = False,
+    set_: Sets = None,
+) -> None:
+    """Write a run's subnet as a self-contained folder, without the skipped layers' weights."""
+    from das_tune.export import export_subnet
+    from das_tune.study import parse_overrides
+
+    _quiet_transformers()
+    with _status(quiet, f"exporting {run_dir} as {format}") as status:
+        result = export_subnet(run_dir, out_dir, format, parse_overrides(set_ or []), on_step=status.update if status else None)
+    if quiet:
+        print(result.out)
+        return
+    table = Table(title=f"das-tune export: {result.out} ({result.format})", show_header=False)
+    for name, size in result.files.items():
+        table.add_row(name, _megabytes(size))
+    table.add_row("weights: subnet / full model", f"{_megabytes(result.subnet_weight_bytes)} / {_megabytes(result.full_weight_bytes)} ({result.weight_ratio:.1%})")
+    if result.onnx is not None:
+        check = result.onnx
+        table.add_row("ONNX vs PyTorch, largest difference", f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:g})")
+        table.add_row(f"latency batch {check.batch_sizes[0]}, CPU: PyTorch / onnxruntime", f"{check.torch_ms:.2f} ms / {check.onnxruntime_ms:.2f} ms")
+    out.print(table)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+def _status(quiet: bool, message: str):
+    """A spinner on stderr for work without steps; nothing with --quiet."""
+    import contextlib
+
+    return contextlib.nullcontext() if quiet else err.status(message)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+@app.command()
+@exits_cleanly
+def pretrain(
+    backbone: Annotated[str, typer.Argument(help="The backbone to pre-train: minilm_vl.")] = "minilm_vl",
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoint, the log and the weights.")] = Path("pretrain/minilm_vl"),
+    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (half matching, half masked words).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate of the stem and the LoRA deltas.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints (and log entries).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard the folder's checkpoint and start again.")] = False,
+    seed: Seed = None,
+    tiny: Tiny = False,
+    quiet: Quiet = False,
+) -> None:
+    """Vision-language pre-training of minilm_vl on easy-VQA's training images (resumable: run it again)."""
+    from das_tune import config
+    from das_tune.pretrain import PretrainSpec, pretrain as run_pretraining
+    from das_tune.progress import reporter
+
+    if backbone != "minilm_vl":
+        raise UserError(f"pretrain: unknown backbone {backbone!r}; expected minilm_vl")
+    fields = dict(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if "checkpoint_every" in fields:
+        fields["eval_every"] = fields["checkpoint_every"]
+    spec = config.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
+    with reporter(quiet) as progress:
+        weights = run_pretraining(spec, out, progress, fresh=fresh)
+    print(weights)
 
 
 @app.command()

@@ -30,9 +30,8 @@ def build_components(spec: StudySpec) -> Components:
     """Bad input (a missing file, an unknown option, a layer the backbone lacks) fails here, before
     anything is written. Tiny mode is already in ``spec`` (see ``study._make_tiny``)."""
     space = spec.load_space()
-    _check_local_files(spec)
-    spec = spec.with_paths(spec.local_paths())
-    task = build_task(spec.task.name, data_dir=spec.task.data_dir, tiny=spec.tiny, **spec.task.options)
+    spec = _with_local_paths(spec)
+    task = _task(spec)
     model = _backbone(spec, space)
     missing = [c for c in space.candidates if c not in model.layer_names]
     if missing:
@@ -48,7 +47,24 @@ def _backbone(spec: StudySpec, space: SkipSpace) -> SkippableBackbone:
     options = dict(spec.backbone.options)
     if space.skip_adapter_width is not None:
         options.setdefault("skip_adapter_width", space.skip_adapter_width)
+    if space.granularity != "layer":  # only backbones that can split their layers take the option
+        options.setdefault("granularity", space.granularity)
     return build_backbone(spec.backbone.name, checkpoint=spec.backbone.checkpoint, tiny=spec.tiny, **options)
+
+
+def build_spec_task(spec: StudySpec) -> Task:
+    """The study's task alone (data, head, loss, metric), without a model."""
+    return _task(_with_local_paths(spec))
+
+
+def _task(spec: StudySpec) -> Task:
+    return build_task(spec.task.name, data_dir=spec.task.data_dir, tiny=spec.tiny, **spec.task.options)
+
+
+def _with_local_paths(spec: StudySpec) -> StudySpec:
+    """``spec`` with its local files checked and their paths expanded."""
+    _check_local_files(spec)
+    return spec.with_paths(spec.local_paths())
 
 
 def _check_local_files(spec: StudySpec) -> None:

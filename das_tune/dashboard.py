@@ -47,7 +47,7 @@ from pydantic import BaseModel
 from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR, SkipPolicy, study_policy
 from das_tune.spaces import SkipSpace
-from das_tune.storage import open_storage
+from das_tune.storage import open_storage, shown_url
 
 MAX_POINTS = 200  # rounds per plotted line: keeps each saved plot a few kB at any study size
 PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "result": "das-tune-result"}
@@ -221,7 +221,7 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, quiet: bo
     """Run optuna-dashboard for ``storage_url`` until Ctrl-C."""
     server = make_server(storage_url, host, port)
     if not quiet:
-        print(f"optuna-dashboard for {storage_url}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)", flush=True)
+        print(f"optuna-dashboard for {shown_url(storage_url)}: http://{host}:{server.server_port}/dashboard (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ class FoundBy(_Result):
 
     sampler: str  # the sampler's name, or "given by --skip", or "das-tune bench"
     executor: str | None = None
+    workers: int = 1  # data-parallel workers of the one-shot search
     study_name: str | None = None
     storage: str | None = None
     observations: int = 0
@@ -60,7 +61,7 @@ class SubnetFile(FoundBy):
 
 
 class RetrainMetrics(_Result):
-    """``metrics.json``: the retrained subnet's test metric, costs, latency and wall-clock."""
+    """``metrics.json``: the retrained subnet's test metric (at its best val epoch), costs, latency and wall-clock."""
 
     metric: str
     value: float
@@ -79,51 +80,151 @@ class RetrainMetrics(_Result):
     latency_subnet_ms: float
     speedup: float
     retrain_seconds: float
+    best_epoch: int  # the epoch whose weights are the result (best val metric)
+    epochs_run: int  # fewer than retrain.epochs when patience stopped it
     search_seconds: float | None = None
     retrain_budget: dict[str, Any]
 
 
 # -- a benchmark ----------------------------------------------------------------------------------------
-class BenchRecord(_Result):
-    """One (method, seed) of a benchmark: its pick, its search, and (once retrained) its result."""
+class Spread(_Result):
+    """Median, quartiles and range over seeds of the values that exist, and how many there are."""
+
+    median: float | None = None
+    q25: float | None = None
+    q75: float | None = None
+    min: float | None = None
+    max: float | None = None
+    n: int = 0
+
+
+class PairedTest(_Result):
+    """``reference − method`` on the retrained metric, paired by seed."""
+
+    test: str
+    n: int
+    mean_diff: float | None
+    median_diff: float | None
+    wins: int
+    ties: int
+    losses: int
+    p_value: float | None
+
+
+class Ranking(_Result):
+    """How well one ordering of the reference subsets agrees with their retrained metric."""
+
+    kendall_tau: float | None
+    spearman_rho: float | None
+    n: int
+
+
+class Warmup(_Result):
+    """A seed's shared warm-up: its checkpoint, cost, and the warm supernet's loss of every reference subset."""
+
+    checkpoint: str
+    steps: int
+    seconds: float
+    supernet_losses: dict[str, float] = Field(default_factory=dict)
+
+
+class SearchRecord(_Result):
+    """What one method found at one seed, before any retrain (saved once the search is finished)."""
 
     method: str
     kind: Literal["sampler", "training-free"]
     seed: int
     study_name: str | None
     chosen: list[str]
-    layer_scores: dict[str, float] | None
+    layer_scores: dict[str, float] | None = Field(description="per candidate, higher: skip first (DAS: p(skip))")
     observations: int
-    observed: list[float]
+    observed: list[float] = Field(description="the observed supernet losses, in order")
     scoring_batches: int
     warmup_steps: int
     warmup_seconds: float
     search_steps: int
     search_seconds: float
-    # the retrain of the pick
-    metric: str | None = None
-    value: float | None = None
-    additional_gmacs: float | None = None
-    flops_saved: float | None = None
-    retrain_steps: int | None = None
-    retrain_seconds: float | None = None
-    total_steps: int | None = None
-    total_seconds: float | None = None
-    # against the ground truth (``--ground-truth``)
+    supernet_losses: dict[str, float] = Field(
+        default_factory=dict, description="the supernet this method ends with: its loss of every reference subset"
+    )
+
+
+class Retrained(_Result):
+    """One subset's retrains at every retrain seed."""
+
+    metric: str
+    values: dict[str, float] = Field(description="retrain seed → test metric")
+    mean: float
+    std: float
+    additional_gmacs: float
+    flops_saved: float
+    steps: int = Field(description="training steps of one retrain")
+    seconds: float = Field(description="mean wall-clock of one retrain")
+
+
+class RunResult(SearchRecord):
+    """A search record with its pick's retrained result and how it compares with the ground truth."""
+
+    metric: str
+    value: float = Field(description="the pick's test metric, mean over the retrain seeds")
+    retrained: dict[str, float]
+    additional_gmacs: float
+    flops_saved: float
+    retrain_steps: int
+    retrain_seconds: float
+    cost_steps: int = Field(description="warm-up + search + one retrain: what finding and training the pick costs")
+    cost_seconds: float
     regret: float | None = None
-    rank: int | None = None
-    kendall_tau: float | None = None
+    percentile: float | None = None
+    top10: bool | None = None
+    kendall_tau: float | None = Field(default=None, description="subset scores (sums of layer scores) vs ground truth")
+    supernet_ranking: Ranking | None = None
 
 
-class WarmupRecord(_Result):
-    """A benchmark seed's shared warm-up: its checkpoint, training steps and wall-clock."""
+class GroundTruth(_Result):
+    """Every subset (``kind = all``) or a random reference sample of them, each retrained at every retrain seed."""
 
-    checkpoint: str
-    steps: int
-    seconds: float
+    kind: Literal["all", "sample"]
+    retrain_seeds: list[int]
+    sample_seed: int | None
+    subsets: dict[str, Retrained]
+    noise_std: float = Field(description="median over subsets of the std of the metric across retrain seeds")
+    best: float
+    top10_threshold: float = Field(description="a pick is in the top 10 % when fewer than 10 % of the subsets beat it")
+    retrains: int
+    retrain_seconds: float
+
+
+class MethodSummary(_Result):
+    value: Spread
+    additional_gmacs: Spread
+    regret: Spread
+    percentile: Spread
+    top10_share: float | None = Field(description="share of seeds whose pick is in the top 10 %")
+    kendall_tau: Spread
+    supernet_kendall_tau: Spread
+    observations: Spread
+    cost_steps: Spread
+    cost_seconds: Spread
+    search_seconds: Spread
+    retrain_seconds: Spread
+
+
+class Budget(_Result):
+    warmup_epochs: int
+    search_epochs: int
+    steps_per_epoch: int
+    observe_every: int
+    round_size: int
+    observation_batches: int
+    observations: int = Field(description="subsets every sampler observes per seed")
+    retrain_epochs: int
+    retrain_seeds: list[int]
 
 
 class BenchFiles(_Result):
+    """Where ``das-tune bench`` wrote its results: the folder and the file names in it."""
+
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     out: str
@@ -133,7 +234,9 @@ class BenchFiles(_Result):
 
 
 class BenchResults(_Result):
-    """``results.json``: every run, the summary over seeds, the paired tests and the ground truth."""
+    """``results.json``: every run, the summary over seeds, the paired tests and the ground truth; the
+    markdown, the terminal table and the plots are drawn from it, and a test checks the README's bench
+    numbers against it."""
 
     study: str
     space: str
@@ -143,15 +246,20 @@ class BenchResults(_Result):
     num_subsets: int
     metric: str
     higher_is_better: bool = True
+    top_percent: int = Field(description="a pick is in the top when fewer than this share of reference subsets beat it")
     seeds: list[int]
     samplers: list[str]
     methods: list[str]
+    reference: str
     storage: str
     tiny: bool
-    budget: dict[str, int]
-    reference: str
-    summary: dict[str, dict[str, dict[str, float | int | None]]]
-    paired_tests: dict[str, dict[str, Any]]
-    ground_truth: dict[str, Any] | None
-    runs: list[BenchRecord]
+    budget: Budget
+    warnings: list[str]
+    summary: dict[str, MethodSummary]
+    paired_tests: dict[str, PairedTest]
+    ground_truth: GroundTruth | None
+    warmup_ranking: dict[str, Ranking] = Field(
+        default_factory=dict, description="per seed: the shared warm-up supernet's loss vs ground truth"
+    )
+    runs: list[RunResult]
     files: BenchFiles | None = None

@@ -1,5 +1,6 @@
 """The final retrain: the chosen subnet, exported from a fresh pre-trained backbone, trained to the
-retrain budget, evaluated, and written out as plain artifacts.
+retrain budget (evaluated on val after every epoch; the best epoch is kept, and with ``retrain.patience``
+training stops on a val plateau), evaluated on test, and written out as plain artifacts.
 
 Artifacts in the run folder (each written atomically):
     subnet.json          the space, the skipped layers and how they were found (``results.SubnetFile``)
@@ -19,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +52,29 @@ def retrain(
     parts.task.attach(full)
     subnet = full.export(skipped)
     start = time.perf_counter()
-    val = _train(spec, parts, subnet, reporter)
+    trained = _train(spec, parts, subnet, reporter)
     test = training.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
     seconds = time.perf_counter() - start
-    metrics = _metrics(spec, parts, full, subnet, skipped, val, test, seconds, found_by.search_seconds)
+    metrics = _metrics(spec, parts, full, subnet, skipped, trained, test, seconds, found_by.search_seconds)
     write_artifacts(spec, subnet, skipped, found_by, metrics, out_dir or spec.run_dir)
     return metrics
 
 
-def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> dict[str, float]:
+@dataclass(frozen=True)
+class Trained:
+    """How a retrain's training went: the best epoch's val metrics, that epoch and the epochs run."""
+
+    val: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+
+
+def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> Trained:
+    """Train until the val metric plateaus (or the epochs run out); leaves ``subnet`` at its best val epoch."""
     retrain, task = spec.retrain, parts.task
     steps = training.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
     trainer = training.Trainer(subnet, retrain, steps, retrain.epochs)
-    val: dict[str, float] = {}
+    best, best_state = None, {}
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
         batches = training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch)
@@ -76,7 +88,14 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
             reporter.advance(loss)
         val = training.evaluate(subnet, task, "val", retrain.batch_size)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
-    return val
+        if best is None or val[task.metric] > best.val[task.metric] + retrain.min_delta:
+            best_state = {k: v.detach().clone() for k, v in subnet.trainable_state_dict().items()}
+            best = Trained(val=val, best_epoch=epoch + 1, epochs_run=epoch + 1)
+        elif retrain.patience is not None and epoch + 1 - best.best_epoch >= retrain.patience:
+            reporter.log(f"val {task.metric} has not improved for {retrain.patience} epochs: stopping")
+            break
+    subnet.load_state_dict(best_state, strict=False)
+    return replace(best, epochs_run=epoch + 1)
 
 
 def _metrics(
@@ -85,7 +104,7 @@ def _metrics(
     full: SkippableBackbone,
     subnet: SkippableBackbone,
     skipped: frozenset[str],
-    val: dict[str, float],
+    trained: Trained,
     test: dict[str, float],
     seconds: float,
     search_seconds: float | None,
@@ -97,9 +116,10 @@ def _metrics(
     full_ms = measure_latency(full, inputs) * 1e3
     subnet_ms = measure_latency(subnet, inputs) * 1e3
     return RetrainMetrics(
-        metric=parts.task.metric, value=test[parts.task.metric], test=test, val=val, skipped=parts.space.ordered(skipped),
+        metric=parts.task.metric, value=test[parts.task.metric], test=test, val=trained.val, skipped=parts.space.ordered(skipped),
         **cost.as_dict(), additional_gmacs=cost.additional_gmacs, flops_saved=1 - cost.flops / unskipped.flops,
         latency_full_ms=full_ms, latency_subnet_ms=subnet_ms, speedup=full_ms / subnet_ms, retrain_seconds=seconds,
+        best_epoch=trained.best_epoch, epochs_run=trained.epochs_run,
         search_seconds=search_seconds, retrain_budget=_budget(spec),
     )
 

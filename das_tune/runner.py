@@ -33,7 +33,7 @@ from das_tune.retrain import (
 from das_tune.samplers import SkipPolicy, sampler_from_record, sampler_record, skip_policy
 from das_tune.search import get_executor
 from das_tune.search.base import SearchRun
-from das_tune.storage import open_storage, open_study
+from das_tune.storage import open_storage, open_study, shown_url
 from das_tune.study import StudySpec, load_study_spec, override_spec
 from das_tune.training import seed_everything
 
@@ -107,11 +107,12 @@ def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options:
     one-shot searches start from ``warmup_checkpoint`` if given). Call it inside ``exclusive(spec)``."""
     run = prepare_search(spec, parts, reporter=reporter, **options)
     start = time.perf_counter()
-    get_executor(spec.search.executor)(run)
+    get_executor(spec.search.executor_name)(run)
     study, policy = run.study, run.policy
     _check_observed(study)
     found_by = FoundBy(
-        sampler=spec.sampler.name, executor=spec.search.executor, study_name=study.study_name, storage=spec.storage,
+        sampler=spec.sampler.name, executor=spec.search.executor_name, workers=spec.search.workers,
+        study_name=study.study_name, storage=shown_url(spec.storage),
         observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=policy.probabilities(study),
     )
     return Searched(study, policy, policy.chosen(study), found_by)
@@ -140,6 +141,10 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
     check_study(spec, parts)
+    if spec.ray.address and spec.search.executor_name != "oneshot":  # so does a Ray cluster that does not answer
+        from das_tune.search.ray_cluster import check_reachable
+
+        check_reachable(spec.ray.address)
     if not fresh:
         check_run_folder(spec.run_dir)
     with exclusive(spec) as storage:

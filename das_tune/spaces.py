@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import FloatDistribution
@@ -53,7 +53,12 @@ class SkipSpace(BaseModel):
     name: str | None = None
     description: str = ""
     backbone: str | None = Field(default=None, description="the backbone family the names belong to")
-    skip_adapter_width: int | None = Field(default=None, gt=0, description="width of skip-adapters")
+    skip_adapter_width: int | None = Field(
+        default=None, ge=0, description="width of skip-adapters; 0 removes skipped layers outright"
+    )
+    granularity: Literal["layer", "sublayer"] = Field(
+        default="layer", description="candidates are whole layers, or attention (A<i>) and feed-forward (F<i>) blocks"
+    )
 
     @field_validator("candidates")
     @classmethod

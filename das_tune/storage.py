@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
-import sqlalchemy.exc
+import sqlalchemy
 from optuna.trial import TrialState
 
 from das_tune.errors import UserError
@@ -33,29 +33,50 @@ def local_file(url: str) -> Path | None:
 
 
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
-    """The storage at ``url``, created unless ``must_exist`` (then a missing file is a UserError)."""
+    """The storage at ``url``, created unless ``must_exist`` (then a missing file is a UserError).
+    Errors are one line, with the URL's password hidden."""
     path = local_file(url)
     if path is not None and must_exist and not path.is_file():
-        raise UserError(f"storage {url!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})")
+        raise UserError(f"storage {shown_url(url)!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})")
     try:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         return _rdb(url)
-    except Exception as err:  # a bad URL, a missing driver, an unreachable server, an unwritable folder
-        raise UserError(f"storage {url!r} cannot be opened: {' '.join(str(err).split())}") from None
+    except ImportError:
+        raise UserError(f"storage {shown_url(url)}: its database driver is not installed (PostgreSQL: pip install 'das-tune[postgresql]')") from None
+    except Exception as err:  # a bad URL, an unreachable server, a refused password, an unwritable folder
+        raise UserError(f"storage {shown_url(url)} cannot be opened: {_first_line(err)}") from None
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden: storage URLs end up in messages, logs and subnet.json."""
+    if "://" not in url:
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL
+        return url
+
+
+def _first_line(err: Exception) -> str:
+    cause = getattr(err, "orig", None) or err  # SQLAlchemy wraps the driver's own error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return " ".join(lines[:1]) or type(cause).__name__
 
 
 def _rdb(url: str) -> optuna.storages.BaseStorage:
-    """Several processes creating one new database race on its schema ("table studies already
-    exists", "UNIQUE constraint failed: alembic_version"); whoever loses finds the schema there on a
-    later attempt."""
+    """Optuna creates its tables on first use; processes that start at once on a fresh database
+    (several studies, several machines) race on that DDL and the losers see a duplicate table, type or
+    version row ("table studies already exists", "UNIQUE constraint failed: alembic_version",
+    PostgreSQL's "duplicate key value"). Once the winner is done the schema exists, so a loser simply
+    tries again."""
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:///") else {}
     for attempt in range(_CREATE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))  # with Optuna's trial cache
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
             if attempt == _CREATE_ATTEMPTS - 1 or not _schema_race(err):
                 raise
             time.sleep(random.uniform(0.05, 0.3))
@@ -104,7 +125,7 @@ def open_study(
         if fresh:
             count = len(optuna.load_study(study_name=name, storage=storage).trials)
             optuna.delete_study(study_name=name, storage=storage)
-            log(f"--fresh: deleted study {name!r} ({count} trials) from {url}")
+            log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
         else:
             return _resume(storage, url, name, sampler, sampler_record, space, log)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
@@ -120,7 +141,7 @@ def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: 
     recorded = storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
     if recorded is not None and recorded != sampler_record:
         raise UserError(
-            f"study {name!r} in {url} was run with sampler {recorded}, not {sampler_record}; "
+            f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
             "pass --fresh to start it again or --set study_name=NEW for a new study"
         )
     if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.num_skip):

@@ -98,6 +98,20 @@ class SearchSpec(OptimSpec):
     )
     observation_batches: int = Field(default=4, gt=0, description="batches the observations cycle over (batches: cycle)")
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
+    workers: int = Field(default=1, gt=0, description="data-parallel workers of the one-shot search (PyTorch DDP via Ray Train)")
+
+    @model_validator(mode="after")
+    def _workers_fit(self) -> SearchSpec:
+        if self.workers > 1 and self.executor not in ("oneshot", "data_parallel"):
+            raise ValueError(f"workers: data-parallel training is for the one-shot executor; executor {self.executor!r} runs one trial per worker")
+        if self.workers > self.batch_size:
+            raise ValueError(f"workers: expected at most batch_size ({self.batch_size}) workers, each takes a share of every batch; got {self.workers}")
+        return self
+
+    @property
+    def executor_name(self) -> str:
+        """The executor that runs the search: the data-parallel one-shot one when ``workers > 1``."""
+        return "data_parallel" if self.workers > 1 else self.executor
 
     @field_validator("executor")
     @classmethod
@@ -121,8 +135,13 @@ class SearchSpec(OptimSpec):
 
 
 class RetrainSpec(OptimSpec):
-    epochs: int = Field(default=10, gt=0)
+    """Training of the chosen subnet. After every epoch the val metric is read; the best epoch's weights are
+    the result, and with ``patience`` the retrain stops once that many epochs in a row did not improve it."""
+
+    epochs: int = Field(default=10, gt=0, description="the most epochs")
     max_steps_per_epoch: int | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, gt=0, description="stop after this many epochs without a better val metric")
+    min_delta: float = Field(default=0.0, ge=0, description="the least val gain that counts as better")
 
 
 class RaySpec(_Strict):
@@ -211,10 +230,34 @@ def load_study_spec(name_or_path: str | Path, overrides: dict[str, Any] | None =
     if path is None:
         known = ", ".join(resources.builtin_names("studies"))
         raise UserError(f"unknown study {str(name_or_path)!r}: expected a YAML file path or one of {known}")
-    data = config.read_yaml(path)
+    data = read_study_yaml(path)
     data.setdefault("name", path.stem)
     overrides = overrides or {}
     return _apply(data, overrides, str(path), tiny=bool(overrides.get("tiny", data.get("tiny"))))
+
+
+def read_study_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A study file's fields; ``extends: STUDY`` (a built-in name or a path relative to the file) starts
+    from that study's fields and replaces the ones this file declares (sections merge key by key), so a
+    variant such as a sublayer study stays in step with the study it varies."""
+    data = config.read_yaml(path)
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    relative = str(base_name).endswith((".yaml", ".yml")) and (path.parent / str(base_name)).is_file()
+    base_path = path.parent / str(base_name) if relative else resources.resolve("studies", base_name)
+    if base_path is None or base_path.resolve() in seen:
+        problem = "extends itself" if base_path is not None else "is not a built-in study or a study file"
+        raise UserError(f"{path}: field 'extends': {base_name!r} {problem}")
+    return _merged(read_study_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_sections else value
+    return merged
 
 
 def override_spec(spec: StudySpec, overrides: dict[str, Any], source: str) -> StudySpec:
@@ -263,7 +306,7 @@ def default_study_for_space(space: str) -> str:
     names = resources.builtin_names("studies")
     if space in names:
         return space
-    users = [n for n in names if config.read_yaml(resources.builtin_dir("studies") / f"{n}.yaml").get("space") == space]
+    users = [n for n in names if read_study_yaml(resources.builtin_dir("studies") / f"{n}.yaml").get("space") == space]
     if len(users) == 1:
         return users[0]
     if not users:

@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray keeps 127.0.0.1 as a node's address only with this (see das_tune/search/__init__.py); set
+# before any test module imports Ray, and inherited by the CLI subprocesses.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+LOOPBACK = "127.0.0.1"
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> subprocess.CompletedProcess:
@@ -40,3 +44,32 @@ def finished_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("finished")
     run_cli(*FINISHED_RUN, cwd=folder, timeout=1200, check=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """One throw-away PostgreSQL server on 127.0.0.1 for the whole session (skipped, saying why,
+    only when it cannot be installed)."""
+    import pg_server
+
+    problem = pg_server.install()
+    if problem:
+        print(f"\nSKIPPING the PostgreSQL tests: {problem}")
+        pytest.skip(problem)
+    server = pg_server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster of two nodes on 127.0.0.1 (separate GCS and raylet processes), one CPU and
+    one custom resource (``node_a``, ``node_b``) each; tests may add and kill their own nodes."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "node_ip_address": LOOPBACK, "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": False,
+    })
+    cluster.add_node(node_ip_address=LOOPBACK, num_cpus=1, resources={"node_b": 1})
+    yield cluster
+    cluster.shutdown()

@@ -8,16 +8,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 
-from das_tune.bench import BenchConfig, plan, stats
+from das_tune.bench import BenchConfig, parse_seeds, plan, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.errors import UserError
+from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -39,18 +42,52 @@ def test_paired_sign_flip_test_is_exact():
     assert stats.paired_test([2, 1], [1, 2])["p_value"] == pytest.approx(1.0)
     # differences (+3, +1, −1), |sum| = 3: of the 8 patterns ±3±1±1 only ±(3 − 1 − 1) have |sum| < 3
     assert stats.paired_test([3, 1, 0], [0, 0, 1])["p_value"] == pytest.approx(6 / 8)
+    assert stats.paired_test([2], [1])["p_value"] == 1.0 and stats.paired_test([], [])["p_value"] is None
     same = stats.paired_test([0.5, 0.7], [0.5, 0.7])
     assert same["p_value"] == 1.0 and same["ties"] == 2
 
 
-def test_regret_rank_and_spread():
-    truth = {"A": 0.70, "B": 0.75, "C": 0.75, "D": 0.60}
-    assert stats.regret(truth, "B") == 0 and stats.rank(truth, "B") == 1 and stats.rank(truth, "C") == 1
-    assert stats.regret(truth, "A") == pytest.approx(0.05) and stats.rank(truth, "A") == 3
-    assert stats.rank(truth, "D") == 4
+def test_spread():
     s = stats.spread([1.0, 2.0, 3.0, 4.0, None])
     assert s == {"median": 2.5, "q25": 1.75, "q75": 3.25, "min": 1.0, "max": 4.0, "n": 4}
     assert stats.spread([None])["n"] == 0
+
+
+def test_percentile_regret_and_top10_on_hand_made_numbers():
+    ten = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
+    assert stats.percentile(ten, 0.9) == 100 and stats.in_top10(ten, 0.9) and stats.regret(ten, 0.9) == 0
+    # the second best of 10 is beaten by 1 of 10 = 10 %: not in the top 10 %
+    assert stats.percentile(ten, 0.8) == 90 and not stats.in_top10(ten, 0.8)
+    assert stats.regret(ten, 0.8) == pytest.approx(0.1) and stats.top10_threshold(ten) == 0.9
+    # a pick outside the reference sample: between the best two, and above all of them
+    assert stats.percentile(ten, 0.85) == 90 and not stats.in_top10(ten, 0.85)
+    assert stats.in_top10(ten, 0.95) and stats.regret(ten, 0.95) == pytest.approx(-0.05)
+    assert stats.percentile(ten, -1.0) == 0
+    twenty = [i / 20 for i in range(20)]
+    assert stats.in_top10(twenty, twenty[-2]) and not stats.in_top10(twenty, twenty[-3])
+    assert stats.top10_threshold(twenty) == twenty[-2]
+    # 0.1 × 30 is 3.0000000000000004 in floating point: the third best of 30 is still in the top 10 %
+    thirty = [i / 30 for i in range(30)]
+    assert stats.in_top10(thirty, thirty[-3]) and not stats.in_top10(thirty, thirty[-4])
+    assert stats.top10_threshold(thirty) == thirty[-3]
+    ties = [1.0, 1.0, 1.0, 0.5]
+    assert stats.percentile(ties, 1.0) == 100 and stats.in_top10(ties, 1.0) and stats.percentile(ties, 0.5) == 25
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top10_percentile_and_threshold_agree(seed):
+    rng = np.random.default_rng(seed)
+    reference = rng.integers(0, 12, size=int(rng.integers(3, 60))).tolist()  # small integers: many ties
+    threshold = stats.top10_threshold(reference)
+    for value in range(-1, 13):
+        top = stats.in_top10(reference, value)
+        assert top == (stats.percentile(reference, value) > 90) == (value >= threshold)
+
+
+def test_spearman_on_hand_made_rankings():
+    assert stats.spearman_rho([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert stats.spearman_rho([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert stats.spearman_rho([1, 1, 1], [1, 2, 3]) is None
 
 
 # -- training-free layer scores -----------------------------------------------------------------------
@@ -89,69 +126,125 @@ def json_numbers(node, found=None):
     return found
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only contend on 2 shared cores
+
+
+def bench(tmp_path, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "das_tune.cli", "bench", *args], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def retrain_files(out):
+    return {path: path.stat().st_mtime_ns for path in (out / "retrain").glob("seed*/*/metrics.json")}
+
+
 @pytest.mark.slow
-def test_tiny_bench_writes_agreeing_json_markdown_and_plots(tmp_path):
-    args = ["bench", "--space", "minilm_vqa", "--samplers", "das,random,tpe", "--seeds", "2", "--tiny", "--quiet",
-            "--ground-truth", "--set", "num_skip=1", "--set", "search.search_epochs=1", "--out", "out"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only contend on 2 shared cores
-    result = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_path):
+    # skip 1 of 6 (6 subsets), observing 2 subsets every 3 of 6 steps: 4 observations per sampler
+    args = ["--space", "minilm_vqa", "--tiny", "--quiet", "--ground-truth", "--set", "num_skip=1", "--set", "search.search_epochs=1",
+            "--set", "search.round_size=2", "--set", "search.observe_every=3", "--out", "out"]
+    first = bench(tmp_path, *args, "--seeds", "1")  # a count: seed 0
+    assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
-    assert result.stdout.strip() == str(out.relative_to(tmp_path) / "results.json")
+    assert first.stdout.strip() == str(out.relative_to(tmp_path) / "results.json")
+    assert "4 of 6 subsets" in first.stderr  # the observation budget warning
+    piece_one = retrain_files(out)
+    assert len(piece_one) == 6 * 2  # every subset at retrain seeds 0 and 1; the picks are among them
+    second = bench(tmp_path, *args, "--seeds", "1-1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert retrain_files(out) == piece_one  # nothing retrained again: the ground truth is shared by all seeds
     results = json.loads((out / "results.json").read_text())
 
-    methods = ["das", "random", "tpe", "block_influence", "angular", "last_k", "first_k"]
-    assert list(results["summary"]) == methods and results["seeds"] == [0, 1]
+    samplers = ["das", "das_std", "random", "tpe"]
+    methods = [*samplers, "block_influence", "angular", "last_k", "first_k"]
+    assert list(results["summary"]) == methods and results["seeds"] == [0, 1] and results["reference"] == "das"
     runs = results["runs"]
     assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in methods for s in (0, 1))
-    samplers = [r for r in runs if r["kind"] == "sampler"]
-    # weight-sharing fairness: the same observations, steps and warm-up for every sampler of a seed
-    assert len({r["observations"] for r in samplers}) == 1 and samplers[0]["observations"] > 0
-    assert len({(r["seed"], r["warmup_seconds"]) for r in runs}) == 2
-    assert len({r["total_steps"] for r in samplers}) == 1
+    gt = results["ground_truth"]
+    assert gt["kind"] == "all" and gt["retrain_seeds"] == [0, 1] and len(gt["subsets"]) == 6 and gt["retrains"] == 12
+    reference = [t["mean"] for t in gt["subsets"].values()]
     for r in runs:
-        assert len(r["chosen"]) == 1 and 0 <= r["value"] <= 1 and 1 <= r["rank"] <= 6
-        assert r["total_steps"] == r["warmup_steps"] + r["search_steps"] + r["retrain_steps"]
-        assert len(r["observed"]) == r["observations"]
-        truth = results["ground_truth"]["per_seed"][str(r["seed"])]
-        assert r["value"] == truth[r["chosen"][0]]  # a pick's retrain is the ground truth's retrain
-    assert {r["chosen"][0] for r in runs if r["method"] == "last_k"} == {"En5"}
-    assert all(r["kendall_tau"] is None for r in runs if r["method"] in ("random", "tpe"))
-    assert all(r["kendall_tau"] is not None for r in runs if r["method"] in ("das", "last_k"))
+        truth = gt["subsets"][",".join(r["chosen"])]
+        assert len(r["chosen"]) == 1 and r["retrained"] == truth["values"] and r["value"] == truth["mean"]
+        assert r["percentile"] == stats.percentile(reference, r["value"]) and r["top10"] == stats.in_top10(reference, r["value"])
+        assert r["regret"] == pytest.approx(max(reference) - r["value"])
+        assert r["cost_steps"] == r["warmup_steps"] + r["search_steps"] + r["retrain_steps"]
+        assert len(r["observed"]) == r["observations"] and set(r["supernet_losses"]) == set(gt["subsets"])
+    by_kind = {kind: [r for r in runs if r["kind"] == kind] for kind in ("sampler", "training-free")}
+    # weight-sharing fairness: the same observations, steps and warm-up for every sampler of a seed
+    assert {r["observations"] for r in by_kind["sampler"]} == {results["budget"]["observations"]} == {4}
+    assert len({r["cost_steps"] for r in by_kind["sampler"]}) == 1
+    assert len({(r["seed"], r["warmup_seconds"]) for r in runs}) == 2
+    # the training-free methods score the warm-up supernet, which is what its ranking measures
+    for r in by_kind["training-free"]:
+        assert r["supernet_losses"] == json.loads((out / "runs" / f"easyvqa_minilm-warmup-seed{r['seed']}" / "warmup.json").read_text())["supernet_losses"]
+    assert {tuple(r["chosen"]) for r in runs if r["method"] == "last_k"} == {("En5",)}
+    assert all(r["layer_scores"] is None for r in runs if r["method"] in ("random", "tpe"))
+    assert all(set(r["layer_scores"]) == set(results["candidates"]) for r in runs if r["method"] in ("das", "das_std"))
     assert set(results["paired_tests"]) == set(methods) - {"das"}
     assert all(t["n"] == 2 for t in results["paired_tests"].values())
-    assert len(results["ground_truth"]["mean"]) == 6
+    share = results["summary"]["das"]["top10_share"]
+    assert share == sum(r["top10"] for r in runs if r["method"] == "das") / 2
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'bench.db'}")
     names = {s.study_name for s in storage.get_all_studies()}
-    assert names == {f"easyvqa_minilm-{s}-seed{k}" for s in ("das", "random", "tpe") for k in (0, 1)}
+    assert names == {f"easyvqa_minilm-{s}-seed{k}" for s in samplers for k in (0, 1)}
+    for method, standardize in (("das", False), ("das_std", True)):  # the study itself standardises: das is the reference rule
+        study_id = storage.get_study_id_from_name(f"easyvqa_minilm-{method}-seed0")
+        recorded = storage.get_study_system_attrs(study_id)[SAMPLER_ATTR]
+        assert recorded["name"] == "das" and recorded["standardize"] is standardize
 
     markdown = (out / "results.md").read_text()
-    assert "| das |" in markdown and "## Ground truth" in markdown
+    assert "| das_std |" in markdown and "## Ground truth" in markdown and "top 10 % share" in markdown
     allowed = json_numbers(results)
     strays = [n for n in NUMBER.findall(markdown) if n not in allowed]
     assert not strays, f"numbers in results.md that are not in results.json: {strays}"
+    assert set(results["files"]["plots"]) == {"picks.png", "anytime.png", "metric_vs_gmacs.png"}
     for name in results["files"]["plots"]:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
-    assert set(results["files"]["plots"]) == {"anytime.png", "metric_vs_gmacs.png"}
 
-    again = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)  # searches and retrains are reused
+    changed = bench(tmp_path, *args, "--seeds", "2", "--retrain-seeds", "3")
+    assert changed.returncode == 2 and "retrain seeds" in changed.stderr
+
+
+@pytest.mark.slow
+def test_killed_sublayer_bench_resumes_reusing_finished_retrains(tmp_path):
+    args = ["--space", "minilm_vqa_sublayers", "--tiny", "--quiet", "--ground-truth", "--reference-size", "4",
+            "--samplers", "das,random", "--methods", "last_k", "--seeds", "1", "--set", "search.search_epochs=1", "--out", "out"]
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "das_tune.cli", "bench", *args], cwd=tmp_path, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while len(retrain_files(out)) < 3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.kill()
+        process.wait()
+    before = retrain_files(out)
+    assert len(before) >= 3 and not (out / "results.json").exists()
+    again = bench(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    rerun = json.loads((out / "results.json").read_text())["runs"]
-    assert [r for r in rerun if r["kind"] == "sampler"] == samplers
-    assert [(r["method"], r["seed"], r["chosen"], r["value"]) for r in rerun] == [(r["method"], r["seed"], r["chosen"], r["value"]) for r in runs]
-    assert len(storage.get_all_trials(storage.get_study_id_from_name("easyvqa_minilm-das-seed0"))) == samplers[0]["observations"]
+    after = retrain_files(out)
+    assert all(after[path] == mtime for path, mtime in before.items())  # finished retrains were reused
+    results = json.loads((out / "results.json").read_text())
+    gt = results["ground_truth"]
+    assert gt["kind"] == "sample" and len(gt["subsets"]) == 4 and results["num_subsets"] == 495
+    assert any("small for a verdict" in w for w in results["warnings"])
+    assert [r["method"] for r in results["runs"]] == ["das", "random", "last_k"]
+    for r in results["runs"]:
+        assert len(r["chosen"]) == 4 and all(name[0] in "AF" for name in r["chosen"])
+        assert 0 <= r["percentile"] <= 100 and r["top10"] is not None and len(r["retrained"]) == 2
+    assert results["runs"][2]["chosen"] == ["A4", "F4", "A5", "F5"]
+    assert len(after) == 2 * len({",".join(r["chosen"]) for r in results["runs"]} | set(gt["subsets"]))
 
 
 @pytest.mark.slow
 def test_bench_on_a_journal_file_storage(tmp_path):
-    args = ["bench", "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--tiny", "--quiet",
-            "--storage", "bench.log", "--out", "out"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "das_tune.cli", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    # 4 observations of 15 subsets: a budget the bench accepts
+    result = bench(tmp_path, "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--retrain-seeds", "1",
+                   "--tiny", "--quiet", "--set", "search.search_epochs=1", "--set", "search.round_size=2",
+                   "--set", "search.observe_every=3", "--storage", "bench.log", "--out", "out", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["storage"] == "bench.log" and not (tmp_path / "out" / "bench.db").exists()
@@ -162,16 +255,59 @@ def test_bench_on_a_journal_file_storage(tmp_path):
 
 @pytest.mark.slow
 def test_bench_rejects_bad_input_before_running(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "das_tune.cli", "bench", "--tiny", "--space", "minilm_vqa", "--samplers", "das,nope"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "bench").exists()
+    for args, message in [
+        (["--space", "minilm_vqa", "--samplers", "das,nope"], "nope"),
+        (["--space", "minilm_vqa", "--set", "num_skip=1"], "observe 18 subsets of only 6"),
+        (["--space", "minilm_vqa", "--seeds", "3-x"], "--seeds"),
+        (["--space", "minilm_vqa", "--ground-truth", "--retrain-seeds", "1"], "--retrain-seeds"),
+    ]:
+        result = bench(tmp_path, "--tiny", *args, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "bench").exists()
 
 
-def test_ground_truth_is_refused_for_large_spaces():
-    with pytest.raises(UserError, match="--ground-truth"):
-        plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True, "space": "meter_global"}, ground_truth=True))
-    assert plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True}, ground_truth=True)).space.num_subsets == 15
+def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
+    tiny = {"tiny": True, "search.search_epochs": 1}
+    with pytest.raises(UserError, match="nothing separates samplers"):
+        plan(BenchConfig(study="easyvqa_minilm", overrides={**tiny, "num_skip": 1}))
+    assert plan(BenchConfig(study="easyvqa_minilm", overrides={**tiny, "num_skip": 1}, samplers=())).observations == 9
+    small = plan(BenchConfig(study="easyvqa_minilm", overrides=tiny, ground_truth=True))
+    assert small.reference_kind == "all" and len(small.reference) == 15 and small.observations == 9
+    assert small.warnings and "9 of 15" in small.warnings[0]
+    large = plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=40))
+    assert large.reference_kind == "sample" and len(set(large.reference)) == 40 and not large.warnings
+    assert all(len(s) == 4 and s <= set(large.space.candidates) for s in large.reference)
+    again = plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=40, seeds=(5, 6)))
+    assert again.reference == large.reference  # the same sample in every piece
+    assert plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=10)).reference == large.reference[:10]
+
+
+def test_observation_rounds_count_global_steps_as_the_search_does():
+    from das_tune.bench.runs import observation_rounds
+    from das_tune.study import SearchSpec
+
+    # the main study: 47 steps per epoch, a round every 10 global steps: steps 50, 60, …, 140
+    assert observation_rounds(SearchSpec(warmup_epochs=1, search_epochs=2, observe_every=10), 47) == 10
+    assert observation_rounds(SearchSpec(warmup_epochs=1, search_epochs=1, observe_every=3), 6) == 2
+    assert observation_rounds(SearchSpec(warmup_epochs=1, search_epochs=1, observe_every=7), 6) == 1
+
+
+def test_das_is_the_reference_rule_and_das_std_standardises_whatever_the_study_says():
+    p = plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True, "search.search_epochs": 1}))
+    assert p.base.sampler.options["das"]["standardize"] is True  # the study's own choice
+    das, std, tpe = p.spec(3, "das"), p.spec(3, "das_std"), p.spec(3, "tpe")
+    assert (das.sampler.name, das.sampler.own_options) == ("das", {"standardize": False})
+    assert (std.sampler.name, std.sampler.own_options) == ("das", {"standardize": True})
+    assert tpe.sampler.name == "tpe" and tpe.sampler.own_options == {}
+    assert len({das.resolved_study_name, std.resolved_study_name, tpe.resolved_study_name}) == 3
+    assert das.resolved_study_name == "easyvqa_minilm-das-seed3"
+
+
+def test_seeds_are_a_count_a_range_or_a_list():
+    assert parse_seeds("5") == (0, 1, 2, 3, 4) and parse_seeds("5-9") == (5, 6, 7, 8, 9) and parse_seeds("0,3,7") == (0, 3, 7)
+    for bad in ("x", "0", "3-1", "1,1"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
 
 
 def test_numbers_are_printed_one_way():
@@ -192,3 +328,47 @@ def test_readme_bench_numbers_come_from_the_committed_results():
     assert tables, "README has no bench table"
     strays = [n for table in tables for n in NUMBER.findall(table) if n not in allowed]
     assert not strays, f"numbers in README's bench tables that are not in bench/*/results.json: {strays}"
+
+
+def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
+    from das_tune.bench import plots, report
+    from das_tune.results import BenchResults, GroundTruth, Retrained, RunResult, SearchRecord
+
+    truth = {f"En{i},En{j}": 0.5 + 0.01 * (i + 2 * j) for i in range(6) for j in range(i + 1, 6)}
+    subsets = {k: Retrained(metric="accuracy", values={"0": v - 0.01, "1": v + 0.01}, mean=v, std=0.01,
+                            additional_gmacs=-0.1, flops_saved=0.3, steps=10, seconds=1.0) for k, v in truth.items()}
+    values = list(truth.values())
+    gt = GroundTruth(kind="all", retrain_seeds=[0, 1], sample_seed=None, subsets=subsets, noise_std=0.01, best=max(values),
+                     top10_threshold=stats.top10_threshold(values), retrains=30, retrain_seconds=30.0)
+    runs = []
+    for method, picks in (("das", ["En4,En5", "En3,En5", "En0,En1"]), ("random", ["En0,En2", "En1,En2", "En3,En4"])):
+        for seed, key in enumerate(picks):
+            record = SearchRecord(method=method, kind="sampler", seed=seed, study_name=None, chosen=key.split(","),
+                                  layer_scores={f"En{i}": float(i) for i in range(6)} if method == "das" else None,
+                                  observations=9, observed=[1.0, 0.9, 0.8], scoring_batches=0, warmup_steps=6,
+                                  warmup_seconds=1.0, search_steps=6, search_seconds=2.0,
+                                  supernet_losses={k: -v for k, v in truth.items()})
+            runs.append(report._run_result(record, subsets[key], gt))
+    # das's layer scores (En5 most skippable) rank the subsets exactly as the truth does (value grows with i + 2j)
+    assert all(r.kendall_tau > 0.5 for r in runs if r.method == "das") and all(r.kendall_tau is None for r in runs if r.method == "random")
+    assert all(r.supernet_ranking.kendall_tau == pytest.approx(1.0) and r.supernet_ranking.n == 15 for r in runs)
+    assert [r.top10 for r in runs] == [True, True, False, False, False, False]  # En4,En5 and En3,En5 are the best two of 15
+    assert runs[0].percentile == 100 and runs[0].regret == 0 and runs[1].regret == pytest.approx(0.01)
+    summary = report._summary([r for r in runs if r.method == "das"])
+    assert summary.top10_share == pytest.approx(2 / 3) and summary.regret.median == pytest.approx(0.01)
+    results = BenchResults.model_validate({
+        "study": "hand", "space": "minilm_vqa", "candidates": [f"En{i}" for i in range(6)], "num_candidates": 6, "num_skip": 2,
+        "num_subsets": 15, "top_percent": 10, "metric": "accuracy", "seeds": [0, 1, 2], "samplers": ["das", "random"], "methods": [],
+        "reference": "das", "storage": "none", "tiny": True,
+        "budget": {"warmup_epochs": 1, "search_epochs": 1, "steps_per_epoch": 6, "observe_every": 2, "round_size": 3,
+                   "observation_batches": 1, "observations": 9, "retrain_epochs": 1, "retrain_seeds": [0, 1]},
+        "warnings": [], "summary": {"das": summary, "random": report._summary(runs[3:])},
+        "paired_tests": {"random": report._paired(runs, "das", "random")}, "ground_truth": gt, "runs": runs,
+    })
+    assert (results.paired_tests["random"].wins, results.paired_tests["random"].losses) == (2, 1)
+    names = plots.write_plots(results, tmp_path)
+    assert names == ["picks.png", "anytime.png", "metric_vs_gmacs.png"]
+    assert all((tmp_path / n).read_bytes().startswith(b"\x89PNG") for n in names)
+    markdown = report.markdown(results, names)
+    strays = [n for n in NUMBER.findall(markdown) if n not in json_numbers(json.loads(results.model_dump_json()))]
+    assert not strays

@@ -15,6 +15,7 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
+from conftest import LOOPBACK
 from das_tune.components import build_components
 from das_tune.progress import Reporter
 from das_tune.runner import prepare_search
@@ -78,7 +79,7 @@ def test_cli_run_killed_then_resumed(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import yaml
 
+from das_tune import resources
 from das_tune.components import build_components
 from das_tune.errors import UserError
 from das_tune.samplers import SkipPolicy, make_sampler, skip_policy, study_policy
@@ -107,8 +109,23 @@ def test_tiny_mode_is_the_backbones_and_the_tasks_and_set_wins():
     assert parts.model.max_text_len == 16
 
 
+
+def test_tiny_mode_drops_a_studys_vl_weights_and_set_wins(tmp_path):
+    # the study names MiniLM-sized pre-trained weights; the tiny model has neither their sizes nor the file
+    missing = str(tmp_path / "missing.safetensors")
+    data = yaml.safe_load((resources.builtin_dir("studies") / "easyvqa_minilm.yaml").read_text())
+    data["backbone"]["options"]["vl_weights"] = missing
+    study = tmp_path / "vl.yaml"
+    study.write_text(yaml.safe_dump(data))
+    assert load_study_spec(study).backbone.options["vl_weights"] == missing
+    tiny = load_study_spec(study, {"tiny": True})
+    assert "vl_weights" not in tiny.backbone.options
+    build_components(tiny)  # the tiny model, without the study's weights
+    with pytest.raises(UserError, match="vision-language weights .*missing.safetensors not found"):
+        build_components(load_study_spec(study, {"tiny": True, "backbone.options.vl_weights": missing}))
+
 def test_local_paths_are_listed_once_and_made_absolute_for_ray_workers(tmp_path, monkeypatch):
-    from das_tune.search.ray_tune import _absolute_paths
+    from das_tune.search.ray_tune import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tok").mkdir()
@@ -117,8 +134,9 @@ def test_local_paths_are_listed_once_and_made_absolute_for_ray_workers(tmp_path,
     assert spec.local_paths() == {"backbone.options.tokenizer": "tok", "task.data_dir": str(tmp_path / "data")}
     with pytest.raises(UserError, match=r"task.data_dir = .*data \(put it there"):
         build_components(spec)
-    worker = _absolute_paths(spec)
+    worker = absolute_paths(spec)
     assert worker.backbone.options["tokenizer"] == str(tmp_path / "tok") and worker.task.data_dir == "$DATA"  # missing: kept
+    assert worker.output_dir == str(tmp_path / "runs") and worker.storage == f"sqlite:///{tmp_path / 'das_tune.db'}"
     assert load_study_spec("easyvqa_minilm", {"tiny": True, "backbone.options.tokenizer": "tok"}).local_paths() == {
         "backbone.options.tokenizer": "tok"  # explicit, so it wins over tiny mode
     }

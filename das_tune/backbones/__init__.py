@@ -35,6 +35,7 @@ def build_backbone(
             raise
         raise UserError(f"backbone {name!r} does not take that option ({error})") from None
     backbone.task_head = task_head
+    backbone.built_with = {"name": name, "tiny": tiny, "options": options}  # what an export rebuilds from
     return backbone
 
 

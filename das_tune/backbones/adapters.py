@@ -46,29 +46,30 @@ class ParallelAdapter(nn.Module):
 class SkippableLayer(nn.Module):
     """One candidate layer: runs ``layer`` or, when skipped, ``x + skip_adapter(x)``.
 
-    The first argument is the stream the layer updates; the rest go to ``layer`` only. In an exported
-    subnet a skipped layer has ``layer = None`` and a kept one ``skip_adapter = None``.
+    The first argument is the stream the layer updates; the rest go to ``layer`` only. A skip-adapter
+    width of 0 means plain layer removal (a skipped layer is the identity, as layer-pruning tools do).
+    In an exported subnet a skipped layer has ``layer = None`` and a kept one ``skip_adapter = None``.
     """
 
     def __init__(self, name: str, layer: nn.Module, dim: int, skip_width: int) -> None:
         super().__init__()
         self.name = name
         self.layer: nn.Module | None = layer
-        self.skip_adapter: Adapter | None = Adapter(dim, skip_width)
+        self.skip_adapter: Adapter | None = Adapter(dim, skip_width) if skip_width > 0 else None
         self.skipped = False
+        self.exported = False
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.skipped:
-            return x + self.skip_adapter(x)
+            return x if self.skip_adapter is None else x + self.skip_adapter(x)
         out = self.layer(x, *args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def set_skipped(self, skipped: bool) -> None:
-        fixed = self.layer is None or self.skip_adapter is None
-        if fixed and skipped != (self.layer is None):
+        if self.exported and skipped != self.skipped:
             from das_tune.errors import UserError
 
-            state = "skipped" if self.layer is None else "kept"
+            state = "skipped" if self.skipped else "kept"
             raise UserError(
                 f"layer {self.name} is permanently {state} in this exported subnet; "
                 "change the skip set on the supernet and export again"
@@ -81,6 +82,7 @@ class SkippableLayer(nn.Module):
             self.layer = None
         else:
             self.skip_adapter = None
+        self.exported = True
 
 
 def add_lora(layer: nn.Module, targets: list[str], rank: int) -> None:

@@ -1,4 +1,5 @@
-"""BERT-family text encoders (BERT, RoBERTa, MiniLM) from a local Hugging Face folder; candidates En0..N-1."""
+"""BERT-family text encoders (BERT, RoBERTa, MiniLM) from a local Hugging Face folder; candidates En0..N-1,
+or with ``granularity="sublayer"`` each layer's attention and feed-forward blocks A0, F0, … (see ``sublayers``)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,29 @@ from torch import nn
 from das_tune.backbones.adapters import Adapter, ParallelAdapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl
 from das_tune.backbones.processing import example_text, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize
+from das_tune.backbones.sublayers import bert_sublayers, check_granularity, sublayer_width
 from das_tune.errors import UserError
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
 
 
-def load_encoder(checkpoint: str | None, tiny: bool, num_layers: int) -> nn.Module:
-    """A frozen BertModel/RobertaModel: random tiny (MiniLM vocabulary) or loaded from ``checkpoint``."""
+def load_encoder(checkpoint: str | None, tiny: bool, num_layers: int, dropout: float | None = None) -> nn.Module:
+    """A frozen BertModel/RobertaModel: random tiny (MiniLM vocabulary) or loaded from ``checkpoint``.
+    ``dropout`` replaces the encoder's own (e.g. 0: deterministic steps, so a data-parallel search
+    equals one process's exactly)."""
     from transformers import AutoModel, BertConfig, BertModel
 
     if tiny:
         config = BertConfig(vocab_size=minilm_vocab_size(), num_hidden_layers=num_layers, **TINY)
-        return BertModel(config, add_pooling_layer=False).eval()
-    folder = require_folder(checkpoint, "BERT-family checkpoint", "checkpoint=PATH")
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    model.pooler = None  # features are pooled by the backbone itself
+        model = BertModel(config, add_pooling_layer=False).eval()
+    else:
+        folder = require_folder(checkpoint, "BERT-family checkpoint", "checkpoint=PATH")
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        model.pooler = None  # features are pooled by the backbone itself
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
     return model
 
 
@@ -38,13 +47,20 @@ def adapt_layer(layer: nn.Module, dim: int, width: int, petl: str, lora_rank: in
 
 
 def skippable_layers(
-    layers: nn.ModuleList, prefix: str, dim: int, adapter_width: int, skip_width: int, petl: str, lora_rank: int
+    layers: nn.ModuleList, prefix: str, dim: int, adapter_width: int, skip_width: int | None, petl: str,
+    lora_rank: int, granularity: str = "layer",
 ) -> nn.ModuleList:
+    """The candidates of a stack of BertLayers: whole layers ``<prefix><i>`` or sublayers ``A<i>``, ``F<i>``."""
     check_petl(petl)
+    check_granularity(granularity)
+    width = sublayer_width(granularity, skip_width, adapter_width)
     wrapped = []
     for i, layer in enumerate(layers):
         adapt_layer(layer, dim, adapter_width, petl, lora_rank)
-        wrapped.append(SkippableLayer(f"{prefix}{i}", layer, dim, skip_width))
+        if granularity == "sublayer":
+            wrapped += bert_sublayers(layer, i, dim, width)
+        else:
+            wrapped.append(SkippableLayer(f"{prefix}{i}", layer, dim, width))
     return nn.ModuleList(wrapped)
 
 
@@ -59,16 +75,18 @@ class TextEncoderBackbone(LayerSkipBackbone):
     tiny_ignores = ("tokenizer", "max_text_len")
 
     def __init__(
-        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
+        self, encoder: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int | None = None,
         petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 128, pooling: str = "mean",
+        granularity: str = "layer",
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise UserError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
         dim = encoder.config.hidden_size
+        self.encoder_config = encoder.config
         self.embeddings = encoder.embeddings
         self.layers = skippable_layers(
-            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank
+            encoder.encoder.layer, "En", dim, adapter_width, skip_adapter_width, petl, lora_rank, granularity
         )
         self.layer_names = [layer.name for layer in self.layers]
         self.feature_dim = dim
@@ -80,9 +98,9 @@ class TextEncoderBackbone(LayerSkipBackbone):
     @classmethod
     def build(
         cls, checkpoint: str | None = None, tiny: bool = False, tokenizer: str | None = None,
-        num_layers: int = 12, **options: Any,
+        num_layers: int = 12, dropout: float | None = None, **options: Any,
     ) -> TextEncoderBackbone:
-        encoder = load_encoder(checkpoint, tiny, num_layers)
+        encoder = load_encoder(checkpoint, tiny, num_layers, dropout)
         tokenizer_path = tokenizer or (minilm_path() if tiny else str(checkpoint))
         return cls(encoder, tokenizer_path, **options)
 

@@ -109,7 +109,7 @@ class CostModel:
         self.original_flops = self.base_flops - _count(lambda: [m(*a) for m, a in adapters], backbone)
         # Each layer is counted alone, on the input it saw in the full pass.
         self.delta_flops = {
-            m.name: _count(lambda: m.skip_adapter(a[0]), m) - _count(lambda: m.layer(*a, **k), m)
+            m.name: _skip_flops(m, a[0]) - _count(lambda: m.layer(*a, **k), m)
             for m, a, k in calls if isinstance(m, SkippableLayer)
         }
         head = backbone.task_head
@@ -131,6 +131,11 @@ class CostModel:
             macs=flops // 2, flops=flops, additional_macs=additional // 2, additional_flops=additional,
             params=params, trainable_params=trainable,
         )
+
+
+def _skip_flops(layer: SkippableLayer, x: torch.Tensor) -> int:
+    """FLOPs of a skipped layer: its skip-adapter's, none for plain layer removal (width 0)."""
+    return 0 if layer.skip_adapter is None else _count(lambda: layer.skip_adapter(x), layer)
 
 
 def measure_latency(

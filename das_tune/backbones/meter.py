@@ -81,6 +81,7 @@ class MeterCore(nn.Module):
         from transformers.models.roberta.modeling_roberta import RobertaEmbeddings, RobertaLayer
 
         super().__init__()
+        self.sizes = sizes
         dim, text_config = sizes["dim"], RobertaConfig(**sizes["text"])
         vision_config = CLIPVisionConfig(image_size=image_size, attn_implementation="sdpa", **sizes["vision"])
         self.vision = ClipVision(vision_config)
@@ -117,6 +118,7 @@ class MeterBackbone(LayerSkipBackbone):
         super().__init__()
         check_petl(petl)
         dim = core.token_type_embeddings.embedding_dim
+        self.core_sizes = core.sizes
         for layer in [*core.cross_modal_text_layers, *core.cross_modal_image_layers]:
             if petl == "lora":
                 add_lora(layer, ["query", "value"], lora_rank)

@@ -1,4 +1,5 @@
-"""ViLT (transformers ``ViltModel``) with skippable encoder layers En0..11.
+"""ViLT (transformers ``ViltModel``) with skippable encoder layers En0..11, or with ``granularity="sublayer"``
+its attention and feed-forward blocks A0, F0, …, A11, F11 (see ``sublayers``).
 
 As DAS's ViLT: dropout 0.1 in the blocks and embeddings (none on attention probabilities), at most
 ``max_image_len`` = 200 sampled image patches, two parallel adapters per block that read the block's
@@ -14,6 +15,7 @@ from torch import nn
 
 from das_tune.backbones.adapters import Adapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl, extend_rows
+from das_tune.backbones.sublayers import check_granularity, sublayer_width, vilt_sublayers
 from das_tune.backbones.processing import (
     example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
 )
@@ -71,18 +73,26 @@ class ViltBackbone(LayerSkipBackbone):
     tiny_ignores = ("tokenizer", "image_size", "max_text_len")
 
     def __init__(
-        self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int = 192,
-        petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40,
+        self, vilt: nn.Module, tokenizer_path: str, *, adapter_width: int = 96, skip_adapter_width: int | None = None,
+        petl: str = "adapter", lora_rank: int = 8, max_text_len: int = 40, granularity: str = "layer",
     ) -> None:
         super().__init__()
         check_petl(petl)
+        check_granularity(granularity)
         config = vilt.config
+        self.encoder_config = config
         dim = config.hidden_size
         self.embeddings = vilt.embeddings
-        self.layers = nn.ModuleList(
-            SkippableLayer(f"En{i}", adapt_layer(layer, dim, adapter_width, petl, lora_rank), dim, skip_adapter_width)
-            for i, layer in enumerate(vilt.encoder.layer)
-        )
+        width = sublayer_width(granularity, skip_adapter_width, adapter_width)
+        candidates = []
+        for i, layer in enumerate(vilt.encoder.layer):
+            block = adapt_layer(layer, dim, adapter_width, petl, lora_rank)
+            if granularity == "sublayer":  # each block keeps its own parallel adapter
+                adapters = (block.adapter0, block.adapter1) if petl == "adapter" else (None, None)
+                candidates += vilt_sublayers(layer, i, dim, width, adapters)
+            else:
+                candidates.append(SkippableLayer(f"En{i}", block, dim, width))
+        self.layers = nn.ModuleList(candidates)
         self.layernorm = vilt.layernorm
         self.pooler = vilt.pooler
         self.layer_names = [layer.name for layer in self.layers]

@@ -1,17 +1,19 @@
 """``das-tune bench``: DAS against baseline samplers and training-free layer scores, measured alike.
 
     from das_tune.bench import BenchConfig, run_bench
-    results = run_bench(BenchConfig(study="easyvqa_minilm", seeds=5, ground_truth=True))
+    results = run_bench(BenchConfig(study="easyvqa_minilm", seeds=(0, 1, 2, 3, 4), ground_truth=True))
 
-writes ``results.json``, ``results.md`` and PNGs into ``bench/<space>-skip<num_skip>/`` (or ``config.out``) and
-returns the results document (``results.BenchResults``). See :mod:`das_tune.bench.runs` for what is shared between runs.
+writes ``results.json`` (:class:`~das_tune.results.BenchResults`), ``results.md`` and PNGs into
+``bench/<space>-skip<num_skip>/`` (or ``config.out``) and returns the results. The results cover every seed
+run into that folder so far, so a benchmark can be run in pieces. See :mod:`das_tune.bench.runs` for what
+is shared between runs.
 """
 
 from __future__ import annotations
 
 from das_tune import atomic
 from das_tune.bench.baselines import METHODS
-from das_tune.bench.runs import BenchConfig, Plan, execute, plan
+from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
 from das_tune.progress import Reporter
 from das_tune.results import BenchFiles, BenchResults, write_json
 
@@ -19,11 +21,14 @@ RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
 
 def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchResults:
-    from das_tune.bench import plots, report
+    from das_tune.bench import plots, report, runs
 
     p = plan(config)
-    records, truth = execute(p, reporter or Reporter())
-    results = report.summarise(p, records, truth)
+    reporter = reporter or Reporter()
+    for warning in p.warnings:
+        reporter.log(f"warning: {warning}")
+    runs.execute(p, reporter)
+    results = report.collect(p)
     names = plots.write_plots(results, p.out)
     results.files = BenchFiles(out=str(p.out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=names)
     write_json(results, p.out / RESULTS_JSON)
@@ -31,4 +36,4 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     return results
 
 
-__all__ = ["BenchConfig", "METHODS", "Plan", "plan", "run_bench"]
+__all__ = ["BenchConfig", "BenchResults", "METHODS", "Plan", "parse_seeds", "plan", "run_bench"]

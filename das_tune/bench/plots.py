@@ -1,4 +1,4 @@
-"""The benchmark's figures as PNGs: anytime curves and metric vs cost.
+"""The benchmark's figures as PNGs: each method's picks against every subset, anytime curves, metric vs cost.
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot): they render with the Agg backend
 and leave the process's global backend alone.
@@ -7,6 +7,7 @@ and leave the process's global backend alone.
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -14,18 +15,57 @@ from matplotlib.ticker import MaxNLocator
 from das_tune import atomic
 from das_tune.results import BenchResults
 
-ANYTIME, METRIC_VS_GMACS = "anytime.png", "metric_vs_gmacs.png"
+PICKS, ANYTIME, METRIC_VS_GMACS = "picks.png", "anytime.png", "metric_vs_gmacs.png"
 
 
 def write_plots(results: BenchResults, out: Path) -> list[str]:
     """Draw every figure the results support into ``out``; returns their file names."""
     names = []
+    if results.ground_truth is not None and results.runs:
+        picks_vs_truth(results, out / PICKS)
+        names.append(PICKS)
     if any(r.observed for r in results.runs):
         anytime(results, out / ANYTIME)
         names.append(ANYTIME)
-    metric_vs_gmacs(results, out / METRIC_VS_GMACS)
-    names.append(METRIC_VS_GMACS)
+    if results.runs:
+        metric_vs_gmacs(results, out / METRIC_VS_GMACS)
+        names.append(METRIC_VS_GMACS)
     return names
+
+
+def _methods(results: BenchResults) -> list[str]:
+    return [*results.samplers, *results.methods]
+
+
+def picks_vs_truth(results: BenchResults, path: Path) -> None:
+    """Per method: the distribution of every reference subset's retrained metric (violin and grey strip),
+    with the method's pick at each seed marked on it, and the top-10 % threshold as a line."""
+    gt = results.ground_truth
+    truth = np.array([s.mean for s in gt.subsets.values()])
+    methods = _methods(results)
+    fig = Figure(figsize=(max(6, 1.1 * len(methods) + 2), 4.5))
+    ax = fig.subplots()
+    positions = np.arange(1, len(methods) + 1)
+    if len(np.unique(truth)) > 1:
+        parts = ax.violinplot([truth] * len(methods), positions, widths=0.8, showextrema=False)
+        for body in parts["bodies"]:
+            body.set_facecolor("lightgrey")
+            body.set_alpha(0.6)
+    rng = np.random.default_rng(0)
+    for x in positions:
+        ax.scatter(x + rng.uniform(-0.25, 0.25, len(truth)), truth, s=6, color="grey", alpha=0.5, zorder=1)
+    for x, method in zip(positions, methods):
+        runs = [r for r in results.runs if r.method == method]
+        colors = ["tab:green" if r.top10 else "tab:red" for r in runs]
+        ax.scatter(x + rng.uniform(-0.12, 0.12, len(runs)), [r.value for r in runs], s=36, c=colors, edgecolors="black",
+                   linewidths=0.5, zorder=3)
+    ax.axhline(gt.top10_threshold, color="tab:green", linestyle="--", linewidth=1, label=f"top-{results.top_percent} % threshold")
+    ax.set_xticks(positions, methods, rotation=30, ha="right")
+    what = "every subset" if gt.kind == "all" else f"{len(truth)} reference subsets"
+    ax.set_ylabel(f"retrained test {results.metric} (mean over retrain seeds)")
+    ax.set_title(f"{results.study}: picks (green: top {results.top_percent} %) on {what} (grey)")
+    ax.legend(fontsize="small", loc="lower right")
+    _save(fig, path)
 
 
 def anytime(results: BenchResults, path: Path) -> None:
@@ -50,16 +90,16 @@ def anytime(results: BenchResults, path: Path) -> None:
 
 
 def metric_vs_gmacs(results: BenchResults, path: Path) -> None:
-    """Every pick's retrained metric against its additional GMACs; every subset in grey with ground truth."""
+    """Every pick's retrained metric against its additional GMACs; the reference subsets in grey."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     gt = results.ground_truth
     if gt is not None:
-        keys = list(gt["mean"])
-        ax.scatter([gt["additional_gmacs"][k] for k in keys], [gt["mean"][k] for k in keys], s=80, color="lightgrey",
-                   label="every subset (mean over seeds)", zorder=1)
+        subsets = list(gt.subsets.values())
+        ax.scatter([s.additional_gmacs for s in subsets], [s.mean for s in subsets], s=60, color="lightgrey",
+                   label="reference subsets", zorder=1)
     markers = "os^vDP*Xph"
-    for i, method in enumerate([*results.samplers, *results.methods]):
+    for i, method in enumerate(_methods(results)):
         runs = [r for r in results.runs if r.method == method]
         ax.scatter([r.additional_gmacs for r in runs], [r.value for r in runs], marker=markers[i % len(markers)],
                    alpha=0.7, label=method, zorder=2)

@@ -1,4 +1,5 @@
-"""The benchmark's results: one JSON document, and the markdown and rich tables drawn from it.
+"""The benchmark's results: the typed document gathered from the output folder, and the markdown and rich
+tables drawn from it.
 
 Every number in ``results.md`` and in the terminal table is a value of ``results.json`` printed with
 :func:`fmt`, so the tables can be checked against the JSON.
@@ -7,7 +8,7 @@ Every number in ``results.md`` and in the terminal table is a value of ``results
 from __future__ import annotations
 
 import math
-from statistics import mean
+from statistics import mean, median, pstdev
 from typing import Any
 
 from rich import box
@@ -15,10 +16,10 @@ from rich.table import Table
 from rich.text import Text
 
 from das_tune.bench import stats
-from das_tune.bench.runs import Plan, Truth, subset_key
-from das_tune.results import BenchRecord, BenchResults
-
-SUMMARY_FIELDS = ("value", "additional_gmacs", "regret", "rank", "kendall_tau", "observations", "total_steps", "total_seconds", "search_seconds", "retrain_seconds")
+from das_tune.results import (
+    BenchResults, RetrainMetrics, Budget, GroundTruth, MethodSummary, PairedTest, Ranking, Retrained, RunResult, SearchRecord, Spread,
+)
+from das_tune.bench.runs import REFERENCE_SEED, Plan, retrained_values, saved_records, saved_warmups, subset_key
 
 
 def fmt(value: Any) -> str:
@@ -31,120 +32,198 @@ def fmt(value: Any) -> str:
 
 
 # -- the results document -------------------------------------------------------------------------
-def summarise(p: Plan, records: list[BenchRecord], truth: Truth | None) -> BenchResults:
-    methods = [*p.config.samplers, *p.config.methods]
-    ground_truth = _ground_truth(p, truth) if truth is not None else None
-    if ground_truth is not None:
-        for record in records:
-            record.regret, record.rank, record.kendall_tau = _against_truth(p, record, ground_truth["mean"])
-    reference = p.config.reference if p.config.reference in methods else methods[0]
-    search = p.base.search
+def collect(p: Plan) -> BenchResults:
+    """The results of everything finished in ``p.out`` for the config's methods, all seeds run so far."""
+    cache: dict[frozenset[str], Retrained | None] = {}
+
+    def retrained(subset: frozenset[str]) -> Retrained | None:
+        if subset not in cache:
+            found = retrained_values(p, subset)
+            cache[subset] = None if found is None else _retrained(p, found)
+        return cache[subset]
+
+    truth = _ground_truth(p, {subset_key(p.space, s): retrained(s) for s in p.reference})
+    warnings = list(p.warnings)
+    runs = []
+    for record in saved_records(p):
+        result = retrained(frozenset(record.chosen))
+        if result is None:
+            warnings.append(f"{record.method} seed {record.seed}: its pick is not retrained yet (run that seed again)")
+            continue
+        runs.append(_run_result(record, result, truth))
+    methods = [m for m in (*p.config.samplers, *p.config.methods) if any(r.method == m for r in runs)]
+    reference = p.config.reference if p.config.reference in methods or not methods else methods[0]
+    seeds = sorted({r.seed for r in runs})
     return BenchResults(
-        study=p.base.name, space=p.space.label, candidates=list(p.space.candidates),
-        num_candidates=len(p.space.candidates), num_skip=p.space.num_skip, num_subsets=p.space.num_subsets,
-        metric=records[0].metric, seeds=list(p.seeds), samplers=list(p.config.samplers), methods=list(p.config.methods),
-        storage=p.storage, tiny=p.base.tiny,
-        budget={
-            "warmup_epochs": search.warmup_epochs, "search_epochs": search.search_epochs, "observe_every": search.observe_every,
-            "round_size": search.round_size, "observation_batches": search.observation_batches,
-            "retrain_epochs": p.base.retrain.epochs,
-        },
-        reference=reference,
-        summary={m: {f: stats.spread([getattr(r, f) for r in records if r.method == m]) for f in SUMMARY_FIELDS} for m in methods},
-        paired_tests={m: _paired(records, reference, m) for m in methods if m != reference},
-        ground_truth=ground_truth,
-        runs=records,
+        study=p.base.name, space=p.space.label, candidates=list(p.space.candidates), num_candidates=len(p.space.candidates),
+        num_skip=p.space.num_skip, num_subsets=p.space.num_subsets, top_percent=stats.TOP_PERCENT, metric=runs[0].metric if runs else (next(iter(truth.subsets.values())).metric if truth else ""),
+        seeds=seeds, samplers=[m for m in p.config.samplers if m in methods], methods=[m for m in p.config.methods if m in methods],
+        reference=reference, storage=p.storage, tiny=p.base.tiny, budget=_budget(p), warnings=warnings,
+        summary={m: _summary([r for r in runs if r.method == m]) for m in methods},
+        paired_tests={m: _paired(runs, reference, m) for m in methods if m != reference},
+        ground_truth=truth, warmup_ranking=_warmup_ranking(p, seeds, truth), runs=runs,
     )
 
 
-def _ground_truth(p: Plan, truth: Truth) -> dict[str, Any]:
-    keys = [subset_key(p.space, s) for s in p.space.all_subsets()]
-    per_seed = {str(seed): {k: truth[seed][k].value for k in keys} for seed in truth}
-    return {
-        "per_seed": per_seed,
-        "mean": {k: mean(values[k] for values in per_seed.values()) for k in keys},
-        "additional_gmacs": {k: truth[next(iter(truth))][k].additional_gmacs for k in keys},
-        "retrains": sum(len(by_subset) for by_subset in truth.values()),
-        "retrain_seconds": sum(m.retrain_seconds for by_subset in truth.values() for m in by_subset.values()),
-    }
+def _retrained(p: Plan, found: list[RetrainMetrics]) -> Retrained:
+    values = [m.value for m in found]
+    return Retrained(
+        metric=found[0].metric, values={str(r): m.value for r, m in zip(p.retrain_seeds, found)}, mean=mean(values), std=pstdev(values),
+        additional_gmacs=found[0].additional_gmacs, flops_saved=found[0].flops_saved,
+        steps=p.retrain_steps, seconds=mean(m.retrain_seconds for m in found),
+    )
 
 
-def _against_truth(p: Plan, record: BenchRecord, true_mean: dict[str, float]) -> tuple[float, int, float | None]:
-    """Regret and rank of the pick among all subsets (true result: mean retrained metric over seeds),
-    and Kendall τ between the method's subset scores (sum of layer scores) and the true results."""
-    key = subset_key(p.space, record.chosen)
-    tau = None
-    if record.layer_scores:
-        scores = [sum(record.layer_scores[layer] for layer in k.split(",")) for k in true_mean]
-        tau = stats.kendall_tau(scores, list(true_mean.values()))
-    return stats.regret(true_mean, key), stats.rank(true_mean, key), tau
+def _ground_truth(p: Plan, subsets: dict[str, Retrained | None]) -> GroundTruth | None:
+    """The reference subsets' retrains, once every one of them is finished."""
+    if any(r is None for r in subsets.values()):
+        return None
+    values = [r.mean for r in subsets.values()]
+    return GroundTruth(
+        kind=p.reference_kind, retrain_seeds=list(p.retrain_seeds),
+        sample_seed=REFERENCE_SEED if p.reference_kind == "sample" else None, subsets=subsets,
+        noise_std=median(r.std for r in subsets.values()), best=max(values), top10_threshold=stats.top10_threshold(values),
+        retrains=len(subsets) * len(p.retrain_seeds), retrain_seconds=sum(r.seconds * len(r.values) for r in subsets.values()),
+    )
 
 
-def _paired(records: list[BenchRecord], reference: str, other: str) -> dict[str, Any]:
+def _run_result(record: SearchRecord, pick: Retrained, truth: GroundTruth | None) -> RunResult:
+    fields: dict[str, Any] = {}
+    if truth is not None:
+        reference = [r.mean for r in truth.subsets.values()]
+        fields = {
+            "regret": stats.regret(reference, pick.mean), "percentile": stats.percentile(reference, pick.mean),
+            "top10": stats.in_top10(reference, pick.mean),
+            "kendall_tau": _layer_score_tau(record, truth), "supernet_ranking": supernet_ranking(record.supernet_losses, truth),
+        }
+    return RunResult(
+        **record.model_dump(), metric=pick.metric, value=pick.mean, retrained=pick.values,
+        additional_gmacs=pick.additional_gmacs, flops_saved=pick.flops_saved,
+        retrain_steps=pick.steps, retrain_seconds=pick.seconds,
+        cost_steps=record.warmup_steps + record.search_steps + pick.steps,
+        cost_seconds=record.warmup_seconds + record.search_seconds + pick.seconds, **fields,
+    )
+
+
+def _layer_score_tau(record: SearchRecord, truth: GroundTruth) -> float | None:
+    """Kendall τ between a method's subset scores (sum of its layer scores) and the ground truth."""
+    if not record.layer_scores:
+        return None
+    keys = list(truth.subsets)
+    scores = [sum(record.layer_scores[layer] for layer in key.split(",")) for key in keys]
+    return stats.kendall_tau(scores, [truth.subsets[k].mean for k in keys])
+
+
+def supernet_ranking(losses: dict[str, float], truth: GroundTruth | None) -> Ranking | None:
+    """How well a supernet's loss ranks the reference subsets against their retrained metric (low loss ~ high metric)."""
+    keys = [k for k in truth.subsets if k in losses] if truth is not None else []
+    if len(keys) < 2:
+        return None
+    scores, values = [-losses[k] for k in keys], [truth.subsets[k].mean for k in keys]
+    return Ranking(kendall_tau=stats.kendall_tau(scores, values), spearman_rho=stats.spearman_rho(scores, values), n=len(keys))
+
+
+def _warmup_ranking(p: Plan, seeds: list[int], truth: GroundTruth | None) -> dict[str, Ranking]:
+    rankings = {str(seed): supernet_ranking(w.supernet_losses, truth) for seed, w in saved_warmups(p, seeds).items()}
+    return {seed: r for seed, r in rankings.items() if r is not None}
+
+
+def _budget(p: Plan) -> Budget:
+    s = p.base.search
+    return Budget(
+        warmup_epochs=s.warmup_epochs, search_epochs=s.search_epochs, steps_per_epoch=p.steps_per_epoch,
+        observe_every=s.observe_every, round_size=s.round_size, observation_batches=s.observation_batches,
+        observations=p.observations, retrain_epochs=p.base.retrain.epochs, retrain_seeds=list(p.retrain_seeds),
+    )
+
+
+def _spread(values: list[float | None]) -> Spread:
+    return Spread(**stats.spread(values))
+
+
+def _summary(runs: list[RunResult]) -> MethodSummary:
+    judged = [r.top10 for r in runs if r.top10 is not None]
+    return MethodSummary(
+        value=_spread([r.value for r in runs]), additional_gmacs=_spread([r.additional_gmacs for r in runs]),
+        regret=_spread([r.regret for r in runs]), percentile=_spread([r.percentile for r in runs]),
+        top10_share=sum(judged) / len(judged) if judged else None,
+        kendall_tau=_spread([r.kendall_tau for r in runs]),
+        supernet_kendall_tau=_spread([r.supernet_ranking.kendall_tau if r.supernet_ranking else None for r in runs]),
+        observations=_spread([r.observations for r in runs]), cost_steps=_spread([r.cost_steps for r in runs]),
+        cost_seconds=_spread([r.cost_seconds for r in runs]), search_seconds=_spread([r.search_seconds for r in runs]),
+        retrain_seconds=_spread([r.retrain_seconds for r in runs]),
+    )
+
+
+def _paired(runs: list[RunResult], reference: str, other: str) -> PairedTest:
     """``reference`` − ``other`` on the retrained metric, paired by seed."""
-    ref = {r.seed: r.value for r in records if r.method == reference}
-    oth = {r.seed: r.value for r in records if r.method == other}
+    ref = {r.seed: r.value for r in runs if r.method == reference}
+    oth = {r.seed: r.value for r in runs if r.method == other}
     seeds = sorted(ref.keys() & oth.keys())
-    return stats.paired_test([ref[s] for s in seeds], [oth[s] for s in seeds])
+    return PairedTest(**stats.paired_test([ref[s] for s in seeds], [oth[s] for s in seeds]))
 
 
 # -- tables ---------------------------------------------------------------------------------------
-def _cell(s: dict[str, Any], detail: str = "full") -> str:
+def _cell(s: Spread, detail: str = "full") -> str:
     """``full``: median [quartiles] (min–max); ``median``: the median alone."""
-    if s["n"] == 0:
+    if s.n == 0:
         return "—"
-    if s["n"] == 1 or s["min"] == s["max"] or detail == "median":
-        return fmt(s["median"])
-    return f"{fmt(s['median'])} [{fmt(s['q25'])}, {fmt(s['q75'])}] ({fmt(s['min'])}–{fmt(s['max'])})"
+    if s.n == 1 or s.min == s.max or detail == "median":
+        return fmt(s.median)
+    return f"{fmt(s.median)} [{fmt(s.q25)}, {fmt(s.q75)}] ({fmt(s.min)}–{fmt(s.max)})"
 
 
 def summary_table(results: BenchResults, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per method, median [IQR] (min–max) over seeds, and the paired test; ``compact``
     (the terminal) shows medians only, and no counts of observations and steps."""
-    metric, ref = results.metric, results.reference
-    fields = ["value", "additional_gmacs"]
-    if results.ground_truth is not None:
-        fields += ["regret", "rank", "kendall_tau"]
-    fields += ["total_seconds"] if compact else ["observations", "total_steps", "total_seconds"]
-    names = {"value": f"test {metric}", "additional_gmacs": "additional GMACs", "regret": "regret", "rank": "rank",
-             "kendall_tau": "Kendall τ", "observations": "observations", "total_steps": "training steps",
-             "total_seconds": "wall-clock s"}
-    paired_name = f"{ref} − method: mean Δ, p (n)"
-    if compact:
-        names.update(value=metric, additional_gmacs="GMACs", kendall_tau="τ", total_seconds="wall s")
-        paired_name = f"Δ vs {ref}"
-    header = ["method", *(names[f] for f in fields), paired_name]
+    truth = results.ground_truth is not None
+    top = fmt(results.top_percent)
+    columns = [("value", f"test {results.metric}", results.metric), ("additional_gmacs", "additional GMACs", "GMACs")]
+    if truth:
+        columns += [("regret", "regret", "regret"), ("percentile", "percentile", "pct"), ("top10_share", f"top {top} % share", f"top {top} %"),
+                    ("kendall_tau", "Kendall τ (layer scores)", "τ"), ("supernet_kendall_tau", "Kendall τ (supernet loss)", "τ net")]
+    columns += [("cost_seconds", "wall-clock s", "wall s")] if compact else [
+        ("observations", "observations", ""), ("cost_steps", "training steps", ""), ("cost_seconds", "wall-clock s", "")]
+    ref = results.reference
+    paired_name = f"Δ vs {ref}" if compact else f"{ref} − method: mean Δ, p (n)"
+    header = ["method", *(short if compact else long for _, long, short in columns), paired_name]
     detail = "median" if compact else "full"
     rows = []
     for method, summary in results.summary.items():
+        cells = []
+        for name, _, _ in columns:
+            value = getattr(summary, name)
+            cells.append(fmt(value) if not isinstance(value, Spread) else _cell(value, detail))
         test = results.paired_tests.get(method)
         equals = "=" if compact else " = "
-        paired = "reference" if test is None else f"{fmt(test['mean_diff'])}, p{equals}{fmt(test['p_value'])} ({fmt(test['n'])})"
-        rows.append([method, *(_cell(summary[f], detail) for f in fields), paired])
+        paired = "reference" if test is None else f"{fmt(test.mean_diff)}, p{equals}{fmt(test.p_value)} ({fmt(test.n)})"
+        rows.append([method, *cells, paired])
     return header, rows
 
 
 def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     header = ["method", "seed", "skipped", f"test {results.metric}", "additional GMACs", "observations",
               "training steps", "search s", "retrain s"]
-    if results.ground_truth is not None:
-        header += ["regret", "rank", "Kendall τ"]
+    truth = results.ground_truth is not None
+    if truth:
+        header += ["regret", "percentile", f"top {fmt(results.top_percent)} %", "Kendall τ", "supernet τ"]
     rows = []
     for r in results.runs:
         row = [r.method, fmt(r.seed), ", ".join(r.chosen), fmt(r.value), fmt(r.additional_gmacs),
-               fmt(r.observations), fmt(r.total_steps), fmt(r.search_seconds), fmt(r.retrain_seconds)]
-        if results.ground_truth is not None:
-            row += [fmt(r.regret), fmt(r.rank), fmt(r.kendall_tau)]
+               fmt(r.observations), fmt(r.cost_steps), fmt(r.search_seconds), fmt(r.retrain_seconds)]
+        if truth:
+            net = r.supernet_ranking.kendall_tau if r.supernet_ranking else None
+            row += [fmt(r.regret), fmt(r.percentile), "yes" if r.top10 else "no", fmt(r.kendall_tau), fmt(net)]
         rows.append(row)
     return header, rows
 
 
 def truth_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     gt = results.ground_truth
-    seeds = list(gt["per_seed"])
-    header = ["skipped", f"mean test {results.metric}", *(f"seed {s}" for s in seeds), "additional GMACs"]
-    order = sorted(gt["mean"], key=lambda k: -gt["mean"][k])
-    rows = [[k.replace(",", ", "), fmt(gt["mean"][k]), *(fmt(gt["per_seed"][s][k]) for s in seeds), fmt(gt["additional_gmacs"][k])] for k in order]
+    header = ["skipped", f"mean test {results.metric}", *(f"retrain seed {s}" for s in gt.retrain_seeds), "std", "additional GMACs"]
+    order = sorted(gt.subsets, key=lambda k: -gt.subsets[k].mean)
+    rows = [[k.replace(",", ", "), fmt(gt.subsets[k].mean), *(fmt(gt.subsets[k].values[str(s)]) for s in gt.retrain_seeds),
+             fmt(gt.subsets[k].std), fmt(gt.subsets[k].additional_gmacs)] for k in order]
     return header, rows
 
 
@@ -153,23 +232,33 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
     lines = [
         f"# das-tune bench: {results.study} on {results.space}",
         "",
-        f"Skip {fmt(results.num_skip)} of {fmt(results.num_candidates)} layers ({fmt(results.num_subsets)} subsets). "
-        f"Seeds: {', '.join(fmt(s) for s in results.seeds)}. Every run: {fmt(b['warmup_epochs'])} shared warm-up epoch(s); "
-        f"samplers then search {fmt(b['search_epochs'])} epoch(s) on the same supernet, observing {fmt(b['round_size'])} subsets "
-        f"every {fmt(b['observe_every'])} steps; every pick is retrained for {fmt(b['retrain_epochs'])} epoch(s).",
+        f"Skip {fmt(results.num_skip)} of {fmt(results.num_candidates)} candidates ({fmt(results.num_subsets)} subsets). "
+        f"Seeds: {', '.join(fmt(s) for s in results.seeds)}. Every run: {fmt(b.warmup_epochs)} shared warm-up epoch(s) of "
+        f"{fmt(b.steps_per_epoch)} steps; samplers then search {fmt(b.search_epochs)} epoch(s) on the same supernet, observing "
+        f"{fmt(b.round_size)} subsets every {fmt(b.observe_every)} steps ({fmt(b.observations)} observations); every pick is "
+        f"retrained for {fmt(b.retrain_epochs)} epoch(s) at each of the retrain seeds {', '.join(fmt(s) for s in b.retrain_seeds)} "
+        "and its result is their mean.",
         "",
-        "Cells: median [quartiles] (min–max) over seeds. Training steps and wall-clock include the shared warm-up "
-        "and the retrain. Paired test: exact sign-flip permutation on the retrained metric, paired by seed.",
+        "Cells: median [quartiles] (min–max) over seeds. Training steps and wall-clock: the shared warm-up, the search "
+        "and one retrain. Paired test: exact sign-flip permutation on the retrained metric, paired by seed.",
     ]
-    if results.ground_truth is not None:
-        lines.append("Regret and rank: against every subset retrained the same way (mean over seeds); "
-                     "Kendall τ: a method's subset scores (sum of its layer scores) against those results.")
+    lines += [f"", *(f"**Warning:** {w}" for w in results.warnings)] if results.warnings else []
+    gt, top = results.ground_truth, fmt(results.top_percent)
+    if gt is not None:
+        what = "every subset" if gt.kind == "all" else f"a random reference sample of {fmt(len(gt.subsets))} subsets"
+        lines += ["", f"Ground truth: {what}, retrained the same way. Regret: best reference subset − pick; percentile: "
+                  f"share of reference subsets the pick is at least as good as; top {top} %: fewer than {top} % of them beat it "
+                  f"(the threshold is {fmt(gt.top10_threshold)}). Kendall τ: a method's subset scores (sum of its layer "
+                  "scores) against the ground truth, and the final supernet's loss of each reference subset against it."]
     lines += ["", "## Summary", "", *_md(*summary_table(results)), "", "## Runs", "", *_md(*runs_table(results))]
-    if results.ground_truth is not None:
-        gt = results.ground_truth
-        lines += ["", "## Ground truth: every subset retrained", "",
-                  f"{fmt(gt['retrains'])} retrains, {fmt(gt['retrain_seconds'])} s of retraining in all.", "",
-                  *_md(*truth_table(results))]
+    if gt is not None:
+        lines += ["", "## Ground truth", "",
+                  f"{fmt(gt.retrains)} retrains, {fmt(gt.retrain_seconds)} s of retraining in all; retrain noise "
+                  f"(median std over retrain seeds) {fmt(gt.noise_std)}.", ""]
+        if results.warmup_ranking:
+            lines += ["Warm-up supernet's loss against the ground truth, per seed: " + "; ".join(
+                f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}" for s, r in results.warmup_ranking.items()) + ".", ""]
+        lines += _md(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)
 

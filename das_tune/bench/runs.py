@@ -1,21 +1,28 @@
-"""The (method × seed) runs of a benchmark, each measured the same way.
+"""The (method × seed) runs of a benchmark and the retrains that judge them, each measured the same way.
 
-Per seed: one warm-up of the supernet (uniformly random subnets), saved as ``warmup_state.pt``. Every
-sampler's search starts from that checkpoint, trains the same number of steps on the same data and
+Per search seed: one warm-up of the supernet (uniformly random subnets), saved as ``warmup_state.pt``.
+Every sampler's search starts from that checkpoint, trains the same number of steps on the same data and
 observes the same number of subsets on the same supernet (weight-sharing fairness); every training-free
-method scores layers on the same warm-up supernet. Each pick is then retrained with the study's
-retrain budget. Retrains are keyed by (seed, subset): two methods that pick the same subset share one
-retrain (it is deterministic given the seed), and ``--ground-truth`` retrains every subset the same way.
+method scores layers on the same warm-up supernet. Each pick is then retrained at every *retrain seed*
+with the study's retrain budget. Retrains are keyed by (retrain seed, subset) and shared by all search
+seeds and methods: a subset's result is the mean over the retrain seeds, and its spread is the noise.
+
+The *reference subsets* are every subset of a small space (at most ``MAX_ALL_SUBSETS``) or a fixed random
+sample of ``reference_size`` of them; ``--ground-truth`` retrains them all the same way, so that every pick
+gets a regret and a percentile. Each supernet's loss of every reference subset is recorded too, to show
+how well the supernet ranks subsets.
 
 Layout under the output folder::
 
-    bench.db                              the studies, ``<study>-<sampler>-seed<k>``, side by side
-    plan.yaml                             the resolved study the benchmark runs (checked on re-runs)
-    runs/<study>-warmup-seed<k>/          the shared warm-up checkpoint and its cost
-    runs/<study>-<sampler>-seed<k>/       each search; run.json holds its record once finished
-    retrain/seed<k>/<layer+layer>/        each retrained subset (subnet.json, metrics.json, weights)
+    bench.db                              the studies, ``<study>-<method>-seed<k>``, side by side
+    plan.yaml                             the resolved study and bench settings (checked on re-runs)
+    records/<method>-seed<k>.json         what each method found at each seed (its search record)
+    runs/<study>-warmup-seed<k>/          the shared warm-up checkpoint, its cost and its subset losses
+    runs/<study>-<method>-seed<k>/        each sampler's search (resumable)
+    retrain/seed<r>/<layer+layer>/        each retrain (subnet.json, metrics.json, weights)
 
-A re-run of the same command reuses everything finished and resumes what was interrupted.
+A re-run reuses every finished search and retrain and resumes what was interrupted; runs of other seeds
+(``--seeds 0-4`` then ``--seeds 5-9``) add to the same folder and the same results.
 """
 
 from __future__ import annotations
@@ -25,25 +32,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 import yaml
 
 from das_tune import atomic, runner, storage, training
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
-from das_tune.components import Components, build_components
+from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.results import BenchRecord, FoundBy, RetrainMetrics, WarmupRecord, write_json
+from das_tune.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
 from das_tune.retrain import finished_metrics, retrain, save_spec
 from das_tune.samplers import SAMPLERS
 from das_tune.search.supernet import CHECKPOINT, warm_up
 from das_tune.spaces import SkipSpace
-from das_tune.study import StudySpec, load_study_spec
+from das_tune.study import SearchSpec, StudySpec, load_study_spec
 
-MAX_GROUND_TRUTH_SUBSETS = 64
-RUN_FILE, WARMUP_FILE, PLAN_FILE = "run.json", "warmup.json", "plan.yaml"
+MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
+REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
+MIN_VERDICT_REFERENCE = 40
+WARMUP_FILE, PLAN_FILE = "warmup.json", "plan.yaml"
 BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
+
+# Sampler methods that are one registry sampler with fixed options. "das" is the reference rule even
+# when the study standardises its advantages; "das_std" is DAS with standardised advantages.
+SAMPLER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "das": ("das", {"standardize": False}),
+    "das_std": ("das", {"standardize": True}),
+}
+DEFAULT_SAMPLERS = ("das", "das_std", "random", "tpe")
+
+
+def sampler_of(method: str) -> tuple[str, dict[str, Any]] | None:
+    """The registry sampler and fixed options a sampler method runs, or None if it is not one."""
+    if method in SAMPLER_VARIANTS:
+        return SAMPLER_VARIANTS[method]
+    return (method, {}) if method in SAMPLERS else None
 
 
 @dataclass(frozen=True)
@@ -52,10 +77,12 @@ class BenchConfig:
     fields (``tiny``, ``storage``, ``num_skip``, ``search.search_epochs`` …) applied to every run."""
 
     study: str
-    samplers: tuple[str, ...] = ("das", "random", "tpe")
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
     methods: tuple[str, ...] = METHODS
-    seeds: int = 5
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    retrain_seeds: int = 2
     ground_truth: bool = False
+    reference_size: int = MIN_VERDICT_REFERENCE
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip>
     reference: str = "das"  # the method the paired tests compare every other with (if it runs)
@@ -63,69 +90,121 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated config with its output folder and storage resolved."""
+    """A validated config with its output folder, storage, budget and reference subsets resolved."""
 
     config: BenchConfig
     base: StudySpec
     space: SkipSpace
     out: Path
-    storage: str  # the URL every search of the benchmark shares (opened once by ``execute``)
+    storage: str
+    steps_per_epoch: int
+    retrain_steps: int  # of one retrain
+    observations: int
+    reference: tuple[frozenset[str], ...]
+    warnings: tuple[str, ...]
 
     def spec(self, seed: int, sampler: str = "das", **fields: Any) -> StudySpec:
+        name, options = sampler_of(sampler) or (sampler, {})
         overrides = {
-            **self.config.overrides, "storage": self.storage, "output_dir": str(self.out / "runs"),
-            "seed": seed, "sampler.name": sampler, **fields,
+            **self.config.overrides, "storage": self.storage, "output_dir": str(self.out / "runs"), "seed": seed,
+            "sampler.name": name, f"sampler.options.{name}": {**self.base.sampler.options.get(name, {}), **options},
+            "study_name": f"{self.base.name}-{sampler}-seed{seed}", **fields,
         }
         return load_study_spec(self.config.study, overrides)
 
     @property
-    def seeds(self) -> range:
-        return range(self.config.seeds)
+    def retrain_seeds(self) -> range:
+        return range(self.config.retrain_seeds)
+
+    @property
+    def reference_kind(self) -> str:
+        return "all" if len(self.reference) == self.space.num_subsets else "sample"
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"5"`` → seeds 0..4; ``"5-9"`` → 5..9; ``"0,3,7"`` → those."""
+    try:
+        if "-" in text:
+            first, last = (int(part) for part in text.split("-", 1))
+            seeds = tuple(range(first, last + 1))
+        elif "," in text:
+            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+        else:
+            seeds = tuple(range(int(text)))
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected a count (5), a range (5-9) or a list (0,3,7)") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: expected at least one seed, none negative or repeated")
+    return seeds
 
 
 def plan(config: BenchConfig) -> Plan:
     """Check the config before anything runs; bad input is one clear error."""
     base = load_study_spec(config.study, config.overrides)
     space = base.load_space()
-    unknown = [s for s in config.samplers if s not in SAMPLERS] + [m for m in config.methods if m not in METHODS]
+    unknown = [s for s in config.samplers if sampler_of(s) is None] + [m for m in config.methods if m not in METHODS]
     if unknown:
-        raise UserError(f"unknown sampler/method {unknown}: expected samplers from {', '.join(SAMPLERS)} and methods from {', '.join(METHODS)}")
+        raise UserError(
+            f"unknown sampler/method {unknown}: expected samplers from {', '.join([*SAMPLER_VARIANTS, *SAMPLERS])} "
+            f"and methods from {', '.join(METHODS)}"
+        )
     if not config.samplers and not config.methods:
         raise UserError("nothing to compare: give --samplers and/or --methods")
-    if config.seeds < 1:
-        raise UserError(f"--seeds: expected at least 1, got {config.seeds}")
+    if not config.seeds:
+        raise UserError("--seeds: expected at least one seed")
+    if config.retrain_seeds < 1 or (config.ground_truth and config.retrain_seeds < 2):
+        raise UserError(f"--retrain-seeds: expected at least 2 with --ground-truth (its noise is measured), got {config.retrain_seeds}")
     if base.search.executor != "oneshot":
         raise UserError("bench compares samplers on one weight-sharing supernet: expected search.executor = oneshot")
     if base.search.warmup_epochs < 1:
         raise UserError("bench shares one warm-up checkpoint per seed: expected search.warmup_epochs ≥ 1")
-    if config.ground_truth and space.num_subsets > MAX_GROUND_TRUTH_SUBSETS:
-        raise UserError(
-            f"--ground-truth retrains every subset: space {space.label} with num_skip {space.num_skip} has "
-            f"{space.num_subsets} (at most {MAX_GROUND_TRUTH_SUBSETS}); lower num_skip with --set num_skip=N"
-        )
+    task = build_spec_task(base)
+    steps = training.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
+    retrain_steps = training.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
+    observations = observation_rounds(base.search, steps) * base.search.round_size
+    warnings = _check_budget(space, observations) if config.samplers else []
+    reference = reference_subsets(space, config.reference_size)
+    if len(reference) < space.num_subsets and len(reference) < MIN_VERDICT_REFERENCE:
+        warnings.append(f"a reference sample of {len(reference)} subsets is small for a verdict (use ≥ {MIN_VERDICT_REFERENCE})")
     out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip}"
     url = config.overrides.get("storage") or f"sqlite:///{out / 'bench.db'}"
-    return Plan(config, base, space, out, url)
+    return Plan(config, base, space, out, url, steps, retrain_steps, observations, reference, tuple(warnings))
 
 
-Truth = dict[int, dict[str, RetrainMetrics]]  # {seed: {subset key: retrain metrics}}
+def observation_rounds(search: SearchSpec, steps_per_epoch: int) -> int:
+    """The rounds a one-shot search observes: one at every global step (warm-up steps counted) that is a
+    multiple of ``observe_every``, during the search epochs."""
+    warm, end = search.warmup_epochs * steps_per_epoch, (search.warmup_epochs + search.search_epochs) * steps_per_epoch
+    return end // search.observe_every - warm // search.observe_every
 
 
-def execute(p: Plan, reporter: Reporter) -> tuple[list[BenchRecord], Truth | None]:
-    """Run every (method, seed) and, with ground truth, retrain every subset per seed.
+def _check_budget(space: SkipSpace, observations: int) -> list[str]:
+    """Samplers can only be told apart when they observe far fewer subsets than there are."""
+    if observations == 0:
+        raise UserError("the search budget has no observation round: raise search.search_epochs or lower search.observe_every")
+    if observations >= space.num_subsets:
+        raise UserError(
+            f"every sampler would observe {observations} subsets of only {space.num_subsets}: nothing separates "
+            "samplers; lower the observation budget (search.search_epochs, search.observe_every, search.round_size) "
+            "or use a larger space (num_skip, a sublayer space)"
+        )
+    if 4 * observations > space.num_subsets:
+        return [f"every sampler observes {observations} of {space.num_subsets} subsets: samplers are hard to tell apart "
+                "above a quarter of the space"]
+    return []
 
-    Returns the run records and the ground truth's retrains (None without ground truth).
-    """
-    _check_plan_file(p)
-    opened = storage.open_storage(p.storage)
-    records, truth = [], {} if p.config.ground_truth else None
-    for seed in p.seeds:
-        reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
-        seed_records, seed_truth = _run_seed(p, seed, opened, reporter)
-        records += seed_records
-        if truth is not None:
-            truth[seed] = seed_truth
-    return records, truth
+
+def reference_subsets(space: SkipSpace, size: int) -> tuple[frozenset[str], ...]:
+    """Every subset of a small space, else ``size`` distinct random subsets drawn with a fixed seed."""
+    if space.num_subsets <= MAX_ALL_SUBSETS or size >= space.num_subsets:
+        return tuple(space.all_subsets())
+    if size < 2:
+        raise UserError(f"--reference-size: expected at least 2 subsets, got {size}")
+    rng = np.random.default_rng(REFERENCE_SEED)
+    drawn: dict[frozenset[str], None] = {}
+    while len(drawn) < size:
+        drawn.setdefault(frozenset(rng.choice(space.candidates, size=space.num_skip, replace=False).tolist()))
+    return tuple(drawn)
 
 
 def subset_key(space: SkipSpace, skipped: frozenset[str] | list[str]) -> str:
@@ -133,90 +212,168 @@ def subset_key(space: SkipSpace, skipped: frozenset[str] | list[str]) -> str:
     return ",".join(space.ordered(frozenset(skipped)))
 
 
+def execute(p: Plan, reporter: Reporter) -> None:
+    """Run every (method, seed) of the config, retrain its picks and, with ground truth, the reference.
+
+    Everything lands on disk (see the module's layout); :func:`collect` reads it back."""
+    opened = storage.open_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
+    _check_plan_file(p)
+    parts = None
+    for seed in p.config.seeds:
+        reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
+        parts = _run_seed(p, seed, opened, reporter)
+    if p.config.ground_truth:
+        subsets = [s for s in p.reference if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
+        reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
+        for subset in subsets:
+            for r in p.retrain_seeds:
+                _retrained(p, r, parts, subset, reporter)
+
+
 # -- one seed -------------------------------------------------------------------------------------
-def _run_seed(
-    p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter
-) -> tuple[list[BenchRecord], dict[str, RetrainMetrics]]:
+def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
     training.seed_everything(seed)
     warm_spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
     parts = build_components(warm_spec)
-    warm = _warm_up(warm_spec, parts, reporter)
-    parts.model.load_state_dict(torch.load(warm.checkpoint, weights_only=False)["model"], strict=False)
-    records = [_training_free(p, seed, method, parts, warm) for method in p.config.methods]
-    records += [_search(p, seed, sampler, parts, warm, opened, reporter) for sampler in p.config.samplers]
-    for record in records:
-        metrics = _retrained(p, seed, parts, frozenset(record.chosen), reporter)
-        steps = training.steps_per_epoch(parts.task, warm_spec.retrain.batch_size, warm_spec.retrain.max_steps_per_epoch)
-        retrain_steps = steps * warm_spec.retrain.epochs
-        record.metric, record.value, record.additional_gmacs = metrics.metric, metrics.value, metrics.additional_gmacs
-        record.flops_saved, record.retrain_steps, record.retrain_seconds = metrics.flops_saved, retrain_steps, metrics.retrain_seconds
-        record.total_steps = record.warmup_steps + record.search_steps + retrain_steps
-        record.total_seconds = record.warmup_seconds + record.search_seconds + metrics.retrain_seconds
-        reporter.log(f"seed {seed}: {record.method} skips {record.chosen} → test {metrics.metric} {metrics.value:.4f}")
-    truth = {}
-    if p.config.ground_truth:
-        for subset in p.space.all_subsets():
-            truth[subset_key(p.space, subset)] = _retrained(p, seed, parts, subset, reporter)
-    return records, truth
+    warm = _warm_up(p, warm_spec, parts, reporter)
+    for method in p.config.methods:
+        if _saved(p, method, seed) is None:
+            _save(p, _training_free(p, seed, method, parts, warm))
+    for sampler in p.config.samplers:
+        if _saved(p, sampler, seed) is None:
+            _save(p, _search(p, seed, sampler, parts, warm, opened, reporter))
+    for method in (*p.config.methods, *p.config.samplers):
+        chosen = frozenset(_saved(p, method, seed).chosen)
+        for r in p.retrain_seeds:
+            metrics = _retrained(p, r, parts, chosen, reporter)
+            reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: test {metrics.metric} {metrics.value:.4f}")
+    return parts
 
 
-def _warm_up(spec: StudySpec, parts: Components, reporter: Reporter) -> WarmupRecord:
-    """The seed's shared warm-up: its checkpoint, training steps and wall-clock (done once)."""
+def _warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) -> Warmup:
+    """The seed's shared warm-up (done once); the model is left in its warm state."""
     info_path = spec.run_dir / WARMUP_FILE
     if info_path.is_file():
-        return WarmupRecord.read(info_path)
-    start = time.perf_counter()
-    checkpoint = warm_up(spec, parts, reporter)
-    steps = training.steps_per_epoch(parts.task, spec.search.batch_size, spec.search.max_steps_per_epoch)
-    info = WarmupRecord(checkpoint=str(checkpoint), steps=steps * spec.search.warmup_epochs, seconds=time.perf_counter() - start)
-    write_json(info, info_path)
-    return info
+        warm = Warmup.read(info_path)
+    else:
+        start = time.perf_counter()
+        checkpoint = warm_up(spec, parts, reporter)
+        seconds = time.perf_counter() - start
+        _load_warm(parts, str(checkpoint))
+        warm = Warmup(checkpoint=str(checkpoint), steps=p.steps_per_epoch * spec.search.warmup_epochs, seconds=seconds,
+                      supernet_losses=supernet_losses(p, parts))
+        write_json(warm, info_path)
+    _load_warm(parts, warm.checkpoint)
+    return warm
 
 
-def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: WarmupRecord) -> BenchRecord:
-    """Layer scores on the warm-up supernet (loaded by the caller) and the subset they pick."""
+def _load_warm(parts: Components, checkpoint: str) -> None:
+    parts.model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"], strict=False)
+
+
+def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: Warmup) -> SearchRecord:
+    """Layer scores on the warm-up supernet and the subset they pick."""
     search = p.base.search
+    _load_warm(parts, warm.checkpoint)
     start = time.perf_counter()
     batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
     scores = layer_scores(method, p.space, parts.model, parts.task, batches)
-    return BenchRecord(
-        method=method, kind="training-free", seed=seed, study_name=None, chosen=p.space.ordered(p.space.top(scores)),
-        layer_scores=scores, observations=0, observed=[], scoring_batches=len(batches) if method in SIMILARITY_METHODS else 0,
-        warmup_steps=warm.steps, warmup_seconds=warm.seconds, search_steps=0, search_seconds=time.perf_counter() - start,
+    return SearchRecord(
+        method=method, kind="training-free", seed=seed, study_name=None,
+        chosen=p.space.ordered(p.space.top(scores)), layer_scores=scores,
+        observations=0, observed=[], scoring_batches=len(batches) if method in SIMILARITY_METHODS else 0,
+        warmup_steps=warm.steps, warmup_seconds=warm.seconds,
+        search_steps=0, search_seconds=time.perf_counter() - start, supernet_losses=warm.supernet_losses,
     )
 
 
 def _search(
-    p: Plan, seed: int, sampler: str, parts: Components, warm: WarmupRecord, opened: optuna.storages.BaseStorage, reporter: Reporter
-) -> BenchRecord:
-    """One sampler's search from the shared warm-up checkpoint (its record is reused once finished)."""
+    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: optuna.storages.BaseStorage, reporter: Reporter
+) -> SearchRecord:
+    """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
     spec = p.spec(seed, sampler)
-    saved = spec.run_dir / RUN_FILE
-    if saved.is_file():
-        return BenchRecord.read(saved)
     with runner.exclusive(spec, opened):
         _check_not_foreign(spec, opened)
         save_spec(spec)
         found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
     complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    steps = training.steps_per_epoch(parts.task, spec.search.batch_size, spec.search.max_steps_per_epoch)
-    record = BenchRecord(
+    return SearchRecord(
         method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
         chosen=parts.space.ordered(found.chosen), layer_scores=found.found_by.probabilities,
         observations=len(complete), observed=[t.value for t in complete], scoring_batches=0,
         warmup_steps=warm.steps, warmup_seconds=warm.seconds,
-        search_steps=steps * spec.search.search_epochs, search_seconds=found.found_by.search_seconds,
+        search_steps=p.steps_per_epoch * spec.search.search_epochs, search_seconds=found.found_by.search_seconds,
+        supernet_losses=supernet_losses(p, parts),
     )
-    write_json(record, saved)
-    return record
+
+
+def supernet_losses(p: Plan, parts: Components) -> dict[str, float]:
+    """The supernet's mean loss of every reference subset over the observation batches DAS scores on."""
+    search = p.base.search
+    batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
+    losses = {
+        subset_key(p.space, subset): float(np.mean([training.observe(parts.model, parts.task, b, subset) for b in batches]))
+        for subset in p.reference
+    }
+    parts.model.set_skipped(())
+    return losses
+
+
+# -- records and retrains on disk ------------------------------------------------------------------
+def _record_path(p: Plan, method: str, seed: int) -> Path:
+    return p.out / "records" / f"{method}-seed{seed}.json"
+
+
+def _saved(p: Plan, method: str, seed: int) -> SearchRecord | None:
+    path = _record_path(p, method, seed)
+    return SearchRecord.read(path) if path.is_file() else None
+
+
+def _save(p: Plan, record: SearchRecord) -> None:
+    path = _record_path(p, record.method, record.seed)
+    tmp = path.with_suffix(".tmp")  # a record exists whole or not at all
+    write_json(record, tmp)
+    tmp.replace(path)
+
+
+def saved_records(p: Plan) -> list[SearchRecord]:
+    """Every finished record of the config's methods, of any seed run into this folder, in method order."""
+    methods = [*p.config.samplers, *p.config.methods]
+    records = [SearchRecord.read(path) for path in sorted((p.out / "records").glob("*.json"))]
+    records = [r for r in records if r.method in methods]
+    return sorted(records, key=lambda r: (methods.index(r.method), r.seed))
+
+
+def saved_warmups(p: Plan, seeds: list[int]) -> dict[int, Warmup]:
+    found = {}
+    for seed in seeds:
+        path = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}").run_dir / WARMUP_FILE
+        if path.is_file():
+            found[seed] = Warmup.read(path)
+    return found
+
+
+def _retrain_spec(p: Plan, seed: int, skipped: frozenset[str]) -> StudySpec:
+    return p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)))
+
+
+def _retrain_metrics(p: Plan, seed: int, skipped: frozenset[str]) -> RetrainMetrics | None:
+    """The metrics of a finished retrain of ``skipped`` at retrain seed ``seed``, else None."""
+    return finished_metrics(_retrain_spec(p, seed, skipped), skipped)
+
+
+def retrained_values(p: Plan, skipped: frozenset[str]) -> list[RetrainMetrics] | None:
+    """The metrics of ``skipped`` at every retrain seed, or None if any retrain is missing."""
+    found = [_retrain_metrics(p, r, skipped) for r in p.retrain_seeds]
+    return None if any(m is None for m in found) else found
 
 
 def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics:
-    """The retrain metrics of ``skipped`` at ``seed``: from an earlier retrain, else retrained now."""
-    spec = p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)))
-    done = finished_metrics(spec, skipped)
+    """The retrain metrics of ``skipped`` at retrain seed ``seed``: from an earlier retrain, else retrained now."""
+    done = _retrain_metrics(p, seed, skipped)
     if done is not None:
         return done
+    spec = _retrain_spec(p, seed, skipped)
     save_spec(spec)
     return retrain(spec, parts, skipped, FoundBy(sampler=BENCH), reporter)
 
@@ -231,10 +388,16 @@ def _check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> 
         )
 
 
+def plan_document(p: Plan) -> str:
+    """What the results in an output folder depend on: the resolved study and the bench's own settings."""
+    settings = {"retrain_seeds": p.config.retrain_seeds, "reference": [subset_key(p.space, s) for s in p.reference]}
+    return yaml.safe_dump({"study": p.spec(0).model_dump(), "bench": settings}, sort_keys=True)
+
+
 def _check_plan_file(p: Plan) -> None:
-    """An output folder holds one benchmark: re-runs must declare the same study."""
-    resolved = yaml.safe_dump(p.spec(0).model_dump(), sort_keys=True)
+    """An output folder holds one benchmark: re-runs and later pieces must declare the same one."""
+    resolved = plan_document(p)
     path = p.out / PLAN_FILE
     if path.is_file() and path.read_text() != resolved:
-        raise UserError(f"{p.out} holds a benchmark of another study or budget ({path}); pass another --out")
+        raise UserError(f"{p.out} holds a benchmark of another study, budget or retrain seeds ({path}); pass another --out")
     atomic.write_text(path, resolved)

@@ -1,9 +1,15 @@
-"""Statistics of a benchmark: spread over seeds, a paired test, rank correlation, regret and rank."""
+"""Statistics of a benchmark: spread over seeds, a paired test, rank correlations, and where a pick stands
+among the reference subsets (regret, percentile, top 10 %).
+
+A pick's value is compared with the values of the reference subsets (every subset, or a random sample
+of them); higher is better. ``percentile`` is the share of reference subsets the pick is at least as
+good as (the best subset: 100), and a pick is in the top 10 % when fewer than 10 % of the reference
+subsets are strictly better than it — equivalently, its percentile is above 90."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -29,7 +35,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
     result = {"test": "exact sign-flip permutation (two-sided, mean difference)", "n": n,
               "mean_diff": float(diff.mean()) if n else None, "median_diff": float(np.median(diff)) if n else None,
               "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
-    if n == 0 or not diff.any():
+    if n < 2 or not diff.any():  # one pair: both sign patterns are as extreme
         return {**result, "p_value": 1.0 if n else None}
     test = stats.permutation_test(
         (diff,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
@@ -43,11 +49,32 @@ def kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float | None
     return None if math.isnan(tau) else float(tau)
 
 
-def regret(truth: Mapping[str, float], pick: str) -> float:
-    """How much worse ``pick`` is than the best subset (higher-is-better results)."""
-    return max(truth.values()) - truth[pick]
+def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float | None:
+    """Spearman's ρ between predicted scores and true results (None when either is constant)."""
+    if len(set(scores)) < 2 or len(set(truth)) < 2:
+        return None
+    return float(stats.spearmanr(scores, truth).statistic)
 
 
-def rank(truth: Mapping[str, float], pick: str) -> int:
-    """1 + the number of subsets strictly better than ``pick`` (1 = best; ties share a rank)."""
-    return 1 + sum(value > truth[pick] for value in truth.values())
+def regret(reference: Sequence[float], value: float) -> float:
+    """How much worse ``value`` is than the best reference subset (negative: better than all of them)."""
+    return max(reference) - value
+
+
+def percentile(reference: Sequence[float], value: float) -> float:
+    """100 × the share of reference subsets whose value is ≤ ``value``."""
+    return 100.0 * sum(r <= value for r in reference) / len(reference)
+
+
+TOP_PERCENT = 10
+
+
+def in_top10(reference: Sequence[float], value: float) -> bool:
+    """Fewer than 10 % of the reference subsets are strictly better than ``value`` (integer arithmetic)."""
+    return 100 * sum(r > value for r in reference) < TOP_PERCENT * len(reference)
+
+
+def top10_threshold(reference: Sequence[float]) -> float:
+    """The lowest value that is in the top 10 %: the ⌈N/10⌉-th largest reference value."""
+    ordered = sorted(reference, reverse=True)
+    return ordered[-(-len(ordered) * TOP_PERCENT // 100) - 1]

@@ -40,15 +40,15 @@ def run(search: SearchRun) -> None:
 
 
 class OneShotSearch:
-    def __init__(self, search: SearchRun) -> None:
+    def __init__(self, search: SearchRun, net: Supernet | None = None) -> None:
         self.search, self.study, self.policy, self.reporter = search, search.study, search.policy, search.reporter
         spec, parts = search.spec, search.parts
         self.spec, self.model, self.task = spec.search, parts.model, parts.task
-        self.net = Supernet(spec, parts)
+        self.net = net or Supernet(spec, parts)
         self.observations: Iterator[Batch] = self.task.observation_batches(
             self.model, self.spec.batch_size, self.spec.observation_batch_count, split=self.spec.observation.split
         )
-        self.probabilities = self.policy.probabilities(self.study)
+        self.probabilities = self._probabilities()
         self.net.extra_state = lambda: {"probabilities": self.probabilities}  # the policy the next steps train with
         self._first_round = True
 
@@ -59,7 +59,7 @@ class OneShotSearch:
         for epoch in range(max(self.net.position.epoch, self.spec.warmup_epochs), epochs):
             self.reporter.phase(f"search {epoch + 1}/{epochs}", self.net.steps_per_epoch)
             self.net.train_epoch(epoch, self._draw, self._after_step)
-            self.reporter.log(f"epoch {epoch + 1}: current choice {self.search.parts.space.ordered(self.policy.chosen(self.study))}")
+            self._log_choice(epoch)
         if not self.net.position.finished:  # a finished search's checkpoint is left as it is
             self.net.position.finished = True
             self.net.save()
@@ -104,13 +104,19 @@ class OneShotSearch:
                 )
             self.study.tell(trial, value)
         self.net.position.rounds += 1
-        self.probabilities = self.policy.probabilities(self.study)
+        self.probabilities = self._probabilities()
+
+    def _probabilities(self) -> dict[str, float] | None:
+        return self.policy.probabilities(self.study)
+
+    def _log_choice(self, epoch: int) -> None:
+        self.reporter.log(f"epoch {epoch + 1}: current choice {self.search.parts.space.ordered(self.policy.chosen(self.study))}")
 
     def _restore(self, start: Path | None) -> None:
         own = self.net.restore(start)
         pos = self.net.position
         saved = self.net.restored_extra.get("probabilities") if own else None  # older checkpoints: none
-        self.probabilities = saved or self.policy.probabilities(self.study)  # not the study's: it may hold the next round
+        self.probabilities = saved or self._probabilities()  # not the study's: it may hold the next round
         for _ in range(pos.rounds % self.spec.observation_batch_count):
             next(self.observations)
         resumed = own and (pos.epoch, pos.step_in_epoch) != (self.spec.warmup_epochs, 0)

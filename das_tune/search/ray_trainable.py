@@ -5,29 +5,50 @@ only in the layers they skip. The loss reported every ``ray.report_every`` steps
 the task's observation batches, with a checkpoint (model, optimizer, step) so that a retried trial
 resumes where it stopped.
 
-Failure injection (for tests and drills): the trials whose Optuna numbers are in ``fail_trials`` (an
-argument of the executor's ``RaySearch``, empty in a run) raise after each attempt's first report.
+Every trial starts from the warm-up state the driver wrote to ``<experiment>/warmup_state.pt`` on
+the experiment's storage (``ray.storage_path``: a folder, NFS, ``s3://`` …), so any node can run it;
+each report carries the node it ran on (``node_id``, ``node_ip``), which the searcher records.
+
+Fault injection (for tests and drills; arguments of the executor's ``RaySearch``, unset in a run):
+the trials whose Optuna numbers are in ``fail_trials`` raise after each attempt's first report; with
+a ``TrialHold``, a trial's first attempt on the hold's node writes ``FOLDER/trial<N>`` after its first
+report and waits for ``FOLDER/release``, so that a test can kill that node at a known point.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import math
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 from ray import tune
 
 from das_tune import training
 from das_tune.components import Components, build_components
+from das_tune.search.ray_cluster import current_node
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
 _STATE = "state.pt"
+WARMUP_FILE = "warmup_state.pt"
+HOLD_LIMIT_S = 600
+
+
+@dataclass(frozen=True)
+class TrialHold:
+    """Hold the trials that start on node ``node_id`` after their first report (a test kills it then)."""
+
+    node_id: str
+    folder: str
 
 
 class InjectedFailure(RuntimeError):
@@ -47,12 +68,21 @@ def _components(spec_json: str) -> tuple[Components, list[Batch]]:
     return parts, observations
 
 
-def train_subnet(config: dict[str, Any], spec: StudySpec, start_state: dict[str, torch.Tensor], fail_trials: frozenset[int] = frozenset()) -> None:
+@functools.lru_cache(maxsize=1)
+def _warmup_state(uri: str) -> dict[str, torch.Tensor]:
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as stream:
+        return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
+
+
+def train_subnet(
+    config: dict[str, Any], spec: StudySpec, experiment: str, fail_trials: frozenset[int] = frozenset(), hold: TrialHold | None = None
+) -> None:
     parts, observations = _components(spec.model_dump_json())
     model, task, steps = parts.model, parts.task, spec.ray.steps_per_trial
     skipped = parts.space.decode(config)
     training.seed_everything(spec.seed)
-    model.load_state_dict(start_state, strict=False)
+    model.load_state_dict(_warmup_state(f"{experiment.rstrip('/')}/{WARMUP_FILE}"), strict=False)
     model.set_skipped(skipped)
     trainer = training.Trainer(model, spec.search, steps, epochs=1)  # steps: micro-batches of this trial
     start = _restore(model, trainer)
@@ -65,6 +95,8 @@ def train_subnet(config: dict[str, Any], spec: StudySpec, start_state: dict[str,
         _report(loss, step, model, trainer)
         if not math.isfinite(loss):
             return
+        if hold and start == 0 and step == spec.ray.report_every and current_node()["node_id"] == hold.node_id:
+            _hold(hold, config["trial_number"])
         if config["trial_number"] in fail_trials:
             raise InjectedFailure(f"injected failure of trial {config['trial_number']} at step {step} (resumed from step {start})")
 
@@ -82,7 +114,14 @@ def _report(loss: float, step: int, model, trainer: training.Trainer) -> None:
     state = {"model": model.trainable_state_dict(), "trainer": trainer.state_dict(), "step": step}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / _STATE)
-        tune.report({"loss": loss, "step": step}, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report({"loss": loss, "step": step, **current_node()}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _hold(hold: TrialHold, trial_number: int) -> None:
+    Path(hold.folder, f"trial{trial_number}").write_text(hold.node_id)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(hold.folder, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _restore(model, trainer: training.Trainer) -> int:

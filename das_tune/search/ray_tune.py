@@ -31,20 +31,21 @@ resumes them from their checkpoints, so :meth:`SkipSearcher.restore` gives each 
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
 
-Clusters (``--address auto``)
------------------------------
-The driver connects with ``ray.init(address=...)`` and the cluster's own resources. Every node needs
-das-tune installed and the study's data and checkpoint paths; ``ray.storage_path`` must be storage
-all nodes share (``s3://…``, ``gs://…`` or an NFS path) for checkpoints and restores. Only the driver
-talks to Optuna (the searcher runs there), so a local SQLite storage is fine; the warm-up state
-reaches the trials through Ray's object store.
+Clusters (``--address HOST:PORT`` or ``auto``)
+-----------------------------------------------
+The driver connects through ``ray_cluster.ray_session`` (an address that does not answer is bad input)
+and uses the cluster's own resources. Every node needs das-tune installed and the study's data and
+checkpoint paths; ``ray.storage_path`` must be storage all nodes share (``s3://…``, ``gs://…`` or an
+NFS path): the warm-up state is written there once (``<experiment>/warmup_state.pt``) and every trial,
+on any node, starts from it and checkpoints next to it, so a trial whose node dies is retried on
+another one from its last checkpoint. Only the driver talks to Optuna (the searcher runs there), so a
+local SQLite storage is fine. Each trial's user attrs ``node_id`` / ``node_ip`` say where it ran.
 """
 
 from __future__ import annotations
 
-import logging
+import io
 import math
-import os
 import pickle
 import threading
 from collections.abc import Callable
@@ -54,7 +55,6 @@ from typing import Any
 
 import optuna
 import pyarrow.fs
-import ray
 import torch
 from optuna.trial import TrialState
 from ray import tune
@@ -65,7 +65,8 @@ from das_tune.backbones.flops import CostModel
 from das_tune.progress import Reporter
 from das_tune.samplers import SkipPolicy
 from das_tune.search.base import SearchRun
-from das_tune.search.ray_trainable import train_subnet
+from das_tune.search.ray_cluster import ray_session
+from das_tune.search.ray_trainable import WARMUP_FILE, TrialHold, train_subnet
 from das_tune.search.supernet import warm_up
 from das_tune.spaces import SkipSpace
 from das_tune.storage import fail_running
@@ -73,13 +74,6 @@ from das_tune.study import RaySpec, StudySpec
 
 METRIC, MODE = "loss", "min"
 PHASE = "ray"
-QUIET_ENV = {
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    # CheckpointConfig(num_to_keep=1) snapshots the experiment at every report, on purpose.
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 SCHEDULERS: dict[str, Callable[[RaySpec], TrialScheduler]] = {
@@ -150,6 +144,7 @@ class SkipSearcher(Searcher):
         self.study, self.suggest_skip, self.steps_per_trial = study, suggest, steps_per_trial
         self.trials: dict[str, optuna.Trial] = {}  # Ray trial id → its Optuna trial
         self.told: set[str] = set()
+        self.nodes: dict[str, list[str]] = {}  # Ray trial id → the nodes it reported from, in order
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         trial = self.study.ask()
@@ -157,12 +152,31 @@ class SkipSearcher(Searcher):
         return self.suggest_skip(trial)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.told and math.isfinite(result[METRIC]):
+        if trial_id in self.told:
+            return
+        self._record_node(trial_id, result)
+        if math.isfinite(result[METRIC]):
             self.trials[trial_id].report(result[METRIC], result["training_iteration"])
+
+    def _record_node(self, trial_id: str, result: dict) -> None:
+        """User attrs ``node_id`` / ``node_ip``: where the trial reported last; ``previous_node_ids``:
+        the nodes it ran on before, if it was retried elsewhere (e.g. its node died)."""
+        node = result.get("node_id")
+        nodes = self.nodes.setdefault(trial_id, [])
+        if node is None or (nodes and nodes[-1] == node):
+            return
+        trial = self.trials[trial_id]
+        if nodes:
+            trial.set_user_attr("previous_node_ids", list(nodes))
+        nodes.append(node)
+        trial.set_user_attr("node_id", node)
+        trial.set_user_attr("node_ip", result.get("node_ip"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.told:
             return
+        if result:  # Ray may hand a trial's last report only here, not to on_trial_result
+            self._record_node(trial_id, result)
         state, value = trial_outcome(result, error, self.steps_per_trial)
         self.study.tell(self.trials[trial_id], value, state=state)
         self.told.add(trial_id)
@@ -235,14 +249,15 @@ class StudyProgress:
 class RaySearch:
     """The Ray Tune executor of one search; ``run()`` returns Tune's results.
 
-    ``fail_trials``: Optuna trial numbers that raise after each attempt's first report (for tests and
-    drills of the retry path).
+    For tests and drills (never set by a run): ``fail_trials``, Optuna trial numbers that raise after
+    each attempt's first report (the retry path); ``hold``, trials held on one node after their first
+    report (so that a test can kill that node mid-trial).
     """
 
-    def __init__(self, search: SearchRun, *, fail_trials: frozenset[int] = frozenset()) -> None:
+    def __init__(self, search: SearchRun, *, fail_trials: frozenset[int] = frozenset(), hold: TrialHold | None = None) -> None:
         self.search, self.spec, self.study, self.reporter = search, search.spec, search.study, search.reporter
         self.ray = search.spec.ray
-        self.fail_trials = fail_trials
+        self.fail_trials, self.hold = fail_trials, hold
 
     @property
     def storage_path(self) -> str:
@@ -257,17 +272,14 @@ class RaySearch:
         interrupted = fail_running(self.study, PHASE)  # the lease is ours: their driver is dead
         if interrupted:
             self.reporter.log(f"{interrupted} Ray trials in flight when the last driver stopped: marked FAIL, Ray retries them")
-        start_state = self.warm_up()
-        started = self._init_ray()
-        try:
-            tuner, restored = self._tuner(start_state)
+        with ray_session(self.ray):
+            start_state = self.warm_up()
+            tuner, restored = self._tuner()
+            self._share(start_state)
             done = _finished(tuner.get_results()) if restored else 0
             self.reporter.phase("ray trials", self.ray.num_trials - done)
             with StudyProgress(self.study, self.reporter):
                 grid = tuner.fit()
-        finally:
-            if started:
-                ray.shutdown()
         if _finished(grid) < self.ray.num_trials:  # Tune returns normally after Ctrl+C; its state is saved
             raise KeyboardInterrupt
         self._fail_leftovers()
@@ -280,26 +292,25 @@ class RaySearch:
             return self.search.parts.model.trainable_state_dict()
         return torch.load(path, weights_only=False)["model"]
 
-    # -- Ray ----------------------------------------------------------------------------------------
-    def _init_ray(self) -> bool:
-        for key, value in QUIET_ENV.items():
-            os.environ.setdefault(key, value)
-        if ray.is_initialized():
-            return False
-        if self.ray.address:
-            ray.init(address=self.ray.address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            cpus = max(1, math.ceil(self.ray.cpus_per_trial * self.ray.max_concurrent_trials))
-            ray.init(num_cpus=cpus, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
-        return True
+    def _share(self, start_state: dict[str, torch.Tensor]) -> None:
+        """The warm-up state, written next to the trials' checkpoints: every node reads it there."""
+        buffer = io.BytesIO()
+        torch.save(start_state, buffer)
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.experiment_path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{WARMUP_FILE}") as out:
+            out.write(buffer.getvalue())
 
-    def _trainable(self, start_state: dict[str, torch.Tensor]) -> Any:
-        fn = tune.with_parameters(train_subnet, spec=_absolute_paths(self.spec), start_state=start_state, fail_trials=self.fail_trials)
+    # -- Ray ----------------------------------------------------------------------------------------
+    def _trainable(self) -> Any:
+        fn = tune.with_parameters(
+            train_subnet, spec=absolute_paths(self.spec), experiment=self.experiment_path, fail_trials=self.fail_trials, hold=self.hold
+        )
         return tune.with_resources(fn, {"cpu": self.ray.cpus_per_trial, "gpu": self.ray.gpus_per_trial})
 
-    def _tuner(self, start_state: dict[str, torch.Tensor]) -> tuple[tune.Tuner, bool]:
+    def _tuner(self) -> tuple[tune.Tuner, bool]:
         """The experiment restored if this study has one, else a new one; and whether restored."""
-        path, trainable = self.experiment_path, self._trainable(start_state)
+        path, trainable = self.experiment_path, self._trainable()
         if tune.Tuner.can_restore(path):
             if self.study.trials:
                 self.reporter.log(f"resuming the Ray Tune experiment {path}")
@@ -341,6 +352,13 @@ def _finished(grid: tune.ResultGrid) -> int:
     return grid.num_terminated + grid.num_errors
 
 
-def _absolute_paths(spec: StudySpec) -> StudySpec:
-    """Workers may run elsewhere (another folder, another node): local paths made absolute."""
-    return spec.with_paths({field: str(Path(path).resolve()) for field, path in spec.local_paths().items() if Path(path).exists()})
+def absolute_paths(spec: StudySpec) -> StudySpec:
+    """Workers may run elsewhere (another folder, another node): local paths, the output folder and a
+    local storage made absolute."""
+    spec = spec.with_paths({field: str(Path(path).resolve()) for field, path in spec.local_paths().items() if Path(path).exists()})
+    storage = spec.storage
+    if storage.startswith("sqlite:///"):
+        storage = "sqlite:///" + str(Path(storage.removeprefix("sqlite:///")).expanduser().resolve())
+    elif "://" not in storage:  # a journal file
+        storage = str(Path(storage).expanduser().resolve())
+    return spec.model_copy(update={"output_dir": str(Path(spec.output_dir).resolve()), "storage": storage})

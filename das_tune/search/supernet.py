@@ -21,6 +21,7 @@ from das_tune.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.study import StudySpec
+from das_tune.tasks.base import Batch
 
 CHECKPOINT = "search_state.pt"
 WARMUP_CHECKPOINT = "warmup_state.pt"  # the supernet after the warm-up: shareable by other searches
@@ -64,7 +65,7 @@ class Supernet:
             if step < pos.step_in_epoch:  # resuming: these batches were trained before the stop
                 continue
             self.model.set_skipped(draw())
-            loss = self.trainer.train(self.task, batch, step)
+            loss = self.train_step(batch, step)
             if not math.isfinite(loss):
                 raise RunFailure(
                     f"the search diverged: training loss {loss} at epoch {epoch + 1}, step {step + 1} "
@@ -76,6 +77,10 @@ class Supernet:
         self.save()
         if pos.epoch == self.search.warmup_epochs:
             self.save(WARMUP_CHECKPOINT)
+
+    def train_step(self, batch: Batch, step: int) -> float:
+        """Micro-batch ``step`` of the epoch on the current subnet (data-parallel ranks split it)."""
+        return self.trainer.train(self.task, batch, step)
 
     # -- checkpoint -------------------------------------------------------------------------------
     def save(self, filename: str = CHECKPOINT) -> None:
@@ -123,15 +128,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def warm_up(spec: StudySpec, parts: Components, reporter: Reporter) -> Path | None:
+def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Supernet | None = None) -> Path | None:
     """Train the supernet for the warm-up epochs (uniformly random subnets) and return its checkpoint,
     ``run_dir/warmup_state.pt``: done once, reused when present, resumed when interrupted. None when
-    the study has no warm-up epochs."""
+    the study has no warm-up epochs. ``net``: the supernet to train (default: one in this process)."""
     epochs = spec.search.warmup_epochs
     path = spec.run_dir / WARMUP_CHECKPOINT
     if epochs == 0 or path.exists():
         return path if epochs else None
-    net = Supernet(spec, parts)
+    net = net or Supernet(spec, parts)
     if net.restore() and not net.warmed_up:
         reporter.log(f"resuming the warm-up at epoch {net.position.epoch + 1}, step {net.position.step_in_epoch}")
     draw = _uniform_draw(net, parts)

@@ -1,0 +1,39 @@
+"""Evaluating a run's subnet again, on its own data or other data (``--set task.data_dir=...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from das_tune import training
+from das_tune.errors import UserError
+from das_tune.run_folder import build_run_task, read_run_folder
+from das_tune.subnet import load_run
+
+SPLITS = ("val", "test")
+
+
+class Evaluation(BaseModel):
+    split: str
+    metric: str
+    value: float
+    metrics: dict[str, float]  # everything the task reports (the metric, the loss, ...)
+    examples: int
+    recorded: float | None  # the run's own figure for this split (metrics.json), for comparison
+
+
+def evaluate(path: str | Path, split: str = "test", overrides: dict[str, Any] | None = None) -> Evaluation:
+    """The metric of the run folder's subnet on ``split``, batched as its retrain evaluated."""
+    if split not in SPLITS:
+        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    run = read_run_folder(path, overrides)
+    task = build_run_task(run.spec)
+    model = load_run(run, task)
+    metrics = training.evaluate(model.backbone, task, split, run.spec.retrain.batch_size)
+    recorded = run.metrics.get("value") if split == "test" else run.metrics.get("val", {}).get(task.metric)
+    return Evaluation(
+        split=split, metric=task.metric, value=metrics[task.metric], metrics=metrics,
+        examples=len(task.examples(split)), recorded=recorded,
+    )

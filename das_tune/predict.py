@@ -1,0 +1,121 @@
+"""A task's natural inputs (a question and an image, a sentence, a premise and a hypothesis, ...), how
+they reach a model, and what comes back: labels with scores.
+
+    rows = [{"question": "what shape is it?", "image": "shape.png"}]
+    logits = TASK_INPUTS["easyvqa"].logits(backbone, rows)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from das_tune.backbones.base import SkippableBackbone
+from das_tune.errors import UserError
+from das_tune.tasks.base import Task, model_device, move_to
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    """The best label, its score (a probability) and the ``top`` labels with theirs, best first."""
+
+    label: str
+    score: float
+    top: list[LabelScore]
+
+
+def _ordered(labels: Mapping[str, int], size: int | None = None) -> list[str]:
+    """Label names in class order from a ``{name: class}`` vocabulary; unnamed classes get their number."""
+    names = {index: name for name, index in labels.items()}
+    return [names.get(i, str(i)) for i in range(size or len(names))]
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """The inputs of one task: text fields (a second one is the pair's sentence), image fields, and
+    how logits become scores."""
+
+    texts: tuple[str, ...]
+    images: tuple[str, ...]
+    labels: Callable[[Task], list[str]]  # class names, read from a built task
+    multi_label: bool = False  # independent sigmoid scores (VQAv2's soft targets), else a softmax
+    pass_per_image: bool = False  # NLVR2: one pass per image, pooled features concatenated
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.texts + self.images
+
+    def check(self, task: str, row: Mapping[str, Any]) -> None:
+        wanted = ", ".join(self.fields)
+        unknown = sorted(set(row) - set(self.fields))
+        if unknown:
+            raise UserError(f"task {task!r} takes {wanted}; {', '.join(unknown)} is not one of its inputs")
+        missing = [field for field in self.fields if row.get(field) is None]
+        if missing:
+            raise UserError(f"task {task!r} needs {wanted}; missing {', '.join(missing)}")
+        for field in self.images:
+            if isinstance(row[field], str | Path) and not Path(row[field]).expanduser().is_file():
+                raise UserError(f"{field} {row[field]}: no such file")
+
+    def logits(self, model: SkippableBackbone, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        texts = [str(row[self.texts[0]]) for row in rows]
+        pairs = [str(row[self.texts[1]]) for row in rows] if len(self.texts) > 1 else None
+        images = [[read_image(row[field]) for row in rows] for field in self.images]
+        device = model_device(model)
+        if self.pass_per_image:
+            pooled = [model.features(**move_to(model.preprocess(texts, images=batch), device)) for batch in images]
+            return model.task_head(torch.cat(pooled, dim=-1))
+        inputs = model.preprocess(texts, images=images[0] if images else None, text_pairs=pairs)
+        return model(**move_to(inputs, device))
+
+    def predictions(self, logits: torch.Tensor, labels: Sequence[str], top: int) -> list[Prediction]:
+        scores = logits.float().sigmoid() if self.multi_label else logits.float().softmax(dim=-1)
+        values, indices = scores.topk(min(top, scores.shape[-1]), dim=-1)
+        results = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
+            best = [LabelScore(label=labels[i], score=v) for v, i in zip(row_values, row_indices)]
+            results.append(Prediction(label=best[0].label, score=best[0].score, top=best))
+        return results
+
+
+TASK_INPUTS: dict[str, TaskInputs] = {
+    "easyvqa": TaskInputs(("question",), ("image",), labels=lambda task: list(task.answers)),
+    "vqav2": TaskInputs(
+        ("question",), ("image",), multi_label=True, labels=lambda task: _ordered(task.answer_ids, task.num_answers)
+    ),
+    "sst2": TaskInputs(("sentence",), (), labels=lambda task: ["negative", "positive"]),
+    "mnli": TaskInputs(("premise", "hypothesis"), (), labels=lambda task: _ordered(task.labels)),
+    "nlvr2": TaskInputs(("sentence",), ("image", "image2"), pass_per_image=True, labels=lambda task: ["False", "True"]),
+    "f30k": TaskInputs(("caption",), ("image",), labels=lambda task: ["no match", "match"]),
+}
+
+
+def task_inputs(task: str) -> TaskInputs:
+    if task not in TASK_INPUTS:
+        raise UserError(f"task {task!r} has no prediction inputs; expected one of {', '.join(TASK_INPUTS)}")
+    return TASK_INPUTS[task]
+
+
+def read_image(image: Any):
+    """A PIL image from a path (or an image or array as it is)."""
+    if not isinstance(image, str | Path):
+        return image
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise UserError(f"image {path}: no such file")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"image {path}: not an image file that Pillow can read ({error})") from None

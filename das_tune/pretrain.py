@@ -1,0 +1,349 @@
+"""Vision-language pre-training of the single-stream MiniLM on easy-VQA's training images.
+
+DAS transfers a vision-language pre-trained model; all-MiniLM-L6-v2 has read only text. As METER
+pre-trains on COCO captions before VQAv2 on COCO images, this gives it image tokens its layers can bind
+to words, with objectives other than the downstream answers:
+
+- image–caption matching (ITM): a caption of the image ("a red circle", "the shape is red", ...) or the
+  same caption with its colour and/or shape changed → matched or not;
+- masked-word prediction (MLM): a matched caption with its colour and/or shape words masked → the words,
+  from the whole vocabulary through the frozen word embeddings.
+
+The captions come from the attributes of each *training* image, read off its training questions and
+answers (val and test images are never seen). What trains: the conv stem and rank-r LoRA deltas
+(``peft``) on every linear layer of the encoder. Written out: the stem and the deltas (``lora_A``,
+``lora_B``) as safetensors, merged into the frozen weights at load (``minilm_vl``'s ``vl_weights``),
+and a JSON log. A checkpoint every ``checkpoint_every`` steps; the same command resumes after a stop,
+also with another ``steps`` (the learning-rate decay then ends at the new last step; the log says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import save_file
+from torch import nn
+
+from das_tune.backbones.bert import load_encoder, masked_mean
+from das_tune.backbones.layered import additive_mask
+from das_tune.backbones.processing import load_tokenizer, minilm_path
+from das_tune.backbones.vl_bert import MEAN, STD, ImageTokens, joint_sequence
+from das_tune.errors import UserError
+from das_tune.progress import Reporter
+
+COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+NEGATIONS = {"not", "no"}
+LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BertLayer
+STATE, LOG, WEIGHTS = "state.pt", "log.json", "minilm_vl.safetensors"
+
+BOTH = ("a {c} {s}", "there is a {c} {s}", "the image contains a {c} {s}", "a {s} that is {c}", "the {s} is {c}",
+        "the shape is a {c} {s}")
+COLOUR_ONLY = ("a {c} shape", "the shape is {c}", "the color of the shape is {c}", "there is a {c} shape")
+SHAPE_ONLY = ("a {s}", "the shape is a {s}", "there is a {s} in the image")
+
+
+class PretrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(default=2000, gt=0)
+    batch_size: int = Field(default=64, ge=4, description="half image–caption matching, half masked words")
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    lora_rank: int = Field(default=8, gt=0)
+    image_size: int = 64
+    checkpoint_every: int = Field(default=100, gt=0)
+    eval_every: int = Field(default=100, gt=0)
+    eval_images: int = Field(default=200, gt=0, description="training images held out of the pre-training to score it")
+    seed: int = 0
+    tiny: bool = False
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str | None
+    shape: str | None
+
+
+def scene_attributes(rows: list[tuple[str, str, int]]) -> dict[int, Scene]:
+    """Each image's colour and shape, as far as its (question, answer, image id) rows tell them."""
+    found: dict[int, dict[str, str]] = {}
+    for question, answer, image_id in rows:
+        words = set(question.rstrip("?").split())
+        attrs = found.setdefault(image_id, {})
+        if answer in COLOURS + SHAPES:  # "what color is the triangle?" -> blue: both are known
+            attrs["colour" if answer in COLOURS else "shape"] = answer
+            present = words
+        else:  # "is there not a red shape?" -> no: red is present
+            present = words if (answer == "yes") != bool(words & NEGATIONS) else set()
+        for word in present & set(COLOURS):
+            attrs["colour"] = word
+        for word in present & set(SHAPES):
+            attrs["shape"] = word
+    return {i: Scene(a.get("colour"), a.get("shape")) for i, a in found.items() if a}
+
+
+class CaptionSampler:
+    """Random captions of a scene: matched or corrupted (ITM), or with attribute words masked (MLM)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def templates(self, scene: Scene) -> tuple[str, ...]:
+        both = BOTH if scene.colour and scene.shape else ()
+        return both + (COLOUR_ONLY if scene.colour else ()) + (SHAPE_ONLY if scene.shape else ())
+
+    def matching(self, scene: Scene) -> tuple[str, int]:
+        template = self.rng.choice(self.templates(scene))
+        colour, shape = scene.colour, scene.shape
+        if self.rng.random() < 0.5:
+            return template.format(c=colour, s=shape), 1
+        change = [k for k in ("c", "s") if "{" + k + "}" in template]
+        change = self.rng.sample(change, self.rng.randint(1, len(change)))
+        if "c" in change:
+            colour = self.rng.choice([c for c in COLOURS if c != colour])
+        if "s" in change:
+            shape = self.rng.choice([s for s in SHAPES if s != shape])
+        return template.format(c=colour, s=shape), 0
+
+    def masked(self, scene: Scene, mask_token: str) -> tuple[str, list[str]]:
+        """A matched caption with some attribute words replaced by ``mask_token``; the masked words in order."""
+        template = self.rng.choice(self.templates(scene))
+        keys = [k for k in ("c", "s") if "{" + k + "}" in template]
+        masked = set(self.rng.sample(keys, self.rng.randint(1, len(keys))))
+        words = {"c": scene.colour, "s": scene.shape}
+        order = sorted(masked, key=lambda k: template.index("{" + k + "}"))
+        filled = {k: (mask_token if k in masked else words[k]) for k in ("c", "s")}
+        return template.format(**filled), [words[k] for k in order]
+
+
+class PretrainModel(nn.Module):
+    """The single-stream model with LoRA on its encoder, an ITM head and an MLM head tied to the word embeddings."""
+
+    def __init__(self, encoder: nn.Module, image_size: int, lora_rank: int) -> None:
+        super().__init__()
+        from peft import LoraConfig, inject_adapter_in_model
+
+        dim = encoder.config.hidden_size
+        encoder.requires_grad_(False)
+        self.lora_scale = 2.0  # lora_alpha / r
+        inject_adapter_in_model(
+            LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=LORA_TARGETS), encoder.encoder
+        )
+        self.encoder = encoder
+        self.image_tokens = ImageTokens(dim, image_size, encoder.embeddings.LayerNorm)
+        self.itm = nn.Linear(dim, 2)
+        self.mlm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
+        self.mlm_bias = nn.Parameter(torch.zeros(encoder.config.vocab_size))
+
+    def hidden(self, input_ids, attention_mask, pixel_values) -> tuple[torch.Tensor, torch.Tensor]:
+        x, valid = joint_sequence(self.encoder.embeddings, self.image_tokens, input_ids, pixel_values, attention_mask)
+        mask = additive_mask(valid, x.dtype)
+        for layer in self.encoder.encoder.layer:
+            out = layer(x, mask)
+            x = out[0] if isinstance(out, tuple) else out
+        return x, valid
+
+    def losses(self, itm: dict[str, torch.Tensor], mlm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = len(itm["labels"])
+        joint = {k: _cat_padded(itm[k], mlm[k]) for k in ("input_ids", "attention_mask")}
+        x, valid = self.hidden(joint["input_ids"], joint["attention_mask"], torch.cat([itm["pixels"], mlm["pixels"]]))
+        itm_logits = self.itm(masked_mean(x[:n], valid[:n]))
+        masked = x[n:, : mlm["input_ids"].shape[1]][mlm["input_ids"] == mlm["mask_id"]]
+        mlm_logits = self.mlm(masked) @ self.encoder.embeddings.word_embeddings.weight.T + self.mlm_bias
+        return {
+            "itm_loss": F.cross_entropy(itm_logits, itm["labels"]),
+            "mlm_loss": F.cross_entropy(mlm_logits, mlm["targets"]),
+            "itm_accuracy": (itm_logits.argmax(-1) == itm["labels"]).float().mean(),
+            "mlm_accuracy": (mlm_logits.argmax(-1) == mlm["targets"]).float().mean(),
+        }
+
+    def vl_weights(self) -> dict[str, torch.Tensor]:
+        """The stem and the LoRA factors, keyed as :func:`das_tune.backbones.vl_bert.load_vl_weights` reads them."""
+        weights = {f"image_tokens.{k}": v for k, v in self.image_tokens.state_dict().items()}
+        for name, param in self.encoder.named_parameters():
+            if ".lora_" in name:  # encoder.layer.0.attention.self.query.lora_A.default.weight
+                module, _, rest = name.partition(".lora_")
+                weights[f"{module}.lora_{rest.split('.')[0]}"] = param.detach()
+        return {k: v.contiguous().clone() for k, v in weights.items()}
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    width = max(a.shape[1], b.shape[1])
+    return torch.cat([F.pad(a, (0, width - a.shape[1])), F.pad(b, (0, width - b.shape[1]))])
+
+
+class CaptionData:
+    """The training images (uint8, in memory) and their scenes; a seeded source of ITM and MLM batches."""
+
+    def __init__(self, spec: PretrainSpec, tokenizer) -> None:
+        from das_tune.tasks.easyvqa import EasyVQATask
+
+        task = EasyVQATask(train_limit=400 if spec.tiny else None, val_limit=1, test_limit=1)
+        examples = task.examples("train")  # the task's own train split: no val or test image
+        self.scenes = scene_attributes([(e.question, task.answers[e.label], e.image_id) for e in examples])
+        images = {e.image_id: e.image for e in examples if e.image_id in self.scenes}
+        ids = sorted(images)
+        random.Random(spec.seed).shuffle(ids)
+        held = min(spec.eval_images, len(ids) // 5)
+        self.eval_ids, self.train_ids = ids[:held], ids[held:]
+        size = (spec.image_size, spec.image_size)
+        self.pixels = {i: torch.from_numpy(np.array(images[i].resize(size))).permute(2, 0, 1) for i in ids}
+        self.tokenizer = tokenizer
+
+    def batch(self, ids: list[int], sampler: CaptionSampler) -> tuple[dict, dict]:
+        """The first half of ``ids`` as matching pairs, the second as masked captions."""
+        half = len(ids) // 2
+        itm_ids, mlm_ids = ids[:half], ids[half:]
+        captions, labels = zip(*(sampler.matching(self.scenes[i]) for i in itm_ids), strict=True)
+        itm = {**self._text(list(captions)), "labels": torch.tensor(labels), "pixels": self._pixels(itm_ids)}
+        masked = [sampler.masked(self.scenes[i], "\0") for i in mlm_ids]
+        texts, pieces = [], []
+        for caption, words in masked:  # a masked word of several word pieces is one [MASK] per piece
+            for word in words:
+                word_pieces = self.tokenizer.tokenize(word)
+                caption = caption.replace("\0", " ".join([self.tokenizer.mask_token] * len(word_pieces)), 1)
+                pieces += word_pieces
+            texts.append(caption)
+        mlm = {
+            **self._text(texts), "pixels": self._pixels(mlm_ids), "mask_id": self.tokenizer.mask_token_id,
+            "targets": torch.tensor(self.tokenizer.convert_tokens_to_ids(pieces)),
+        }
+        return itm, mlm
+
+    def _text(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def _pixels(self, ids: list[int]) -> torch.Tensor:
+        pixels = torch.stack([self.pixels[i] for i in ids]).float() / 255.0
+        return (pixels - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
+class Pretraining:
+    """The resumable loop: a checkpoint (``state.pt``) and the log every few steps, the weights at the end."""
+
+    def __init__(self, spec: PretrainSpec, out_dir: Path, reporter: Reporter) -> None:
+        self.spec, self.out_dir, self.reporter = spec, Path(out_dir), reporter
+        torch.manual_seed(spec.seed)
+        encoder = load_encoder(None if spec.tiny else minilm_path(), spec.tiny, 6)
+        self.model = PretrainModel(encoder, spec.image_size, spec.lora_rank)
+        self.data = CaptionData(spec, load_tokenizer(minilm_path()))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
+        warmup = max(1, int(spec.steps * spec.warmup_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min((s + 1) / warmup, max(0.0, (spec.steps - s) / max(1, spec.steps - warmup)))
+        )
+        self.rng = random.Random(spec.seed)
+        self.step, self.seconds, self.log, self.running = 0, 0.0, [], []
+
+    def run(self) -> Path:
+        self._restore()
+        self.reporter.phase("pre-training", self.spec.steps)
+        for _ in range(self.step):
+            self.reporter.advance(None)
+        start = time.perf_counter() - self.seconds
+        while self.step < self.spec.steps:
+            self.running.append(self._train_step())
+            self.step += 1
+            self.seconds = time.perf_counter() - start
+            self.reporter.advance(self.running[-1]["itm_loss"] + self.running[-1]["mlm_loss"])
+            if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
+                self._log_entry()
+            if self.step % self.spec.checkpoint_every == 0 or self.step == self.spec.steps:
+                self._save()
+        weights = self.out_dir / WEIGHTS
+        metadata = {"lora_scale": str(self.model.lora_scale), "lora_rank": str(self.spec.lora_rank), "steps": str(self.step)}
+        save_file(self.model.vl_weights(), weights, metadata=metadata)
+        return weights
+
+    def _train_step(self) -> dict[str, float]:
+        self.model.train()
+        ids = self.rng.sample(self.data.train_ids, self.spec.batch_size)
+        losses = self.model.losses(*self.data.batch(ids, CaptionSampler(self.rng)))
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses["itm_loss"] + losses["mlm_loss"]).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {k: v.item() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """ITM and MLM accuracy on fixed captions of the held-out training images."""
+        self.model.eval()
+        sampler, totals = CaptionSampler(random.Random(12345)), []
+        ids = self.data.eval_ids
+        for start in range(0, len(ids) - 1, 64):
+            losses = self.model.losses(*self.data.batch(ids[start : start + 64], sampler))
+            totals.append({k: v.item() for k, v in losses.items()})
+        return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
+
+    def _log_entry(self) -> None:
+        train = {k: float(np.mean([r[k] for r in self.running])) for k in self.running[0]}
+        entry = {"step": self.step, "seconds": round(self.seconds, 1), "train": train, "eval": self.evaluate()}
+        self.running = []
+        self.log.append(entry)
+        ev = entry["eval"]
+        self.reporter.log(
+            f"step {self.step}: eval ITM accuracy {ev['itm_accuracy']:.3f}, masked-word accuracy {ev['mlm_accuracy']:.3f}"
+        )
+
+    def _save(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "spec": self.spec.model_dump(), "step": self.step, "seconds": self.seconds, "log": self.log,
+            "running": self.running, "model": {k: v for k, v in self.model.state_dict().items() if _trains(self.model, k)},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.out_dir / f"{STATE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out_dir / STATE)
+        log = {"spec": self.spec.model_dump(), "images": len(self.data.train_ids), "eval_images": len(self.data.eval_ids),
+               "entries": self.log}
+        (self.out_dir / LOG).write_text(json.dumps(log, indent=2) + "\n")
+
+    def _restore(self) -> None:
+        path = self.out_dir / STATE
+        if not path.exists():
+            return
+        state = torch.load(path, weights_only=False)
+        if _setup(state["spec"]) != _setup(self.spec.model_dump()):
+            raise UserError(f"{path} was written by another pre-training setup; pass --fresh or another --out")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.seconds, self.log, self.running = state["step"], state["seconds"], state["log"], state["running"]
+        if state["spec"]["steps"] != self.spec.steps:  # the learning-rate decay now ends at the new last step
+            self.log.append({"step": self.step, "steps_changed": [state["spec"]["steps"], self.spec.steps]})
+        self.reporter.log(f"resuming the pre-training at step {self.step} of {self.spec.steps}")
+
+
+def _setup(spec: dict) -> dict:
+    """What a checkpoint must share with a run that resumes it: all but the step count and the cadences."""
+    return {k: v for k, v in spec.items() if k not in ("steps", "checkpoint_every", "eval_every")}
+
+
+def _trains(model: nn.Module, key: str) -> bool:
+    return dict(model.named_parameters()).get(key, torch.empty(0)).requires_grad
+
+
+def pretrain(spec: PretrainSpec, out_dir: Path, reporter: Reporter | None = None, *, fresh: bool = False) -> Path:
+    """Run (or resume) the pre-training; returns the path of the written weights."""
+    out_dir = Path(out_dir)
+    if fresh:
+        (out_dir / STATE).unlink(missing_ok=True)
+    return Pretraining(spec, out_dir, reporter or Reporter()).run()

@@ -1,0 +1,213 @@
+"""The data-parallel one-shot search: one supernet trained on ``search.workers`` workers.
+
+The executor ``data_parallel`` of the registry, chosen when ``search.workers > 1``. Each worker (a
+rank of a PyTorch process group, launched by Ray Train's ``TorchTrainer``: gloo on CPU, NCCL on GPUs)
+runs the shared warm-up and the one-shot loop of :class:`OneShotSearch` on a
+:class:`DataParallelSupernet`, with three changes:
+
+* **the same subnet on every rank.** Every rank holds the same seeded generator and the same skip
+  probabilities, so every step draws the same subnet everywhere; nothing has to be sent for it;
+* **one global batch, split.** Every rank builds the same global batch (the order depends only on
+  the seed and the epoch) and trains on its rows ``rank::workers``; each rank's loss is weighted by
+  its share of the rows and the gradients are averaged (one all-reduce per step), so a step equals
+  one process's step on the whole batch, whatever the split;
+* **one observation round, on rank 0.** Only rank 0 holds the study: it asks the round's trials,
+  scores them on the observation batch and tells them, then broadcasts the new skip probabilities;
+  every rank checks that it holds the same probabilities and draws as rank 0 after each round.
+
+Rank 0 also writes the checkpoints (``run_dir`` must be storage every worker reads, as on one
+machine). Losses must be means over the examples of a batch (classification, VQA), so that the
+weighted shares add up to the whole batch's loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from das_tune.components import Components
+from das_tune.progress import Reporter
+from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
+from das_tune.search.base import SearchRun
+from das_tune.search.oneshot import OneShotSearch
+from das_tune.search.supernet import CHECKPOINT, Supernet, warm_up
+from das_tune.study import StudySpec
+from das_tune.tasks.base import Batch
+
+
+def rows_of(batch: Batch, rank: int, workers: int) -> tuple[Batch, int, int]:
+    """Rank ``rank``'s rows of ``batch`` (every ``workers``-th from ``rank``), their count and the batch's."""
+    total = _batch_rows(batch)
+    part = {key: _take(value, total, rank, workers) for key, value in batch.items()}
+    return part, len(range(rank, total, workers)), total
+
+
+def _batch_rows(batch: Mapping[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+        if isinstance(value, Mapping):
+            return _batch_rows(value)
+    raise ValueError("a batch without tensors cannot be split between workers")
+
+
+def _take(value: Any, total: int, rank: int, workers: int) -> Any:
+    """The rows of one batch field (tensors and lists of ``total`` rows, nested mappings of them)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
+        return value[rank::workers]
+    if isinstance(value, (list, tuple)) and len(value) == total:
+        return type(value)(value[rank::workers])
+    if isinstance(value, Mapping):
+        return {key: _take(v, total, rank, workers) for key, v in value.items()}
+    return value
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], workers: int) -> None:
+    """Average the gradients of ``parameters`` over the ranks in one all-reduce. Parameters without a
+    gradient (the layers the step's subnet skips, the same on every rank) are left without one."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= workers
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class DataParallelSupernet(Supernet):
+    """One rank's copy of the supernet: the same weights as rank 0's, a split batch per step, averaged
+    gradients; rank 0 alone writes the checkpoints."""
+
+    def __init__(self, spec: StudySpec, parts: Components, *, rank: int, workers: int) -> None:
+        super().__init__(spec, parts)
+        self.rank, self.workers = rank, workers
+        for p in self.model.trainable_parameters():  # start from rank 0's weights, as DDP does
+            dist.broadcast(p.data, 0)
+
+    def train_step(self, batch: Batch, step: int) -> float:
+        """This rank's rows of micro-batch ``step``, weighted by their share; the gradients are averaged
+        over the ranks when the accumulation window ends, just before the optimizer steps."""
+        self.model.train()
+        part, mine, total = rows_of(batch, self.rank, self.workers)
+        if mine:
+            loss = self.task.loss(self.model, part) * (mine * self.workers / total)
+        else:  # fewer rows than workers: a zero share, with the same gradients' shapes as the others
+            loss = self.task.loss(self.model, batch) * 0.0
+        (loss / self.trainer.window_size(step)).backward()
+        if self.trainer.ends_window(step):
+            average_gradients(self.model.trainable_parameters(), self.workers)
+        self.trainer.step_if_window_ends(step)
+        return loss.item()
+
+    def save(self, filename: str = CHECKPOINT) -> None:
+        if self.rank == 0:
+            super().save(filename)
+
+    def restore(self, fallback: Path | None = None) -> bool:
+        dist.barrier()  # rank 0 has written what the others read
+        return super().restore(fallback)
+
+
+class DataParallelSearch(OneShotSearch):
+    """One rank of the data-parallel one-shot loop; only rank 0's ``search`` holds the study."""
+
+    def __init__(self, search: SearchRun, net: DataParallelSupernet) -> None:
+        self.rank, self.workers = net.rank, net.workers
+        super().__init__(search, net)
+        self._share_policy()
+
+    def _probabilities(self) -> dict[str, float] | None:
+        return super()._probabilities() if self.rank == 0 else None  # the others get rank 0's
+
+    def _observation_round(self) -> None:
+        if self.rank == 0:
+            super()._observation_round()
+        else:
+            self.net.position.rounds += 1
+        self._share_policy()
+
+    def _log_choice(self, epoch: int) -> None:
+        if self.rank == 0:
+            super()._log_choice(epoch)
+
+    def _restore(self, start: Path | None) -> None:
+        super()._restore(start)
+        self._share_policy()
+
+    def _share_policy(self) -> None:
+        """Rank 0's skip probabilities on every rank; then check every rank holds the same policy and
+        generator state (a diverged rank would train other subnets than the ones observed)."""
+        shared = [self.probabilities]
+        dist.broadcast_object_list(shared, src=0)
+        self.probabilities = shared[0]
+        digest = hashlib.sha256(json.dumps([self.probabilities, str(self.net.rng.bit_generator.state)], sort_keys=True).encode()).hexdigest()
+        digests: list[str | None] = [None] * self.workers
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel ranks diverged: rank {digests.index(digest)} holds another skip policy than rank 0")
+
+
+# -- the executor -----------------------------------------------------------------------------------
+def run(search: SearchRun) -> None:
+    """The executor: the search of ``search.spec`` on ``search.workers`` Ray Train workers."""
+    from das_tune.search.ray_cluster import ray_session
+
+    spec = search.spec
+    with ray_session(spec.ray, num_cpus=spec.search.workers):
+        _fit(spec, search.warmup_checkpoint, search.reporter)
+
+
+def _fit(spec: StudySpec, warmup_checkpoint: Path | None, reporter: Reporter) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from das_tune.search.ray_tune import absolute_paths
+
+    spec = absolute_paths(spec)
+    gpu = torch.cuda.is_available()
+    reporter.log(f"data-parallel search on {spec.search.workers} workers ({'NCCL' if gpu else 'gloo'})")
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"spec": spec.model_dump_json(), "warmup": str(warmup_checkpoint.resolve()) if warmup_checkpoint else None},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=spec.search.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=spec.resolved_study_name, storage_path=str(spec.run_dir / "ray_train")),
+    )
+    trainer.fit()
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: its rank of the warm-up and the search (rank 0 with the study)."""
+    import ray.train
+
+    from das_tune.components import build_components
+    from das_tune.runner import prepare_search
+    from das_tune.training import seed_everything
+
+    spec = StudySpec.model_validate_json(config["spec"])
+    context = ray.train.get_context()
+    rank, workers = context.get_world_rank(), context.get_world_size()
+    seed_everything(spec.seed)
+    parts = build_components(spec)
+    if torch.cuda.is_available():
+        parts.model.to(f"cuda:{context.get_local_rank()}")
+    search = prepare_search(spec, parts, reporter=Reporter()) if rank == 0 else _follower(spec, parts)
+    supernet = lambda: DataParallelSupernet(spec, parts, rank=rank, workers=workers)  # noqa: E731
+    start = Path(config["warmup"]) if config["warmup"] else warm_up(spec, parts, Reporter(), net=supernet())
+    DataParallelSearch(search, supernet()).run(start)
+
+
+def _follower(spec: StudySpec, parts: Components) -> SearchRun:
+    """A rank above 0: the study's skip policy (to draw subnets), no study, storage or cost model."""
+    record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
+    policy = skip_policy(sampler_from_record(record, parts.space), parts.space, spec.search.round_size)
+    return SearchRun(spec, parts, study=None, storage=None, policy=policy, costs=None, reporter=Reporter())  # type: ignore[arg-type]

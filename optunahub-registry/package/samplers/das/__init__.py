@@ -1,0 +1,3 @@
+from .sampler import DASSampler, SkipSpace
+
+__all__ = ["DASSampler", "SkipSpace"]

@@ -1,0 +1,48 @@
+"""README's main-job numbers come from the committed measurement (docs/main_job.json)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from das_tune.results import RetrainMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w.])")
+
+
+def leaves(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from leaves(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from leaves(value)
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        yield float(node)
+
+
+def shown_as(text: str, values: list[float]) -> bool:
+    """``text`` is one of ``values`` rounded to as many decimals as it shows (or as a percentage, or in millions)."""
+    decimals = len(text.partition(".")[2])
+    number = float(text)
+    return any(round(scale * v, decimals) == number for v in values for scale in (1, 100, 1e-6))
+
+
+def test_readme_main_job_numbers_are_the_committed_measurement():
+    measured = json.loads((ROOT / "docs" / "main_job.json").read_text())
+    assert measured["run"]["skipped"] == measured["search"]["chosen"]
+    RetrainMetrics.model_validate(measured["run"])  # the run's metrics.json, as das-tune writes it
+    values = list(leaves(measured))
+    readme = (ROOT / "README.md").read_text()
+    sections = re.findall(r"<!-- main-job -->(.*?)<!-- /main-job -->", readme, re.S)
+    assert sections, "README has no main-job table"
+    cells = [  # the value column of every table row (the first column says what a value is)
+        cell for section in sections for line in section.splitlines() if line.startswith("|")
+        for cell in line.strip("|").split("|")[1:]
+    ]
+    numbers = [n for cell in cells for n in NUMBER.findall(cell)]
+    assert numbers
+    strays = [n for n in numbers if not shown_as(n, values)]
+    assert not strays, f"numbers in README's main-job section that are not in docs/main_job.json: {strays}"

@@ -1,0 +1,244 @@
+"""Using a run's subnet: load_subnet, predict, evaluate and export (safetensors, ONNX, Hugging Face), on
+tiny models retrained in-process; the CLI in subprocesses."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import das_tune
+import das_tune.retrain as retrain_module
+from das_tune.components import build_components
+from das_tune.errors import UserError
+from das_tune.export import full_weight_bytes
+from das_tune.portable import read_config
+from das_tune.progress import Reporter
+from das_tune.results import FoundBy
+from das_tune.study import load_study_spec
+
+pytestmark = pytest.mark.slow
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "export_speed.py"
+
+PRUNE_SPACE = """description: MiniLM layers removed outright, as layer-pruning tools do
+backbone: minilm
+candidates: [En0, En1, En2, En3, En4, En5]
+num_skip: 2
+skip_adapter_width: 0
+"""
+PRUNE_STUDY = """description: MiniLM on SST-2, plain layer removal, LoRA on the kept layers
+space: {space}
+backbone: {{name: minilm, options: {{petl: lora, max_text_len: 32}}}}
+task: {{name: sst2}}
+retrain: {{epochs: 1, batch_size: 8, lr: 1.0e-3}}
+"""
+
+
+def retrain_in_process(study, overrides, skipped):
+    """Retrain ``skipped`` as ``das-tune retrain`` does; returns the run folder and the trained subnet."""
+    spec = load_study_spec(study, overrides)
+    parts = build_components(spec)
+    retrain_module.save_spec(spec)
+    trained = {}
+    write = retrain_module.write_artifacts
+
+    def keep_model(spec, subnet, *args):
+        trained["model"] = subnet
+        return write(spec, subnet, *args)
+
+    retrain_module.write_artifacts = keep_model
+    try:
+        retrain_module.retrain(spec, parts, frozenset(skipped), FoundBy(sampler="given by the test"), Reporter())
+    finally:
+        retrain_module.write_artifacts = write
+    return spec.run_dir, trained["model"].eval(), parts.task
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return retrain_in_process("easyvqa_minilm", {"tiny": True, "output_dir": str(out)}, {"En1", "En3"})
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory):
+    """A run on a real (tiny, random) BERT checkpoint folder: its layers come from that folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from das_tune.backbones.processing import minilm_path
+
+    out = tmp_path_factory.mktemp("checkpoint")
+    folder = out / "tiny-bert"
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    overrides = {
+        "output_dir": str(out / "runs"), "backbone.checkpoint": str(folder), "retrain.epochs": 1,
+        "retrain.batch_size": 4, "retrain.max_steps_per_epoch": 4,
+        "task.options": {"train_limit": 16, "val_limit": 8, "test_limit": 16},
+    }
+    run_dir, model, task = retrain_in_process("easyvqa_minilm", overrides, {"En0", "En4"})
+    return run_dir, model, task, folder
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    (out / "prune.yaml").write_text(PRUNE_SPACE)
+    (out / "study.yaml").write_text(PRUNE_STUDY.format(space=out / "prune.yaml"))
+    return retrain_in_process(str(out / "study.yaml"), {"tiny": True, "output_dir": str(out / "runs")}, {"En1", "En3"})
+
+
+def first_batch(task, model, split="test", size=8):
+    return next(iter(task.loader(split, model.backbone if hasattr(model, "backbone") else model, size)))["inputs"]
+
+
+def test_load_subnet_gives_the_retrained_logits(tiny_run):
+    run_dir, trained, task = tiny_run
+    model = das_tune.load_subnet(run_dir)
+    assert not model.training and model.skipped == ["En1", "En3"]
+    assert [layer.layer is None for layer in model.backbone.layers] == [False, True, False, True, False, False]
+    inputs = first_batch(task, trained)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), trained(**inputs))
+
+
+def test_evaluate_reproduces_metrics_json(tiny_run, cli):
+    run_dir = tiny_run[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = cli("evaluate", str(run_dir), "--quiet", check=True)
+    assert float(test.stdout) == pytest.approx(metrics["value"], abs=1e-9)
+    val = das_tune.evaluate(run_dir, split="val")
+    assert val.value == pytest.approx(metrics["val"]["accuracy"], abs=1e-9) and val.recorded == metrics["val"]["accuracy"]
+    shown = cli("evaluate", str(run_dir), check=True).stdout
+    assert "test accuracy" in shown and "metrics.json" in shown
+
+
+def test_predict_answers_an_image_and_a_question(tiny_run, cli, tmp_path):
+    run_dir, _, task = tiny_run
+    examples = task.examples("test")[:3]
+    for i, example in enumerate(examples):
+        example.image.save(tmp_path / f"{i}.png")
+    model = das_tune.load_subnet(run_dir)
+    expected = [model.predict(question=e.question, image=tmp_path / f"{i}.png") for i, e in enumerate(examples)]
+    assert all(p.label in task.answers and 0 < p.score <= 1 for p in expected)
+    assert expected[0].top[0].label == expected[0].label and len(expected[0].top) == 5
+
+    one = cli("predict", str(run_dir), "--image", "0.png", "--question", examples[0].question, "--quiet", check=True)
+    assert one.stdout.strip() == expected[0].label
+
+    (tmp_path / "batch.jsonl").write_text(
+        "".join(json.dumps({"question": e.question, "image": f"{i}.png"}) + "\n" for i, e in enumerate(examples))
+    )
+    batch = cli("predict", str(run_dir), "--jsonl", "batch.jsonl", "--out", "answers.jsonl", check=True)
+    lines = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [line["label"] for line in lines] == [p.label for p in expected]
+    assert "3/3" in batch.stderr  # the progress bar
+
+
+def test_export_folder_loads_without_the_checkpoint(checkpoint_run, cli, tmp_path):
+    run_dir, trained, task, checkpoint = checkpoint_run
+    shown = cli("export", str(run_dir), "--out", "subnet", check=True).stdout
+    assert "full model" in shown
+    folder = tmp_path / "subnet"
+    shutil.rmtree(checkpoint)  # the original checkpoint (and its tokenizer) is gone
+    with pytest.raises(UserError, match="checkpoint"):
+        das_tune.load_subnet(run_dir)
+
+    model = das_tune.load_subnet(folder)
+    inputs = first_batch(task, model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), trained(**inputs))
+    assert not any(key.startswith(("layers.0.layer.", "layers.4.layer.")) for key in load_file(folder / "model.safetensors"))
+    assert (folder / "model.safetensors").stat().st_size < full_weight_bytes(read_config(folder))
+    assert model.predict(question="what shape is it?", image=task.examples("test")[0].image).label in task.answers
+
+
+def test_onnx_export_matches_pytorch(tiny_run, cli, tmp_path):
+    import onnxruntime
+
+    run_dir, trained, task = tiny_run
+    shown = cli("export", str(run_dir), "--out", "onnx", "--format", "onnx", check=True).stdout
+    assert "onnxruntime" in shown and "largest difference" in shown
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for size in (1, 5):
+        inputs = first_batch(task, trained, size=size)
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+        with torch.no_grad():
+            expected = trained(**inputs).numpy()
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_hf_format_loads_with_automodel(text_run, cli, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    from das_tune.portable import build_head
+
+    run_dir, trained, _ = text_run
+    cli("export", str(run_dir), "--out", "hf", "--format", "hf", check=True)
+    folder = tmp_path / "hf"
+    encoder = AutoModel.from_pretrained(folder).eval()
+    assert encoder.config.num_hidden_layers == 4
+    extra = json.loads((folder / "das_tune_head.json").read_text())
+    head = build_head(extra["head"])
+    head.load_state_dict(load_file(folder / "das_tune_head.safetensors"))
+    tokens = AutoTokenizer.from_pretrained(folder)(["a fine film", "dull, long and loud"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).float()
+        logits = head((hidden * mask).sum(1) / mask.sum(1))
+        assert torch.allclose(logits, trained(**tokens), atol=1e-5)
+    assert extra["labels"] == ["negative", "positive"]
+
+
+def test_text_subnet_predicts_from_a_sentence(text_run):
+    model = das_tune.load_subnet(text_run[0])
+    assert model.predict(sentence="a fine film").label in ("negative", "positive")
+    with pytest.raises(UserError, match="question is not one of its inputs"):
+        model.predict(question="what is it?")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "."], "not a das-tune run folder"),
+        (["predict", ".", "--sentence", "hello"], "not a das-tune run folder"),
+        (["export", ".", "--out", "x"], "not a das-tune run folder"),
+        (["predict", "{tiny}", "--image", "missing.png", "--question", "what?"], "missing.png: no such file"),
+        (["predict", "{text}", "--question", "what is it?"], "question is not one of its inputs"),
+        (["export", "{tiny}", "--out", "x", "--format", "hf"], "not a BERT-family text encoder"),
+        (["export", "{tiny}", "--out", "x", "--format", "tflite"], "expected one of safetensors, onnx, hf"),
+        (["evaluate", "{tiny}", "--split", "train"], "expected one of val, test"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message, tiny_run, text_run, cli, tmp_path):
+    args = [a.format(tiny=tiny_run[0], text=text_run[0]) for a in args]
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_speed_benchmark_on_a_tiny_run(tiny_run, tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, str(BENCHMARK), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    missing = bench()  # the default, the main job's run folder, is not in this empty folder
+    assert missing.returncode == 2 and "das-tune run --study easyvqa_minilm" in missing.stderr
+
+    result = bench(str(tiny_run[0]), "--repeats", "2", "--json", "speed.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("ONNX subnet speed-up over the full model, batch 1")
+    measured = json.loads((tmp_path / "speed.json").read_text())
+    assert set(measured["latency_ms"]) == {"1", "32"}
+    assert all(ms > 0 for row in measured["latency_ms"].values() for ms in row.values())
+    sizes = measured["size_bytes"]
+    assert sizes["subnet"] < sizes["full"] and sizes["onnx"] > 0
