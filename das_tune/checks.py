@@ -2,7 +2,8 @@
 
 A pydantic model checks each field on its own; these check what needs the space, the task's data or a
 working sampler: that the search observes at all, that a round's subsets can be distinct, that the
-sampler's options work, and that the output folder can be written.
+sampler's options work, that the output folder can be written and that an interrupted search can
+resume as declared.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from das_tune import training
 from das_tune.components import Components
 from das_tune.errors import UserError
 from das_tune.samplers import sampler_from_record, sampler_record
+from das_tune.search.supernet import CHECKPOINT, checkpoint_workers, checkpoint_workers_message, load_checkpoint
 from das_tune.study import StudySpec
 
 
@@ -61,6 +63,20 @@ def check_sampler(spec: StudySpec, parts: Components) -> None:
     except Exception as err:
         message = " ".join(str(err).split())
         raise UserError(f"sampler {spec.sampler.name!r} with options {options}: {type(err).__name__}: {message}") from None
+
+
+def check_resumable(spec: StudySpec) -> None:
+    """The run folder's unfinished search resumes exactly only on the number of workers that checkpointed
+    it (each data-parallel rank's generator and gradients are in it)."""
+    path = spec.run_dir / CHECKPOINT
+    if not path.is_file():
+        return
+    state = load_checkpoint(path)
+    if state["study_name"] != spec.resolved_study_name or state["position"].get("finished"):
+        return
+    written = checkpoint_workers(state)
+    if written != spec.search.workers:
+        raise UserError(checkpoint_workers_message(path, written, spec.search.workers))
 
 
 def check_writable_folder(folder: Path, field: str) -> None:

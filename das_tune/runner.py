@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from das_tune.backbones.flops import CostModel
-from das_tune.checks import check_study, check_writable_folder
+from das_tune.checks import check_resumable, check_study, check_writable_folder
 from das_tune.components import Components, build_components
 from das_tune.dashboard import save_study_report
 from das_tune.errors import RunFailure
@@ -147,6 +147,7 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
         check_reachable(spec.ray.address)
     if not fresh:
         check_run_folder(spec.run_dir)
+        check_resumable(spec)
     with exclusive(spec) as storage:
         if fresh:
             removed = clear_run_folder(spec.run_dir)

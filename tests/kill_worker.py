@@ -6,7 +6,8 @@
     ...:only=NAME                                     count only the events of that name
 
 An event is a call of one of ``EVENTS`` (before the call runs): asking, suggesting or telling a trial
-of a stored study (not the in-memory one the sampler check uses), a training step, a checkpoint or
+of a stored study (not the in-memory one the sampler check uses), a training step (a data-parallel
+rank's too), a checkpoint or
 artifact write (before its rename), or a Ray trial told to Optuna. Counting calls instead of waiting
 for a clock makes every kill point exact and repeatable.
 """
@@ -23,13 +24,14 @@ from pathlib import Path
 import optuna
 
 from das_tune import atomic, cli, training
-from das_tune.search import ray_tune
+from das_tune.search import data_parallel, ray_tune
 
 EVENTS = [
     (optuna.Study, "ask"),
     (optuna.Study, "tell"),
     (optuna.Trial, "suggest_float"),
     (training.Trainer, "train"),
+    (data_parallel.DataParallelSupernet, "train_step"),
     (os, "replace"),
     (ray_tune.SkipSearcher, "on_trial_complete"),
 ]

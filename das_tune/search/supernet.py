@@ -42,6 +42,7 @@ class Supernet:
     def __init__(self, spec: StudySpec, parts: Components) -> None:
         self.search, self.model, self.task = spec.search, parts.model, parts.task
         self.seed, self.run_dir, self.name = spec.seed, spec.run_dir, spec.resolved_study_name
+        self.workers = 1  # the processes that train it together (data-parallel ranks)
         self.steps_per_epoch = training.steps_per_epoch(self.task, self.search.batch_size, self.search.max_steps_per_epoch)
         epochs = self.search.warmup_epochs + self.search.search_epochs
         self.trainer = training.Trainer(self.model, self.search, self.steps_per_epoch, epochs)
@@ -84,7 +85,11 @@ class Supernet:
 
     # -- checkpoint -------------------------------------------------------------------------------
     def save(self, filename: str = CHECKPOINT) -> None:
-        state = {
+        write_checkpoint(self.run_dir / filename, self.state())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds: the training state, the position, the generators, the executor's extra."""
+        return {
             "position": asdict(self.position),
             "model": self.model.trainable_state_dict(),
             "trainer": self.trainer.state_dict(),
@@ -93,7 +98,6 @@ class Supernet:
             "study_name": self.name,
             **self.extra_state(),
         }
-        atomic.write_with(self.run_dir / filename, lambda tmp: torch.save(state, tmp))
 
     def restore(self, fallback: Path | None = None) -> bool:
         """Continue this study's own checkpoint, else start from ``fallback`` (a shared warm-up) if given.
@@ -111,10 +115,33 @@ class Supernet:
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
+        written = checkpoint_workers(state)
+        if restored_own and not self.position.finished and written != self.workers:  # `run` refuses it before writing
+            raise UserError(checkpoint_workers_message(own, written, self.workers))
         return restored_own
 
 
 _CHECKPOINT_KEYS = {"position", "model", "trainer", "rng", "torch_rng", "study_name"}
+
+
+RANKS_KEY = "ranks"  # a data-parallel checkpoint's per-rank states; its length is the number of workers
+
+
+def checkpoint_workers(state: dict[str, Any]) -> int:
+    """How many workers wrote a search checkpoint (1: one process)."""
+    return len(state.get(RANKS_KEY) or [None])
+
+
+def checkpoint_workers_message(path: Path, written: int, workers: int) -> str:
+    by = "one process" if written == 1 else f"{written} data-parallel workers"
+    return (
+        f"{path}: the search was checkpointed by {by}, so it resumes exactly only with search.workers={written} "
+        f"(not {workers}); pass --workers {written}, or --fresh to start again"
+    )
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic.write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
