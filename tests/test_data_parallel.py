@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from das_tune.components import build_components
+from das_tune.errors import RunFailure
 from das_tune.progress import Reporter
 from das_tune.runner import search
 from das_tune.samplers.das import DASSampler
@@ -57,6 +58,19 @@ def test_two_workers_equal_one_process(ray_cluster, tmp_path):
     sampler = DASSampler(one.sampler.space, round_size=3)
     np.testing.assert_allclose(sampler.gates(two), sampler.gates(one), rtol=1e-3, atol=1e-6)
     assert sampler.chosen(two) == sampler.chosen(one)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_diverged_data_parallel_search_fails_as_itself(ray_cluster, tmp_path):
+    """Every rank sees the whole batch's loss, so a NaN stops them all at one step (none is left
+    waiting in a collective), and the driver raises the workers' RunFailure, not Ray's wrapper."""
+    spec = load_study_spec("easyvqa_minilm", {
+        "tiny": True, "search.workers": 2, "search.lr": 1e30,
+        "storage": f"sqlite:///{tmp_path / 'nan.db'}", "output_dir": str(tmp_path / "nan"),
+    })
+    with ray_session(RaySpec(address=ray_cluster.address)), pytest.raises(RunFailure, match="diverged"):
+        search(spec, build_components(spec), fresh=False, reporter=Reporter())
 
 
 def test_rows_split_covers_the_batch_once():
