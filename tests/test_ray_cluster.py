@@ -42,18 +42,24 @@ def run_command(address: str, db: Path, shared: Path, held_node: str, pause: Pat
     ]
 
 
-def wait_for_pause(pause: Path, db: Path, run: subprocess.Popen, log: Path) -> int:
+def what_happened(log: Path, shared: Path) -> str:
+    """The driver's log and the trials' own errors (Ray writes them beside the trials' results)."""
+    errors = [f"{path.parent.name}: {path.read_text()[-1500:]}" for path in sorted(shared.glob("*/*/error.txt"))]
+    return "\n".join([log.read_text()[-3000:], *errors[:2]])
+
+
+def wait_for_pause(pause: Path, db: Path, run: subprocess.Popen, log: Path, shared: Path) -> int:
     """The Optuna trial held on the doomed node, once the driver has recorded its first report."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        assert run.poll() is None, log.read_text()[-3000:]
+        assert run.poll() is None, what_happened(log, shared)
         for marker in pause.glob("trial*"):
             number = int(marker.name.removeprefix("trial"))
             trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}").trials
             if len(trials) > number and trials[number].intermediate_values:
                 return number
         time.sleep(0.5)
-    raise AssertionError("no trial was held on the doomed node:\n" + log.read_text()[-3000:])
+    raise AssertionError("no trial was held on the doomed node:\n" + what_happened(log, shared))
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +73,13 @@ def experiment(ray_cluster, tmp_path_factory) -> Experiment:
     with log.open("w") as out:
         run = subprocess.Popen(run_command(ray_cluster.address, db, shared, doomed.node_id, pause), cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        killed = wait_for_pause(pause, db, run, log)
+        killed = wait_for_pause(pause, db, run, log, shared)
         ray_cluster.remove_node(doomed, allow_graceful=False)  # its raylet and the trial's worker die
         run.wait(timeout=400)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    assert run.returncode == 0, log.read_text()[-3000:]
+    assert run.returncode == 0, what_happened(log, shared)
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}")
     return Experiment(study, shared / STUDY, killed, nodes)
 
