@@ -218,11 +218,16 @@ def _fit(spec: StudySpec, warmup_checkpoint: Path | None, reporter: Reporter) ->
 def _known_cause(err: BaseException | None) -> Exception | None:
     """The UserError or RunFailure a Ray Train worker raised, found inside Ray's wrapping errors."""
     while err is not None:
+        if type(err) in (UserError, RunFailure):
+            return err
         cause = getattr(err, "cause", None)  # a RayTaskError's original exception
         if isinstance(cause, (UserError, RunFailure)):
             return cause
-        if type(err) in (UserError, RunFailure):
-            return err
+        failures = getattr(err, "worker_failures", None) or {}  # Ray Train's WorkerGroupError: by rank
+        for rank in sorted(failures):
+            known = _known_cause(failures[rank])
+            if known is not None:
+                return known
         err = err.__cause__ or err.__context__
     return None
 
