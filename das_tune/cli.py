@@ -1,6 +1,7 @@
 """``das-tune``: a thin shell over the Python API (parsing, progress, tables, exit codes).
 
-Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a failure during the run.
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a failure during the run
+(one line for a known failure such as a diverged loss, else the traceback).
 """
 
 from __future__ import annotations
@@ -12,12 +13,37 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
+from typer._click import exceptions as click_errors  # typer's own copy of click
 
-from das_tune.errors import UserError
+from das_tune.errors import RunFailure, UserError
 from das_tune.storage import DEFAULT_STORAGE
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """Typer, with its usage errors (a bad option, a bad value) as one ``error:`` line and exit 2
+    instead of a multi-line box, like every other bad input."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as help_page:
+            help_page.show()
+            raise SystemExit(2) from None
+        except click_errors.ClickException as error:
+            _error_line(error.format_message())
+            raise SystemExit(error.exit_code) from None
+        except typer.Abort:
+            raise SystemExit(130) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {rich_escape(' '.join(str(message).split()))}", soft_wrap=True, highlight=False)
+
+
+app = _App(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -53,8 +79,11 @@ def exits_cleanly(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            err.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
+            _error_line(str(error))
             raise typer.Exit(2) from None
+        except RunFailure as failure:
+            _error_line(str(failure))
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: progress is saved; run the same command again to resume")
             raise typer.Exit(130) from None
@@ -119,11 +148,11 @@ def run(
     from das_tune.target import parse_target
 
     overrides = _overrides(storage, seed, tiny, set_, num_skip=num_skip)
-    if sampler:
+    if sampler is not None:
         overrides["sampler.name"] = sampler
-    if executor:
+    if executor is not None:
         overrides["search.executor"] = executor
-    if address:
+    if address is not None:
         overrides["ray.address"] = address
     if workers is not None:
         overrides["search.workers"] = workers
@@ -135,8 +164,8 @@ def run(
     if rule is not None:
         raise UserError("--target and --max-gmacs choose from a front: give a range of --num-skip, e.g. 1-3")
     with reporter(quiet) as progress:
-        metrics = run_study(spec, fresh=fresh, reporter=progress)
-    _report(spec, metrics, quiet)
+        done = run_study(spec, fresh=fresh, reporter=progress)
+    _report(spec, done, quiet)
 
 
 def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
@@ -177,20 +206,23 @@ def retrain(
     quiet: Quiet = False,
     set_: Sets = None,
 ) -> None:
-    """Retrain a given subnet without searching: a run folder's, or --skip on a study."""
+    """Retrain a given subnet without searching: a run folder's, or --skip on a study.
+
+    The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
+    folder RUN_DIR/retrain-<subnet>-<budget hash> (the same budget and subnet again: the existing result)."""
     from das_tune.progress import reporter
     from das_tune.runner import retrain_run, retrain_subset
 
     overrides = _overrides(storage, seed, tiny, set_)
-    layers = _skip_list(skip) if skip else None
+    layers = _skip_list(skip) if skip is not None else None
     if run_dir is None and (study is None or layers is None):
         raise UserError("give a run folder, or --study with --skip LAYER,LAYER (or --skip none)")
     with reporter(quiet) as progress:
         if run_dir is not None:
-            spec, metrics = retrain_run(run_dir, skip=layers, overrides=overrides, reporter=progress)
+            spec, done = retrain_run(run_dir, skip=layers, overrides=overrides, reporter=progress)
         else:
-            spec, metrics = retrain_subset(study, layers, overrides=overrides, reporter=progress)
-    _report(spec, metrics, quiet)
+            spec, done = retrain_subset(study, layers, overrides=overrides, reporter=progress)
+    _report(spec, done, quiet)
 
 
 def _skip_list(skip: str) -> list[str]:
@@ -217,11 +249,14 @@ def bench(
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
     from das_tune.bench import BenchConfig, parse_seeds, run_bench
     from das_tune.bench.report import rich_table
+    from das_tune.checks import check_writable_folder
     from das_tune.progress import reporter
     from das_tune.study import default_study_for_space
 
     overrides = _overrides(storage, None, tiny, set_)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
+    if out_dir is not None:
+        check_writable_folder(out_dir, "--out")
     config = BenchConfig(
         study=study or default_study_for_space(space),
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
@@ -457,7 +492,7 @@ def pretrain(
 def dashboard(
     storage: Annotated[str, typer.Option(help="Optuna storage URL or journal file.")] = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port.", min=0, max=65535)] = 8080,
     quiet: Quiet = False,
 ) -> None:
     """Start optuna-dashboard on the storage (Ctrl-C to stop)."""
@@ -494,10 +529,11 @@ def studies() -> None:
     out.print(table)
 
 
-def _report(spec, metrics, quiet: bool) -> None:
+def _report(spec, done, quiet: bool) -> None:
     if quiet:
-        print(spec.run_dir)
+        print(done.artifacts)
         return
+    metrics = done.metrics
     table = Table(title=f"das-tune: {spec.resolved_study_name}", show_header=False)
     table.add_row("skipped layers", ", ".join(metrics.skipped) or "(none)")
     table.add_row(f"test {metrics.metric}", f"{metrics.value:.4f}")
@@ -508,7 +544,7 @@ def _report(spec, metrics, quiet: bool) -> None:
     if metrics.search_seconds is not None:
         table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
     table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")
-    table.add_row("artifacts", str(spec.run_dir))
+    table.add_row("artifacts", str(done.artifacts))
     out.print(table)
 
 

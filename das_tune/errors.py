@@ -1,4 +1,4 @@
-"""Errors that mean "the user's input is wrong", as opposed to a failure during a run."""
+"""Errors that mean "the user's input is wrong", and failures of a run that the CLI reports in one line."""
 
 
 class UserError(ValueError):
@@ -6,3 +6,8 @@ class UserError(ValueError):
 
     The message is complete and says what was expected; the CLI prints it on one line and exits 2.
     """
+
+
+class RunFailure(RuntimeError):
+    """A run that cannot give a result (e.g. its losses became NaN); the CLI prints it on one line
+    and exits 1. What was saved before it stays valid."""

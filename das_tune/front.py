@@ -15,20 +15,22 @@ model once as the reference, is retrained from the pre-trained weights into its 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from das_tune import atomic
+from das_tune.checks import check_resumable, check_study
 from das_tune.components import Components, build_components
 from das_tune.dashboard import save_front_report
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics, write_json
-from das_tune.retrain import finished_metrics, retrain, save_spec
-from das_tune.runner import Searched, search
+from das_tune.retrain import artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, retrain, save_spec
+from das_tune.runner import Searched, exclusive, search
 from das_tune.samplers import SINGLE_OBJECTIVE
 from das_tune.spaces import size_label
-from das_tune.storage import open_storage
 from das_tune.study import StudySpec
 from das_tune.target import Target, choose
 from das_tune.training import seed_everything
@@ -41,20 +43,38 @@ def run_front(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None
     """Search the range, retrain every size's pick and the full model, write the front; apply ``target``."""
     reporter = reporter or Reporter()
     seed_everything(spec.seed)
-    parts = build_components(spec)  # bad input fails here, before the storage is touched
+    parts = build_components(spec)  # bad input fails here, before anything is written
     check_front(spec, parts, target)
-    storage = open_storage(spec.storage)
-    save_spec(spec)
-    found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
-    picks = found.policy.picks(found.study)
-    reporter.log("picks: " + found.policy.describe(found.study))
-    full = _point(FULL, 0, _retrain(spec, parts, frozenset(), FULL, found.found_by, fresh, reporter), found, "the reference: every layer kept")
-    ladder = [
-        _point(f"skip{m}", m, _retrain(spec, parts, subset, f"skip{m}", found.found_by, fresh, reporter), found, _chosen_by(found, m))
-        for m, subset in sorted(picks.items()) if m > 0
-    ]
-    ladder = _mark_pareto(full, ladder)
-    front = FrontFile(
+    check_study(spec, parts)
+    if not fresh:
+        for folder in (spec.run_dir, *sorted((spec.run_dir / FRONT_DIR).glob("*"))):
+            check_run_folder(folder)
+        check_resumable(spec)
+    with exclusive(spec) as storage:  # the only writer of the run folder and the study
+        if fresh:
+            removed = clear_run_folder(spec.run_dir) + _clear_front(spec.run_dir)
+            if removed:
+                reporter.log(f"--fresh: removed {', '.join(removed)} from {spec.run_dir}")
+        save_spec(spec)
+        found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+        picks = found.policy.picks(found.study)
+        reporter.log("picks: " + found.policy.describe(found.study))
+        full = _point(FULL, 0, _retrain(spec, parts, frozenset(), FULL, found.found_by, reporter), found, "the reference: every layer kept")
+        ladder = [
+            _point(f"skip{m}", m, _retrain(spec, parts, subset, f"skip{m}", found.found_by, reporter), found, _chosen_by(found, m))
+            for m, subset in sorted(picks.items()) if m > 0
+        ]
+        front = _front(spec, parts, found, full, _mark_pareto(full, ladder), picks, target)
+        write_front(front, spec.run_dir)
+        save_front_report(found.study, parts.space, front, policy=found.policy, artifacts_dir=spec.run_dir)
+    return front
+
+
+def _front(
+    spec: StudySpec, parts: Components, found: Searched, full: FrontPoint, ladder: list[FrontPoint],
+    picks: dict[int, frozenset[str]], target: Target | None,
+) -> FrontFile:
+    return FrontFile(
         study_name=found.study.study_name, storage=found.found_by.storage or spec.storage, space=parts.space.name,
         candidates=list(parts.space.candidates), num_skip=list(parts.space.sizes), sampler=spec.sampler.name,
         executor=spec.search.executor_name, observations=found.found_by.observations, search_seconds=found.found_by.search_seconds,
@@ -62,9 +82,6 @@ def run_front(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None
         missing=[m for m in parts.space.sizes if m > 0 and m not in picks],
         target=choose(target, full, ladder) if target is not None else None,
     )
-    write_front(front, spec.run_dir)
-    save_front_report(found.study, parts.space, front, policy=found.policy, artifacts_dir=spec.run_dir)
-    return front
 
 
 def check_front(spec: StudySpec, parts: Components, target: Target | None) -> None:
@@ -82,18 +99,32 @@ def check_front(spec: StudySpec, parts: Components, target: Target | None) -> No
 
 
 def _retrain(
-    spec: StudySpec, parts: Components, skipped: frozenset[str], name: str, found_by: FoundBy, fresh: bool, reporter: Reporter
+    spec: StudySpec, parts: Components, skipped: frozenset[str], name: str, found_by: FoundBy, reporter: Reporter
 ) -> tuple[RetrainMetrics, Path]:
-    """Retrain one point into its own run folder (a single-size run folder: predict/export/evaluate read it)."""
+    """Retrain one point into its own run folder (a single-size run folder: predict/export/evaluate read
+    it); reused when finished; a folder holding another subnet or budget is kept (``artifacts_folder``)."""
     size = len(skipped) or min(m for m in parts.space.sizes if m > 0)  # the full model: a valid num_skip for subnet.json
     rung = spec.model_copy(update={"num_skip": size, "output_dir": str(spec.run_dir / FRONT_DIR), "study_name": name})
-    metrics = None if fresh else finished_metrics(rung, skipped)
+    folder = artifacts_folder(rung.run_dir, rung, skipped)
+    metrics = finished_metrics(rung, skipped, folder)
     if metrics is not None:
-        reporter.log(f"{name} was already retrained: {rung.run_dir}")
-        return metrics, rung.run_dir
+        reporter.log(f"{name} was already retrained: {folder}")
+        return metrics, folder
     reporter.log(f"retraining {name}: skip {parts.space.ordered(skipped) or 'nothing'}")
-    save_spec(rung)
-    return retrain(rung, parts, skipped, found_by, reporter), rung.run_dir
+    return retrain(rung, parts, skipped, found_by, reporter, out_dir=folder), folder
+
+
+def _clear_front(run_dir: Path) -> list[str]:
+    """``--fresh``: the front's files and its retrains."""
+    removed = []
+    for name in (FRONT_JSON, FRONT_PNG, FRONT_MD):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    if (run_dir / FRONT_DIR).is_dir():
+        shutil.rmtree(run_dir / FRONT_DIR)
+        removed.append(f"{FRONT_DIR}/")
+    return removed
 
 
 def _chosen_by(found: Searched, size: int) -> str:
@@ -134,9 +165,10 @@ def _mark_pareto(full: FrontPoint, ladder: list[FrontPoint]) -> list[FrontPoint]
 
 # -- the files ------------------------------------------------------------------------------------
 def write_front(front: FrontFile, run_dir: Path) -> None:
-    write_json(front, run_dir / FRONT_JSON)
-    (run_dir / FRONT_MD).write_text(markdown(front))
+    """Each file atomically; front.json last."""
+    atomic.write_text(run_dir / FRONT_MD, markdown(front))
     plot_front(front, run_dir / FRONT_PNG)
+    write_json(front, run_dir / FRONT_JSON)
 
 
 def markdown(front: FrontFile) -> str:
@@ -181,4 +213,4 @@ def plot_front(front: FrontFile, path: Path) -> None:
     ax.set_title(f"{front.study_name}: one search, num_skip {size_label(front.num_skip)}")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

@@ -40,10 +40,16 @@ class RichReporter(Reporter):
             TextColumn("{task.fields[info]}"),
             console=self.console,
         )
-        self.progress.start()
         self.task_id = None
+        self.started = False  # started at the first output: bad input stays one line on stderr
+
+    def _start(self) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
 
     def phase(self, name: str, total: int) -> None:
+        self._start()
         if self.task_id is not None:
             self.progress.stop_task(self.task_id)
         self.task_id = self.progress.add_task(name, total=total, info="")
@@ -56,10 +62,12 @@ class RichReporter(Reporter):
         self.progress.update(self.task_id, advance=1, info="  ".join(info))
 
     def log(self, message: str) -> None:
+        self._start()
         self.progress.console.print(message)
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
 
 
 def reporter(quiet: bool) -> Reporter:

@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from das_tune import atomic
+
 Result = TypeVar("Result", bound="_Result")
 
 
@@ -24,8 +26,9 @@ class _Result(BaseModel):
 
 
 def write_json(result: BaseModel, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(result.model_dump_json(indent=2, by_alias=True) + "\n")
+    """Atomically, and never with NaN/inf (not JSON; pydantic would write null): ``RunFailure`` instead."""
+    atomic.check_finite(result.model_dump(), Path(path).name)
+    atomic.write_text(path, result.model_dump_json(indent=2, by_alias=True) + "\n")
 
 
 # -- a run --------------------------------------------------------------------------------------------

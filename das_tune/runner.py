@@ -3,24 +3,33 @@ a given subnet. The CLI only parses and prints around these.
 
     from das_tune.runner import run
     from das_tune.study import load_study_spec
-    metrics = run(load_study_spec("easyvqa_minilm"))
+    done = run(load_study_spec("easyvqa_minilm"))  # done.metrics, done.artifacts
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from das_tune.backbones.flops import CostModel
+from das_tune.checks import check_resumable, check_study, check_writable_folder
 from das_tune.components import Components, build_components
 from das_tune.dashboard import save_study_report
+from das_tune.errors import RunFailure
+from das_tune.lease import StudyLease, folder_lock
 from das_tune.progress import Reporter
 from das_tune.results import FoundBy, RetrainMetrics
-from das_tune.retrain import finished_metrics, read_run, retrain, save_spec
+from das_tune.retrain import (
+    METRICS_FILE, artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, read_metrics, read_run, retrain, save_spec,
+)
 from das_tune.samplers import SkipPolicy, sampler_from_record, sampler_record, skip_policy
 from das_tune.search import get_executor
 from das_tune.search.base import SearchRun
@@ -39,6 +48,25 @@ class Searched:
     policy: SkipPolicy
     chosen: frozenset[str]
     found_by: FoundBy
+
+
+@dataclass
+class Retrained:
+    """A retrain's metrics (as metrics.json holds them) and the folder that holds its artifacts."""
+
+    metrics: RetrainMetrics
+    artifacts: Path
+
+
+@contextmanager
+def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> Iterator[optuna.storages.BaseStorage]:
+    """Inside, this process is the only writer of the run folder and of the study (``das_tune.lease``);
+    yields the opened storage (``storage``, the opened ``spec.storage``, if given). The folder is
+    locked first, so that a second run there is refused before it touches any storage."""
+    with folder_lock(spec.run_dir):
+        storage = storage or open_storage(spec.storage)
+        with StudyLease(storage, spec.resolved_study_name, spec.storage):
+            yield storage
 
 
 def open_spec_study(
@@ -76,11 +104,12 @@ def prepare_search(
 
 def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options: Any) -> Searched:
     """Run (or resume) the search with the spec's executor (``options``: see :func:`prepare_search`;
-    one-shot searches start from ``warmup_checkpoint`` if given)."""
+    one-shot searches start from ``warmup_checkpoint`` if given). Call it inside ``exclusive(spec)``."""
     run = prepare_search(spec, parts, reporter=reporter, **options)
     start = time.perf_counter()
     get_executor(spec.search.executor_name)(run)
     study, policy = run.study, run.policy
+    _check_observed(study)
     found_by = FoundBy(
         sampler=spec.sampler.name, executor=spec.search.executor_name, workers=spec.search.workers,
         study_name=study.study_name, storage=shown_url(spec.storage),
@@ -89,41 +118,73 @@ def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options:
     return Searched(study, policy, policy.chosen(study), found_by)
 
 
-def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None) -> RetrainMetrics:
-    """Search, choose and retrain as ``spec`` declares; returns the metrics written to metrics.json."""
+def _check_observed(study: optuna.Study) -> None:
+    """A search without one finite observation has chosen nothing (e.g. every loss was NaN)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not any(math.isfinite(t.values[0]) for t in complete):
+        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        raise RunFailure(
+            f"study {study.study_name!r}: no trial gave a finite loss ({failed} failed), so no subnet was chosen; "
+            "lower search.lr, then run again with --fresh"
+        )
+
+
+def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None) -> Retrained:
+    """Search, choose and retrain as ``spec`` declares; returns the metrics written to metrics.json and
+    the folder that holds them.
+
+    Everything is checked before anything is written; a finished run's artifacts are kept (a retrain
+    of another budget or subnet goes to its own folder, see ``retrain.artifacts_folder``) unless
+    ``fresh``, which deletes the study and the run folder's progress and artifacts first.
+    """
     reporter = reporter or Reporter()
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
+    check_study(spec, parts)
     if spec.ray.address and spec.search.executor_name != "oneshot":  # so does a Ray cluster that does not answer
         from das_tune.search.ray_cluster import check_reachable
 
         check_reachable(spec.ray.address)
-    storage = open_storage(spec.storage)  # and a storage that refuses us; opened once
-    save_spec(spec)
-    found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
-    reporter.log(f"chosen subnet: skip {parts.space.ordered(found.chosen)}")
-    metrics = None if fresh else finished_metrics(spec, found.chosen)
-    if metrics is not None:
-        reporter.log(f"this subnet was already retrained: {spec.run_dir / 'metrics.json'}")
-    else:
-        metrics = retrain(spec, parts, found.chosen, found.found_by, reporter)
-    save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=spec.run_dir)
-    return metrics
+    if not fresh:
+        check_run_folder(spec.run_dir)
+        check_resumable(spec)
+    with exclusive(spec) as storage:
+        if fresh:
+            removed = clear_run_folder(spec.run_dir)
+            if removed:
+                reporter.log(f"--fresh: removed {', '.join(removed)} from {spec.run_dir}")
+        if read_metrics(spec.run_dir) is None:  # a finished run's study.yaml describes its artifacts: kept
+            save_spec(spec)
+        found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+        reporter.log(f"chosen subnet: skip {parts.space.ordered(found.chosen)}")
+        folder = artifacts_folder(spec.run_dir, spec, found.chosen)
+        metrics = finished_metrics(spec, found.chosen, folder)
+        if metrics is not None:
+            reporter.log(f"this subnet was already retrained: {folder / METRICS_FILE}")
+        else:
+            if folder != spec.run_dir:
+                reporter.log(f"{spec.run_dir} holds the retrain of another budget or subnet (kept); this one goes to {folder}")
+            metrics = retrain(spec, parts, found.chosen, found.found_by, reporter, out_dir=folder)
+        save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
+    return Retrained(metrics, folder)
 
 
 def retrain_run(
     run_dir: Path, *, skip: list[str] | None = None, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
-) -> tuple[StudySpec, RetrainMetrics]:
-    """Retrain a run folder's subnet (or ``skip`` instead) with its resolved study and ``overrides``,
-    into the same folder."""
+) -> tuple[StudySpec, Retrained]:
+    """Retrain a run folder's subnet (or ``skip`` instead) with its resolved study and ``overrides``.
+    The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
+    folder ``RUN_DIR/retrain-<subnet>-<budget hash>`` (the same budget and subnet again: the existing result)."""
+    run_dir = Path(run_dir).expanduser().resolve()  # this folder, wherever the command runs
     spec, subnet = read_run(run_dir)
     spec = override_spec(spec, overrides or {}, str(run_dir / "study.yaml"))
-    return spec, _retrain(spec, subnet.skipped if skip is None else skip, subnet.found_by, reporter)
+    layers = subnet.skipped if skip is None else skip
+    return spec, _retrain(spec, layers, subnet.found_by, reporter, run_dir=run_dir)
 
 
 def retrain_subset(
     study: str | Path, skip: list[str], *, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
-) -> tuple[StudySpec, RetrainMetrics]:
+) -> tuple[StudySpec, Retrained]:
     """Retrain the subnet that skips ``skip`` (``[]``: the full model with adapters) without a search,
     into its own folder ``<study>-skip-<layers>-seed<k>`` unless ``study_name`` is set."""
     spec = load_study_spec(study, overrides)
@@ -131,13 +192,25 @@ def retrain_subset(
     if spec.study_name is None:  # a search's artifacts are never overwritten
         label = "+".join(spec.load_space().ordered(skipped)) or "none"
         spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
+    check_writable_folder(Path(spec.output_dir), "output_dir")
     return spec, _retrain(spec, list(skipped), FoundBy(sampler=GIVEN_BY_SKIP), reporter)
 
 
-def _retrain(spec: StudySpec, layers: list[str], found_by: FoundBy, reporter: Reporter | None) -> RetrainMetrics:
+def _retrain(
+    spec: StudySpec, layers: list[str], found_by: FoundBy, reporter: Reporter | None, *, run_dir: Path | None = None
+) -> Retrained:
+    """Into ``run_dir`` (a run's folder) or, if None, the spec's own folder; see ``artifacts_folder``."""
+    reporter = reporter or Reporter()
     parts = build_components(spec)
     skipped = parts.space.validate_subset(layers)
-    save_spec(spec)
-    return retrain(spec, parts, skipped, found_by, reporter or Reporter())
-
-
+    own = run_dir is None
+    run_dir = run_dir or spec.run_dir
+    check_run_folder(run_dir)
+    folder = artifacts_folder(run_dir, spec, skipped, own=own)
+    with folder_lock(run_dir):
+        metrics = finished_metrics(spec, skipped, folder)
+        if metrics is not None:
+            reporter.log(f"this subnet was already retrained with this budget: {folder / METRICS_FILE}")
+        else:
+            metrics = retrain(spec, parts, skipped, found_by, reporter, out_dir=folder)
+    return Retrained(metrics, folder)

@@ -7,6 +7,7 @@ A storage is an Optuna URL (``sqlite:///runs.db``, ``postgresql://…``) or the 
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
 DEFAULT_STORAGE = "sqlite:///das_tune.db"
+
+SQLITE_TIMEOUT_S = 60  # several processes on one SQLite file wait for each other's writes
+_CREATE_ATTEMPTS = 20
 
 
 def local_file(url: str) -> Path | None:
@@ -39,23 +43,11 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
             path.parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        return _create(url)
+        return _rdb(url)
     except ImportError:
         raise UserError(f"storage {shown_url(url)}: its database driver is not installed (PostgreSQL: pip install 'das-tune[postgresql]')") from None
     except Exception as err:  # a bad URL, an unreachable server, a refused password, an unwritable folder
         raise UserError(f"storage {shown_url(url)} cannot be opened: {_first_line(err)}") from None
-
-
-def _create(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
-    """Optuna creates its tables on first use; processes that start at once on a fresh database
-    (several studies, several machines) race on that DDL and the losers see a duplicate table or
-    type. Once the winner is done the schema exists, so a loser simply tries again."""
-    for attempt in range(1, attempts):
-        try:
-            return optuna.storages.get_storage(url)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            time.sleep(0.2 * attempt)
-    return optuna.storages.get_storage(url)
 
 
 def shown_url(url: str) -> str:
@@ -72,6 +64,40 @@ def _first_line(err: Exception) -> str:
     cause = getattr(err, "orig", None) or err  # SQLAlchemy wraps the driver's own error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     return " ".join(lines[:1]) or type(cause).__name__
+
+
+def _rdb(url: str) -> optuna.storages.BaseStorage:
+    """Optuna creates its tables on first use; processes that start at once on a fresh database
+    (several studies, several machines) race on that DDL and the losers see a duplicate table, type or
+    version row ("table studies already exists", "UNIQUE constraint failed: alembic_version",
+    PostgreSQL's "duplicate key value"). Once the winner is done the schema exists, so a loser simply
+    tries again."""
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:///") else {}
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.get_storage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))  # with Optuna's trial cache
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            if attempt == _CREATE_ATTEMPTS - 1 or not _schema_race(err):
+                raise
+            time.sleep(random.uniform(0.05, 0.3))
+    raise AssertionError("unreachable")
+
+
+def _schema_race(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in ("already exists", "unique constraint", "duplicate", "database is locked"))
+
+
+def fail_running(study: optuna.Study, phase: str | None = None) -> int:
+    """Mark the study's RUNNING trials (of ``phase``, if given) FAIL; only for a study this process
+    holds the lease of, where RUNNING trials can only be a dead process's. Returns how many."""
+    stale = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if phase is None or t.user_attrs.get("phase") == phase
+    ]
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -91,8 +117,9 @@ def open_study(
 ) -> optuna.Study:
     """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
 
-    Trials left RUNNING by a process that died are marked FAIL on resume: one-shot search owns its
-    study, so nothing else can be running them. ``url`` names the storage in messages.
+    Call it holding the study's lease (``das_tune.lease``). Trials a dead process left RUNNING are the
+    executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
+    ``url`` names the storage in messages.
     """
     if study_exists(storage, name):
         if fresh:
@@ -120,8 +147,6 @@ def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: 
         )
     if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.recorded_num_skip):
         raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study.tell(trial.number, state=TrialState.FAIL)
-    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {len(stale)} interrupted ones marked FAIL" if stale else ""))
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {running} interrupted" if running else ""))
     return study

@@ -160,8 +160,12 @@ class RaySpec(_Strict):
     storage_path: str | None = Field(default=None, description="absolute; shared storage on a cluster")
 
 
+# A study name is also a folder name under output_dir: no path separators, no leading dot.
+_FOLDER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+=,@-]*$"
+
+
 class StudySpec(_Strict):
-    name: str
+    name: str = Field(pattern=_FOLDER_NAME)
     description: str = ""
     space: str
     num_skip: int | str | list[int] | dict[str, int] | None = Field(
@@ -174,9 +178,9 @@ class StudySpec(_Strict):
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
     storage: str = Field(default=DEFAULT_STORAGE, description="an Optuna storage URL or a journal file path")
-    study_name: str | None = Field(default=None, description="default: <name>-<sampler>-seed<seed>")
+    study_name: str | None = Field(default=None, pattern=_FOLDER_NAME, description="default: <name>-<sampler>-seed<seed>")
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32, description="NumPy's and Optuna's seeds are 32-bit")
     tiny: bool = Field(default=False, description="tiny random backbone and a few batches of data")
 
     @field_validator("num_skip", mode="before")
@@ -206,9 +210,17 @@ class StudySpec(_Strict):
         ``-skip<range>`` (``…-das-skip1-3-seed0``), so it does not collide with the single-size study."""
         return self.study_name or f"{self.name}-{self.sampler.name}{_range_suffix(self.num_skip)}-seed{self.seed}"
 
+    @field_validator("output_dir")
+    @classmethod
+    def _a_path(cls, value: str) -> str:
+        if not value.strip() or "\0" in value:
+            raise ValueError("expected a folder path")
+        return value
+
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.resolved_study_name
+        """The run folder, absolute (resolved once, against the current folder)."""
+        return (Path(self.output_dir).expanduser() / self.resolved_study_name).resolve()
 
     def local_paths(self) -> dict[str, str]:
         """``{field: path}`` of the declared local files (see ``LOCAL_PATHS``), $VARS and ~ expanded."""
@@ -348,7 +360,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected FIELD=VALUE, e.g. search.warmup_epochs=2")
-        overrides[key.strip()] = yaml.safe_load(raw) if raw else None
+        try:
+            overrides[key.strip()] = config.load_yaml_text(raw) if raw else None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err)
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it for a string") from None
     return overrides
 
 

@@ -123,8 +123,12 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.load_grads(state.get("grads", {}))
+
+    def load_grads(self, grads: dict[str, torch.Tensor]) -> None:
+        """An open accumulation window's gradients, as ``state_dict`` saved them."""
         for name, param in self.model.named_parameters():
-            grad = state.get("grads", {}).get(name)
+            grad = grads.get(name)
             param.grad = None if grad is None else grad.to(param.device)
 
 

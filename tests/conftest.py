@@ -27,6 +27,25 @@ def cli(tmp_path):
     return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
 
 
+# A tiny search lengthened to 9 observation rounds (27 trials; an observation after every one of its
+# 3 × 3 training steps), the retrain cut to one step: the study that tests/test_resume.py kills and
+# resumes and tests/test_bad_input.py feeds bad input to.
+FINISHED_STUDY = "easyvqa_minilm-das-seed3"
+FINISHED_RUN = [
+    "run", "--space", "minilm_vqa", "--tiny", "--seed", "3", "--quiet",
+    "--set", "search.search_epochs=3", "--set", "search.max_steps_per_epoch=3", "--set", "search.observe_every=1",
+    "--set", "retrain.max_steps_per_epoch=1",
+]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A folder in which FINISHED_RUN ran once, uninterrupted (das_tune.db, runs/)."""
+    folder = tmp_path_factory.mktemp("finished")
+    run_cli(*FINISHED_RUN, cwd=folder, timeout=1200, check=True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def postgresql():
     """One throw-away PostgreSQL server on 127.0.0.1 for the whole session (skipped, saying why,

@@ -11,6 +11,7 @@ is shared between runs.
 
 from __future__ import annotations
 
+from das_tune import atomic
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
 from das_tune.progress import Reporter
@@ -31,7 +32,7 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     names = plots.write_plots(results, p.out)
     results.files = BenchFiles(out=str(p.out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=names)
     write_json(results, p.out / RESULTS_JSON)
-    (p.out / RESULTS_MD).write_text(report.markdown(results, names))
+    atomic.write_text(p.out / RESULTS_MD, report.markdown(results, names))
     return results
 
 

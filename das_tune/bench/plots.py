@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from das_tune import atomic
 from das_tune.results import BenchResults
 
 PICKS, ANYTIME, METRIC_VS_GMACS = "picks.png", "anytime.png", "metric_vs_gmacs.png"
@@ -113,4 +114,4 @@ def metric_vs_gmacs(results: BenchResults, path: Path) -> None:
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".")))

@@ -37,7 +37,7 @@ import optuna
 import torch
 import yaml
 
-from das_tune import runner, storage, training
+from das_tune import atomic, runner, storage, training
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
@@ -294,9 +294,10 @@ def _search(
 ) -> SearchRecord:
     """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
     spec = p.spec(seed, sampler)
-    _check_not_foreign(spec, opened)
-    save_spec(spec)
-    found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
+    with runner.exclusive(spec, opened):
+        _check_not_foreign(spec, opened)
+        save_spec(spec)
+        found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
     complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return SearchRecord(
         method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
@@ -401,5 +402,4 @@ def _check_plan_file(p: Plan) -> None:
     path = p.out / PLAN_FILE
     if path.is_file() and path.read_text() != resolved:
         raise UserError(f"{p.out} holds a benchmark of another study, budget or retrain seeds ({path}); pass another --out")
-    p.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(resolved)
+    atomic.write_text(path, resolved)

@@ -57,8 +57,8 @@ def make_sampler(name: str, space: SkipSpace, seed: int | None = None, **options
         raise UserError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
     try:
         return factory(space, seed, **options)
-    except TypeError as err:
-        raise UserError(f"sampler {name!r}: bad options {sorted(options)}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"sampler {name!r}: bad options {options}: {err}") from None
 
 
 def study_policy(

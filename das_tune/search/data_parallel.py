@@ -15,9 +15,17 @@ runs the shared warm-up and the one-shot loop of :class:`OneShotSearch` on a
   scores them on the observation batch and tells them, then broadcasts the new skip probabilities;
   every rank checks that it holds the same probabilities and draws as rank 0 after each round.
 
-Rank 0 also writes the checkpoints (``run_dir`` must be storage every worker reads, as on one
-machine). Losses must be means over the examples of a batch (classification, VQA), so that the
-weighted shares add up to the whole batch's loss.
+Losses must be means over the examples of a batch (classification, VQA), so that the weighted
+shares add up to the whole batch's loss; every rank reports the whole batch's loss (so a NaN stops
+every rank at the same step).
+
+Resume and one writer, as in the one-shot search: the driver holds the study's lease and the run
+folder's lock for the whole fit (``runner.exclusive``; its Ray workers end with it). Rank 0 writes
+the checkpoints (``run_dir`` must be storage every worker reads, as on one machine), gathering every
+rank's own torch generator and open accumulation window's gradients into them, and recovers the
+study's interrupted round exactly as the one-shot loop does; so a killed search resumes to the same
+trials — with the same number of workers. A checkpoint of another number of workers is refused
+(``checks.check_resumable``), or ``--fresh`` starts again.
 """
 
 from __future__ import annotations
@@ -32,11 +40,14 @@ import torch
 import torch.distributed as dist
 
 from das_tune.components import Components
+from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
 from das_tune.search.base import SearchRun
 from das_tune.search.oneshot import OneShotSearch
-from das_tune.search.supernet import CHECKPOINT, Supernet, warm_up
+from das_tune.search.supernet import (
+    CHECKPOINT, RANKS_KEY, Supernet, warm_up, write_checkpoint,
+)
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
 
@@ -89,7 +100,7 @@ class DataParallelSupernet(Supernet):
 
     def __init__(self, spec: StudySpec, parts: Components, *, rank: int, workers: int) -> None:
         super().__init__(spec, parts)
-        self.rank, self.workers = rank, workers
+        self.rank, self.workers = rank, workers  # before any restore: it checks the checkpoint's workers
         for p in self.model.trainable_parameters():  # start from rank 0's weights, as DDP does
             dist.broadcast(p.data, 0)
 
@@ -106,15 +117,28 @@ class DataParallelSupernet(Supernet):
         if self.trainer.ends_window(step):
             average_gradients(self.model.trainable_parameters(), self.workers)
         self.trainer.step_if_window_ends(step)
-        return loss.item()
+        total_loss = loss.detach().clone()  # the whole batch's loss, the same on every rank (a NaN stops them all)
+        dist.all_reduce(total_loss)
+        return total_loss.item() / self.workers
 
     def save(self, filename: str = CHECKPOINT) -> None:
+        """Rank 0 writes the checkpoint, with every rank's own part of the state: its torch generator
+        (dropout draws differ per rank) and an open accumulation window's gradients (its rows' share)."""
+        state = self.state()
+        mine = {"torch_rng": state["torch_rng"], "grads": {n: g.cpu() for n, g in state["trainer"]["grads"].items()}}
+        ranks = [None] * self.workers if self.rank == 0 else None
+        dist.gather_object(mine, ranks, dst=0)
         if self.rank == 0:
-            super().save(filename)
+            write_checkpoint(self.run_dir / filename, {**state, RANKS_KEY: ranks})
 
     def restore(self, fallback: Path | None = None) -> bool:
         dist.barrier()  # rank 0 has written what the others read
-        return super().restore(fallback)
+        own = super().restore(fallback)
+        ranks = self.restored_extra.get(RANKS_KEY)
+        if ranks is not None and len(ranks) == self.workers:
+            torch.set_rng_state(ranks[self.rank]["torch_rng"])
+            self.trainer.load_grads(ranks[self.rank]["grads"])
+        return own
 
 
 class DataParallelSearch(OneShotSearch):
@@ -182,27 +206,56 @@ def _fit(spec: StudySpec, warmup_checkpoint: Path | None, reporter: Reporter) ->
         scaling_config=ScalingConfig(num_workers=spec.search.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name=spec.resolved_study_name, storage_path=str(spec.run_dir / "ray_train")),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:  # a worker's bad input or known failure: as if this process had raised it
+        known = _known_cause(err)
+        if known is None:
+            raise
+        raise known from None
+
+
+def _known_cause(err: BaseException | None) -> Exception | None:
+    """The UserError or RunFailure a Ray Train worker raised, found inside Ray's wrapping errors."""
+    while err is not None:
+        if type(err) in (UserError, RunFailure):
+            return err
+        cause = getattr(err, "cause", None)  # a RayTaskError's original exception
+        if isinstance(cause, (UserError, RunFailure)):
+            return cause
+        failures = getattr(err, "worker_failures", None) or {}  # Ray Train's WorkerGroupError: by rank
+        for rank in sorted(failures):
+            known = _known_cause(failures[rank])
+            if known is not None:
+                return known
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: its rank of the warm-up and the search (rank 0 with the study)."""
+    """One Ray Train worker: its rank of the warm-up and the search."""
     import ray.train
 
+    context = ray.train.get_context()
+    device = f"cuda:{context.get_local_rank()}" if torch.cuda.is_available() else None
+    spec = StudySpec.model_validate_json(config["spec"])
+    run_rank(spec, context.get_world_rank(), context.get_world_size(), Path(config["warmup"]) if config["warmup"] else None, device)
+
+
+def run_rank(spec: StudySpec, rank: int, workers: int, warmup_checkpoint: Path | None, device: str | None = None) -> None:
+    """Rank ``rank`` of the warm-up and the search (rank 0 with the study), in a process group that is
+    already initialised (Ray Train's, or a test's)."""
     from das_tune.components import build_components
     from das_tune.runner import prepare_search
     from das_tune.training import seed_everything
 
-    spec = StudySpec.model_validate_json(config["spec"])
-    context = ray.train.get_context()
-    rank, workers = context.get_world_rank(), context.get_world_size()
     seed_everything(spec.seed)
     parts = build_components(spec)
-    if torch.cuda.is_available():
-        parts.model.to(f"cuda:{context.get_local_rank()}")
+    if device is not None:
+        parts.model.to(device)
     search = prepare_search(spec, parts, reporter=Reporter()) if rank == 0 else _follower(spec, parts)
     supernet = lambda: DataParallelSupernet(spec, parts, rank=rank, workers=workers)  # noqa: E731
-    start = Path(config["warmup"]) if config["warmup"] else warm_up(spec, parts, Reporter(), net=supernet())
+    start = warmup_checkpoint or warm_up(spec, parts, Reporter(), net=supernet())
     DataParallelSearch(search, supernet()).run(start)
 
 

@@ -24,9 +24,9 @@ Resume
 ------
 The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_dir>/ray``). Running the
 same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
-e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died were
-marked FAIL when the study was reopened (``storage.open_study``); Ray resumes them from their
-checkpoints, so :meth:`SkipSearcher.restore` gives each one a new Optuna trial with the same skip keys
+e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died are
+marked FAIL when the search starts again (the study's lease says that their process is dead); Ray
+resumes them from their checkpoints, so :meth:`SkipSearcher.restore` gives each one a new Optuna trial with the same skip keys
 (user attr ``retry_of``) instead of telling the finished one twice (``UpdateFinishedTrialError``).
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
@@ -69,6 +69,7 @@ from das_tune.search.ray_cluster import ray_session
 from das_tune.search.ray_trainable import WARMUP_FILE, TrialHold, train_subnet
 from das_tune.search.supernet import warm_up
 from das_tune.spaces import SkipSpace
+from das_tune.storage import fail_running
 from das_tune.study import RaySpec, StudySpec
 
 METRIC, MODE = "loss", "min"
@@ -193,7 +194,7 @@ class SkipSearcher(Searcher):
             if trial_id in self.told:
                 continue
             state = stored[trial.number].state
-            if state == TrialState.FAIL:  # marked FAIL as interrupted when the study was reopened
+            if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
                 self.trials[trial_id] = self._retry(trial)
             elif state.is_finished():  # told after the searcher's last save: do not tell it twice
                 self.told.add(trial_id)
@@ -268,6 +269,9 @@ class RaySearch:
         return f"{self.storage_path.rstrip('/')}/{self.study.study_name}"
 
     def run(self) -> tune.ResultGrid:
+        interrupted = fail_running(self.study, PHASE)  # the lease is ours: their driver is dead
+        if interrupted:
+            self.reporter.log(f"{interrupted} Ray trials in flight when the last driver stopped: marked FAIL, Ray retries them")
         with ray_session(self.ray):
             start_state = self.warm_up()
             tuner, restored = self._tuner()

@@ -7,16 +7,18 @@ interrupted warm-up or search resumes exactly where it stopped.
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from das_tune import training
+from das_tune import atomic, training
 from das_tune.components import Components
+from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
@@ -40,11 +42,14 @@ class Supernet:
     def __init__(self, spec: StudySpec, parts: Components) -> None:
         self.search, self.model, self.task = spec.search, parts.model, parts.task
         self.seed, self.run_dir, self.name = spec.seed, spec.run_dir, spec.resolved_study_name
+        self.workers = 1  # the processes that train it together (data-parallel ranks)
         self.steps_per_epoch = training.steps_per_epoch(self.task, self.search.batch_size, self.search.max_steps_per_epoch)
         epochs = self.search.warmup_epochs + self.search.search_epochs
         self.trainer = training.Trainer(self.model, self.search, self.steps_per_epoch, epochs)
         self.rng = np.random.default_rng(self.seed)
         self.position = Position()
+        self.extra_state: Callable[[], dict[str, Any]] = dict  # what an executor checkpoints with the supernet
+        self.restored_extra: dict[str, Any] = {}
 
     @property
     def warmed_up(self) -> bool:
@@ -62,6 +67,11 @@ class Supernet:
                 continue
             self.model.set_skipped(draw())
             loss = self.train_step(batch, step)
+            if not math.isfinite(loss):
+                raise RunFailure(
+                    f"the search diverged: training loss {loss} at epoch {epoch + 1}, step {step + 1} "
+                    f"(search.lr = {self.search.lr:g}); lower search.lr and run again with --fresh"
+                )
             pos.step_in_epoch, pos.global_step = step + 1, pos.global_step + 1
             after_step(loss)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
@@ -75,35 +85,74 @@ class Supernet:
 
     # -- checkpoint -------------------------------------------------------------------------------
     def save(self, filename: str = CHECKPOINT) -> None:
-        state = {
+        write_checkpoint(self.run_dir / filename, self.state())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds: the training state, the position, the generators, the executor's extra."""
+        return {
             "position": asdict(self.position),
             "model": self.model.trainable_state_dict(),
             "trainer": self.trainer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "study_name": self.name,
+            **self.extra_state(),
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f"{filename}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / filename)
 
     def restore(self, fallback: Path | None = None) -> bool:
         """Continue this study's own checkpoint, else start from ``fallback`` (a shared warm-up) if given.
         Returns whether the own checkpoint was restored."""
         own = self.run_dir / CHECKPOINT
-        state = torch.load(own, weights_only=False) if own.exists() else None
+        state = load_checkpoint(own) if own.exists() else None
         restored_own = state is not None and state["study_name"] == self.name
         if not restored_own:
             if fallback is None:
                 return False
-            state = torch.load(fallback, weights_only=False)
+            state = load_checkpoint(fallback)
+        self.restored_extra = {k: v for k, v in state.items() if k not in _CHECKPOINT_KEYS} if restored_own else {}
         self.model.load_state_dict(state["model"], strict=False)
         self.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.position = Position(**state["position"])
+        written = checkpoint_workers(state)
+        if restored_own and not self.position.finished and written != self.workers:  # `run` refuses it before writing
+            raise UserError(checkpoint_workers_message(own, written, self.workers))
         return restored_own
+
+
+_CHECKPOINT_KEYS = {"position", "model", "trainer", "rng", "torch_rng", "study_name"}
+
+
+RANKS_KEY = "ranks"  # a data-parallel checkpoint's per-rank states; its length is the number of workers
+
+
+def checkpoint_workers(state: dict[str, Any]) -> int:
+    """How many workers wrote a search checkpoint (1: one process)."""
+    return len(state.get(RANKS_KEY) or [None])
+
+
+def checkpoint_workers_message(path: Path, written: int, workers: int) -> str:
+    by = "one process" if written == 1 else f"{written} data-parallel workers"
+    return (
+        f"{path}: the search was checkpointed by {by}, so it resumes exactly only with search.workers={written} "
+        f"(not {workers}); pass --workers {written}, or --fresh to start again"
+    )
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic.write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A supernet checkpoint, or a one-line error naming the file if it is truncated or not one."""
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as err:
+        raise UserError(f"{path}: not a readable search checkpoint ({type(err).__name__}); remove it or pass --fresh") from None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        raise UserError(f"{path}: not a das-tune search checkpoint; remove it or pass --fresh")
+    return state
 
 
 def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Supernet | None = None) -> Path | None:

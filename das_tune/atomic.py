@@ -1,0 +1,63 @@
+"""Atomic file writes: a file is either its old content or its complete new content, never a part.
+
+Each write goes to a temporary file next to the target (unique per process and thread, so two
+writers never share one), is flushed to disk, then ``os.replace``s the target — as PyTorch
+Lightning's ``_atomic_save`` and fsspec's transactions do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from das_tune.errors import RunFailure
+
+
+def write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` writes the file at ``tmp``; then it becomes ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON without NaN/inf (which is not JSON)."""
+    check_finite(data, Path(path).name)
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def check_finite(data: Any, name: str) -> None:
+    """A non-finite number in a result is a failure of the run that made it, not a value to write."""
+    bad = _non_finite(data)
+    if bad:
+        raise RunFailure(f"{name} would hold a non-finite number ({bad}): the run diverged; nothing was written")
+
+
+def _non_finite(data: Any, where: str = "") -> str | None:
+    if isinstance(data, float) and not math.isfinite(data):
+        return f"{where or 'value'} = {data}"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
