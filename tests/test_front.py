@@ -175,3 +175,41 @@ def test_front_with_nsga2_and_uneven_sizes_picks_each_sizes_best_observation(cli
         best = min(same_size, key=lambda t: t.values[0])
         assert p.skipped == best.user_attrs["skipped"] and p.observed_loss == best.values[0]
         assert p.chosen_by == f"the best observed loss of size {p.num_skip}"
+
+
+RANGE_RUN = [
+    "run", "--space", "minilm_vqa", "--num-skip", "1-3", "--tiny", "--seed", "3", "--quiet",
+    "--set", "search.search_epochs=2", "--set", "search.max_steps_per_epoch=3", "--set", "search.observe_every=1",
+    "--set", "retrain.max_steps_per_epoch=1",
+]
+RANGE_STUDY = "easyvqa_minilm-das-skip1-3-seed3"
+
+
+def range_outcome(folder):
+    study = optuna.load_study(study_name=RANGE_STUDY, storage=f"sqlite:///{folder / 'das_tune.db'}")
+    front = FrontFile.read(folder / "runs" / RANGE_STUDY / FRONT_JSON)
+    return {
+        "trials": [(t.number, t.state.name, t.user_attrs["skipped"], t.values) for t in study.trials],
+        "front": [(p.name, p.skipped, p.value, p.additional_gmacs, p.observed_loss) for p in [front.full, *front.ladder]],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_killed_range_search_resumes_to_the_same_trials_and_front(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import run_cli
+
+    worker = Path(__file__).parent / "kill_worker.py"
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True)
+    for point in (23, 90, 170):  # in the first search rounds, later in the search, near the retrains
+        result = subprocess.run([sys.executable, str(worker), f"kill:{point}", *RANGE_RUN], cwd=killed, capture_output=True, text=True, timeout=1200)
+        assert result.returncode in (-signal.SIGKILL, 0), result.stderr[-2000:]
+    run_cli(*RANGE_RUN, cwd=killed, timeout=1200, check=True)
+    assert range_outcome(killed) == range_outcome(whole)
