@@ -42,7 +42,19 @@ COLOURS = {"black", "blue", "brown", "gray", "green", "red", "teal", "yellow"}
 
 
 def timed(args: list[str], cwd: Path) -> dict:
-    """Run ``das-tune ARGS`` in ``cwd``; its wall-clock, CPU time, load average and val-by-epoch log."""
+    """Run ``das-tune ARGS`` in ``cwd``; its wall-clock, CPU time, load average and val-by-epoch log.
+    A command already measured in ``cwd`` (``main_job_steps.json``) is not run again: the
+    measurement can be done in pieces."""
+    steps_file = cwd / "main_job_steps.json"
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    key = " ".join(args)
+    if key not in steps:
+        steps[key] = _run_timed(args, cwd)
+        steps_file.write_text(json.dumps(steps, indent=2) + "\n")
+    return steps[key]
+
+
+def _run_timed(args: list[str], cwd: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     start = time.perf_counter()
