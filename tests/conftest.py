@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models: a second thread only contends on CI's 2 cores (and with the test's own process);
+# inherited by the CLI subprocesses, which are most of the suite's time.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Ray keeps 127.0.0.1 as a node's address only with this (see das_tune/search/__init__.py); set
 # before any test module imports Ray, and inherited by the CLI subprocesses.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
