@@ -104,9 +104,10 @@ def measure(work: Path, seeds: list[int]) -> dict:
         if seed == seeds[0]:
             result["full_by_question_type"] = by_question_type(full_dir)
     values = [r["value"] for r in result["full_model"]]
-    result["full_model_summary"] = {
-        "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values)
-    }
+    if values:
+        result["full_model_summary"] = {
+            "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values)
+        }
     entries = [e for e in json.loads(PRETRAINING_LOG.read_text())["entries"] if "eval" in e]
     result["pretraining"] = {"steps": entries[-1]["step"], "seconds": entries[-1]["seconds"], "final": entries[-1]["eval"]}
     return result
@@ -114,11 +115,11 @@ def measure(work: Path, seeds: list[int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2", help="seeds of the full-model retrains")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the full-model retrains ('none': no full model)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the measurement here")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = [] if args.seeds == "none" else [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -127,9 +128,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(text)
     print(text)
-    summary = result["full_model_summary"]
-    print(f"main job: test accuracy {result['run']['value']:.3f} in {result['main_command']['wall_seconds']:.0f} s; "
-          f"full model {summary['mean']:.3f} ± {summary['std']:.3f} over {summary['seeds']} seeds")
+    print(f"main job: test accuracy {result['run']['value']:.3f} in {result['main_command']['wall_seconds']:.0f} s")
+    if summary := result.get("full_model_summary"):
+        print(f"full model: {summary['mean']:.3f} ± {summary['std']:.3f} over {summary['seeds']} seeds")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from das_tune.results import RetrainMetrics
+from das_tune.results import RetrainMetrics, SubnetFile
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w.])")
@@ -32,8 +32,9 @@ def shown_as(text: str, values: list[float]) -> bool:
 
 def test_readme_main_job_numbers_are_the_committed_measurement():
     measured = json.loads((ROOT / "docs" / "main_job.json").read_text())
-    assert measured["run"]["skipped"] == measured["search"]["chosen"]
+    assert measured["run"]["skipped"] == measured["search"]["skipped"]
     RetrainMetrics.model_validate(measured["run"])  # the run's metrics.json, as das-tune writes it
+    SubnetFile.model_validate(measured["search"])  # and its subnet.json
     values = list(leaves(measured))
     readme = (ROOT / "README.md").read_text()
     sections = re.findall(r"<!-- main-job -->(.*?)<!-- /main-job -->", readme, re.S)

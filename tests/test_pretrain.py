@@ -125,5 +125,5 @@ def test_packaged_weights_are_small_load_by_default_and_come_with_their_log():
     )
     log = json.loads(PACKAGED_WEIGHTS.with_suffix(".log.json").read_text())
     assert log["entries"][-1]["step"] == log["spec"]["steps"] == int(metadata["steps"])
-    final = log["entries"][-1]["eval"]  # on held-out training images: well above chance (1/11 words, log 2)
-    assert final["mlm_accuracy"] > 0.7 and final["itm_loss"] < 0.65
+    final = log["entries"][-1]["eval"]  # on held-out training images: well above chance (1/11 words; 0.5, log 2)
+    assert final["mlm_accuracy"] > 0.75 and final["itm_accuracy"] > 0.85 and final["itm_loss"] < 0.3
