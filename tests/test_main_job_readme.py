@@ -47,3 +47,21 @@ def test_readme_main_job_numbers_are_the_committed_measurement():
     assert numbers
     strays = [n for n in numbers if not shown_as(n, values)]
     assert not strays, f"numbers in README's main-job section that are not in docs/main_job.json: {strays}"
+
+
+def test_readme_export_speed_numbers_are_the_committed_measurement():
+    measured = json.loads((ROOT / "benchmarks" / "export_speed.json").read_text())
+    latency, size = measured["latency_ms"], measured["size_bytes"]
+    values = [  # what the table shows: times, sizes, and each one's ratio to the full model
+        *(t for batch in latency.values() for t in batch.values()),
+        *(batch["full"] / t for batch in latency.values() for t in batch.values()),
+        *(s * 1e-6 for s in size.values()), *(s / size["full"] for s in size.values()),
+    ]
+    readme = (ROOT / "README.md").read_text()
+    section = re.search(r"<!-- export-speed -->(.*?)<!-- /export-speed -->", readme, re.S)
+    assert section, "README has no export-speed table"
+    cells = [c for line in section.group(1).splitlines() if line.startswith("|") for c in line.strip("|").split("|")[1:]]
+    numbers = [n for cell in cells for n in NUMBER.findall(cell.replace("×", ""))]
+    assert len(numbers) == 15
+    strays = [n for n in numbers if not any(round(scale * v, len(n.partition(".")[2])) == float(n) for v in values for scale in (1, 100))]
+    assert not strays, f"numbers in README's export-speed table that are not in benchmarks/export_speed.json: {strays}"
