@@ -69,6 +69,7 @@ def ray_session(spec: RaySpec, num_cpus: int | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    environment = dict(os.environ)
     ip = driver_ip(spec.address)
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "_node_ip_address": ip}
     if ip == LOOPBACK and _loopback_interface():  # gloo (data-parallel workers) binds by interface
@@ -86,6 +87,16 @@ def ray_session(spec: RaySpec, num_cpus: int | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        _restore_environment(environment)
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    """Undo what ``ray.init`` wrote into this process's environment (e.g. ``RAY_AUTH_MODE=token`` of the
+    instance just shut down), which would otherwise reach the next Ray session, and the processes and
+    clusters started after it, of this same process."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 def _loopback_interface() -> str | None:
