@@ -1,7 +1,6 @@
 """The Ray Tune executor with real Ray on 2 CPUs: a CLI run killed and resumed, ASHA pruning,
 an injected failing trial, and what Optuna is told."""
 
-import logging
 import math
 import pickle
 import signal
@@ -12,15 +11,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 from optuna.trial import TrialState
 
-from conftest import LOOPBACK
 from das_tune.components import build_components
 from das_tune.progress import Reporter
 from das_tune.runner import prepare_search
+from das_tune.search.ray_cluster import ray_session as das_ray_session
 from das_tune.search.ray_tune import RaySearch, SkipSearcher, SuggestSkip, trial_outcome
-from das_tune.study import load_study_spec
+from das_tune.study import RaySpec, load_study_spec
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +77,10 @@ def test_cli_run_killed_then_resumed(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(address="local", num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
-    yield
-    ray.shutdown()
+    """das-tune's own local Ray session (on 127.0.0.1), which leaves the environment as it found it
+    for the multi-node tests that start their own cluster in this process later."""
+    with das_ray_session(RaySpec(), num_cpus=2):
+        yield
 
 
 class Recorder(Reporter):
