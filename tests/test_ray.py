@@ -1,7 +1,9 @@
 """The Ray Tune executor with real Ray on 2 CPUs: a CLI run killed and resumed, ASHA pruning,
 an injected failing trial, and what Optuna is told."""
 
+import logging
 import math
+import os
 import pickle
 import signal
 import sqlite3
@@ -11,14 +13,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import ray
+from conftest import LOOPBACK
 from optuna.trial import TrialState
 
 from das_tune.components import build_components
 from das_tune.progress import Reporter
 from das_tune.runner import prepare_search
-from das_tune.search.ray_cluster import ray_session as das_ray_session
 from das_tune.search.ray_tune import RaySearch, SkipSearcher, SuggestSkip, trial_outcome
-from das_tune.study import RaySpec, load_study_spec
+from das_tune.study import load_study_spec
 
 pytestmark = pytest.mark.slow
 
@@ -77,10 +80,14 @@ def test_cli_run_killed_then_resumed(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """das-tune's own local Ray session (on 127.0.0.1), which leaves the environment as it found it
-    for the multi-node tests that start their own cluster in this process later."""
-    with das_ray_session(RaySpec(), num_cpus=2):
-        yield
+    """A local Ray on 127.0.0.1; the environment is put back afterwards (``ray.init`` writes e.g.
+    ``RAY_AUTH_MODE=token``, which would reach the multi-node tests' cluster nodes and driver)."""
+    environment = dict(os.environ)
+    ray.init(address="local", num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    yield
+    ray.shutdown()
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 class Recorder(Reporter):
