@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
+from das_tune.pretrain import COLOURS
 from das_tune.subnet import load_subnet
 from das_tune.tasks.easyvqa import EasyVQATask
 
 STUDY = "easyvqa_minilm"
 PRETRAINING_LOG = Path(__file__).resolve().parents[1] / "das_tune" / "weights" / "minilm_vl.log.json"
 EPOCH_LINE = re.compile(r"retrain epoch (\d+): val accuracy ([0-9.]+)")
-COLOURS = {"black", "blue", "brown", "gray", "green", "red", "teal", "yellow"}
 
 
 def timed(args: list[str], cwd: Path) -> dict:

@@ -19,8 +19,6 @@ also with another ``steps`` (the learning-rate decay then ends at the new last s
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from torch import nn
 
+from das_tune import atomic
 from das_tune.backbones.bert import load_encoder, masked_mean
 from das_tune.backbones.layered import additive_mask
 from das_tune.backbones.processing import load_tokenizer, minilm_path
@@ -307,12 +306,10 @@ class Pretraining:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
         }
-        tmp = self.out_dir / f"{STATE}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.out_dir / STATE)
+        atomic.write_with(self.out_dir / STATE, lambda tmp: torch.save(state, tmp))
         log = {"spec": self.spec.model_dump(), "images": len(self.data.train_ids), "eval_images": len(self.data.eval_ids),
                "entries": self.log}
-        (self.out_dir / LOG).write_text(json.dumps(log, indent=2) + "\n")
+        atomic.write_json(self.out_dir / LOG, log)
 
     def _restore(self) -> None:
         path = self.out_dir / STATE

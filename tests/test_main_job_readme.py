@@ -23,11 +23,23 @@ def leaves(node):
         yield float(node)
 
 
-def shown_as(text: str, values: list[float]) -> bool:
+def shown_as(text: str, values: list[float], scales=(1, 100, 1e-6)) -> bool:
     """``text`` is one of ``values`` rounded to as many decimals as it shows (or as a percentage, or in millions)."""
     decimals = len(text.partition(".")[2])
     number = float(text)
-    return any(round(scale * v, decimals) == number for v in values for scale in (1, 100, 1e-6))
+    return any(round(scale * v, decimals) == number for v in values for scale in scales)
+
+
+def table_numbers(marker: str) -> list[str]:
+    """The numbers of the value columns (all but the first) of README's table between ``<!-- marker -->`` tags."""
+    readme = (ROOT / "README.md").read_text()
+    sections = re.findall(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", readme, re.S)
+    assert sections, f"README has no {marker} table"
+    cells = [
+        cell for section in sections for line in section.splitlines() if line.startswith("|")
+        for cell in line.strip("|").split("|")[1:]
+    ]
+    return [n for cell in cells for n in NUMBER.findall(cell.replace("×", ""))]
 
 
 def test_readme_main_job_numbers_are_the_committed_measurement():
@@ -36,14 +48,7 @@ def test_readme_main_job_numbers_are_the_committed_measurement():
     RetrainMetrics.model_validate(measured["run"])  # the run's metrics.json, as das-tune writes it
     SubnetFile.model_validate(measured["search"])  # and its subnet.json
     values = list(leaves(measured))
-    readme = (ROOT / "README.md").read_text()
-    sections = re.findall(r"<!-- main-job -->(.*?)<!-- /main-job -->", readme, re.S)
-    assert sections, "README has no main-job table"
-    cells = [  # the value column of every table row (the first column says what a value is)
-        cell for section in sections for line in section.splitlines() if line.startswith("|")
-        for cell in line.strip("|").split("|")[1:]
-    ]
-    numbers = [n for cell in cells for n in NUMBER.findall(cell)]
+    numbers = table_numbers("main-job")
     assert numbers
     strays = [n for n in numbers if not shown_as(n, values)]
     assert not strays, f"numbers in README's main-job section that are not in docs/main_job.json: {strays}"
@@ -57,11 +62,7 @@ def test_readme_export_speed_numbers_are_the_committed_measurement():
         *(batch["full"] / t for batch in latency.values() for t in batch.values()),
         *(s * 1e-6 for s in size.values()), *(s / size["full"] for s in size.values()),
     ]
-    readme = (ROOT / "README.md").read_text()
-    section = re.search(r"<!-- export-speed -->(.*?)<!-- /export-speed -->", readme, re.S)
-    assert section, "README has no export-speed table"
-    cells = [c for line in section.group(1).splitlines() if line.startswith("|") for c in line.strip("|").split("|")[1:]]
-    numbers = [n for cell in cells for n in NUMBER.findall(cell.replace("×", ""))]
+    numbers = table_numbers("export-speed")
     assert len(numbers) == 15
-    strays = [n for n in numbers if not any(round(scale * v, len(n.partition(".")[2])) == float(n) for v in values for scale in (1, 100))]
+    strays = [n for n in numbers if not shown_as(n, values, scales=(1, 100))]
     assert not strays, f"numbers in README's export-speed table that are not in benchmarks/export_speed.json: {strays}"

@@ -332,10 +332,7 @@ def _saved(p: Plan, method: str, seed: int) -> SearchRecord | None:
 
 
 def _save(p: Plan, record: SearchRecord) -> None:
-    path = _record_path(p, record.method, record.seed)
-    tmp = path.with_suffix(".tmp")  # a record exists whole or not at all
-    write_json(record, tmp)
-    tmp.replace(path)
+    write_json(record, _record_path(p, record.method, record.seed))  # atomic: a record exists whole or not at all
 
 
 def saved_records(p: Plan) -> list[SearchRecord]:
