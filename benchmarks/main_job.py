@@ -100,7 +100,8 @@ def measure(work: Path, seeds: list[int]) -> dict:
         retrain = timed(["retrain", "--study", STUDY, "--skip", "none", "--seed", str(seed)], work)
         full_dir = work / "runs" / f"{STUDY}-skip-none-seed{seed}"
         metrics = json.loads((full_dir / "metrics.json").read_text())
-        result["full_model"].append({"seed": seed, "value": metrics["value"], "best_epoch": metrics["best_epoch"], **retrain})
+        result["full_model"].append({"seed": seed, "value": metrics["value"], "best_epoch": metrics["best_epoch"], **retrain,
+                                     "metrics": metrics})
         if seed == seeds[0]:
             result["full_by_question_type"] = by_question_type(full_dir)
     values = [r["value"] for r in result["full_model"]]

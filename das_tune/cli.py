@@ -465,6 +465,7 @@ def pretrain(
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step (half matching, half masked words).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate of the stem and the LoRA deltas.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints (and log entries).")] = None,
+    align_steps: Annotated[Optional[int], typer.Option(help="First steps: the stem alone, aligned to its caption words.")] = None,
     fresh: Annotated[bool, typer.Option(help="Discard the folder's checkpoint and start again.")] = False,
     seed: Seed = None,
     tiny: Tiny = False,
@@ -477,7 +478,7 @@ def pretrain(
 
     if backbone != "minilm_vl":
         raise UserError(f"pretrain: unknown backbone {backbone!r}; expected minilm_vl")
-    fields = dict(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed)
+    fields = dict(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, align_steps=align_steps, seed=seed)
     fields = {k: v for k, v in fields.items() if v is not None}
     if "checkpoint_every" in fields:
         fields["eval_every"] = fields["checkpoint_every"]

@@ -7,7 +7,16 @@ to words, with objectives other than the downstream answers:
 - image–caption matching (ITM): a caption of the image ("a red circle", "the shape is red", ...) or the
   same caption with its colour and/or shape changed → matched or not;
 - masked-word prediction (MLM): a matched caption with its colour and/or shape words masked → the words,
-  from the whole vocabulary through the frozen word embeddings.
+  from the whole vocabulary through the frozen word embeddings;
+- word alignment: an image's tokens, as they enter the encoder, are pulled towards the frozen word
+  embeddings of its caption words (its colour among the colours, its shape among the shapes, by cosine
+  similarity pooled over the tokens — CLIP's contrastive form, and LLaVA's first stage of aligning image
+  tokens to a frozen language model's input space).
+
+The first ``align_steps`` steps train the stem alone on the word alignment (no encoder pass: fast); the
+rest train everything on all three. Through the encoder alone the stem learnt shape slowly and
+unstably (masked shape words between 0.5 and 0.8 for hundreds of steps), and so it did with the
+alignment loss beside the other two from the first step.
 
 The captions come from the attributes of each *training* image, read off its training questions and
 answers (val and test images are never seen). What trains: the conv stem and rank-r LoRA deltas
@@ -19,6 +28,7 @@ also with another ``steps`` (the learning-rate decay then ends at the new last s
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -41,6 +51,7 @@ from das_tune.progress import Reporter
 
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
+ATTRIBUTES = ("colour", "shape")  # the kinds of masked words, in the order of ``kinds`` in an MLM batch
 NEGATIONS = {"not", "no"}
 LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BertLayer
 STATE, LOG, WEIGHTS = "state.pt", "log.json", "minilm_vl.safetensors"
@@ -60,6 +71,8 @@ class PretrainSpec(BaseModel):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     lora_rank: int = Field(default=8, gt=0)
+    align_weight: float = Field(default=1.0, ge=0, description="weight of the word-alignment loss (0: none)")
+    align_steps: int = Field(default=300, ge=0, description="first steps: the stem alone, on the word alignment")
     image_size: int = 64
     checkpoint_every: int = Field(default=100, gt=0)
     eval_every: int = Field(default=100, gt=0)
@@ -127,9 +140,14 @@ class CaptionSampler:
 
 
 class PretrainModel(nn.Module):
-    """The single-stream model with LoRA on its encoder, an ITM head and an MLM head tied to the word embeddings."""
+    """The single-stream model with LoRA on its encoder, an ITM head, an MLM head tied to the word
+    embeddings, and the attribute words' embeddings that the image tokens are aligned to.
 
-    def __init__(self, encoder: nn.Module, image_size: int, lora_rank: int) -> None:
+    ``attribute_pieces`` holds the word-piece ids of ``COLOURS + SHAPES``; a word's embedding is the mean
+    of its pieces' ("teal" is two pieces).
+    """
+
+    def __init__(self, encoder: nn.Module, image_size: int, lora_rank: int, attribute_pieces: list[list[int]]) -> None:
         super().__init__()
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -144,28 +162,59 @@ class PretrainModel(nn.Module):
         self.itm = nn.Linear(dim, 2)
         self.mlm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=1e-12))
         self.mlm_bias = nn.Parameter(torch.zeros(encoder.config.vocab_size))
+        words = encoder.embeddings.word_embeddings.weight.detach()
+        self.register_buffer("attribute_words", torch.stack([words[ids].mean(0) for ids in attribute_pieces]), persistent=False)
+        self.align_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learnt temperature, as a log
 
-    def hidden(self, input_ids, attention_mask, pixel_values) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(self, input_ids, attention_mask, pixel_values) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's output, the valid-token mask, and the image tokens as they enter the encoder."""
         x, valid = joint_sequence(self.encoder.embeddings, self.image_tokens, input_ids, pixel_values, attention_mask)
+        image = x[:, -self.image_tokens.position.shape[1] :]
         mask = additive_mask(valid, x.dtype)
         for layer in self.encoder.encoder.layer:
             out = layer(x, mask)
             x = out[0] if isinstance(out, tuple) else out
-        return x, valid
+        return x, valid, image
+
+    def alignment(self, image: torch.Tensor, attributes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy of each image's colour among the colours and shape among the shapes; a word's
+        logit is the log-sum-exp over the image's tokens of their scaled cosine similarity with the word's
+        embedding (a shape covers a few tokens: a mean over all of them is mostly background).
+        ``attributes`` is ``[images, 2]`` indices into COLOURS and SHAPES, -100 where unknown."""
+        similarity = F.normalize(image, dim=-1) @ F.normalize(self.attribute_words, dim=-1).T  # [images, tokens, words]
+        logits = torch.logsumexp(similarity * self.align_scale.exp(), dim=1)
+        by_attribute = (logits[:, : len(COLOURS)], logits[:, len(COLOURS) :])
+        out, loss = {}, logits.new_zeros(())
+        for k, (name, lg) in enumerate(zip(ATTRIBUTES, by_attribute, strict=True)):
+            known = attributes[:, k] >= 0
+            if known.any():  # a batch may know no image's shape: no term rather than a NaN
+                loss = loss + F.cross_entropy(lg[known], attributes[known, k])
+                out[f"align_{name}_accuracy"] = (lg[known].argmax(-1) == attributes[known, k]).float().mean()
+        return {"align_loss": loss, **out}
+
+    def stem_losses(self, itm: dict[str, torch.Tensor], mlm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The word alignment alone, from the stem alone (the first ``align_steps``)."""
+        image = self.image_tokens(torch.cat([itm["pixels"], mlm["pixels"]]))
+        return self.alignment(image, torch.cat([itm["attributes"], mlm["attributes"]]))
 
     def losses(self, itm: dict[str, torch.Tensor], mlm: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = len(itm["labels"])
         joint = {k: _cat_padded(itm[k], mlm[k]) for k in ("input_ids", "attention_mask")}
-        x, valid = self.hidden(joint["input_ids"], joint["attention_mask"], torch.cat([itm["pixels"], mlm["pixels"]]))
+        x, valid, image = self.hidden(joint["input_ids"], joint["attention_mask"], torch.cat([itm["pixels"], mlm["pixels"]]))
         itm_logits = self.itm(masked_mean(x[:n], valid[:n]))
         masked = x[n:, : mlm["input_ids"].shape[1]][mlm["input_ids"] == mlm["mask_id"]]
         mlm_logits = self.mlm(masked) @ self.encoder.embeddings.word_embeddings.weight.T + self.mlm_bias
-        return {
+        hits = (mlm_logits.argmax(-1) == mlm["targets"]).float()
+        out = {
             "itm_loss": F.cross_entropy(itm_logits, itm["labels"]),
             "mlm_loss": F.cross_entropy(mlm_logits, mlm["targets"]),
             "itm_accuracy": (itm_logits.argmax(-1) == itm["labels"]).float().mean(),
-            "mlm_accuracy": (mlm_logits.argmax(-1) == mlm["targets"]).float().mean(),
+            "mlm_accuracy": hits.mean(),
         }
+        for kind, name in enumerate(ATTRIBUTES):  # the overall figure can hide one attribute stalling
+            if (mlm["kinds"] == kind).any():
+                out[f"mlm_{name}_accuracy"] = hits[mlm["kinds"] == kind].mean()
+        return {**out, **self.alignment(image, torch.cat([itm["attributes"], mlm["attributes"]]))}
 
     def vl_weights(self) -> dict[str, torch.Tensor]:
         """The stem and the LoRA factors, keyed as :func:`das_tune.backbones.vl_bert.load_vl_weights` reads them."""
@@ -205,24 +254,37 @@ class CaptionData:
         half = len(ids) // 2
         itm_ids, mlm_ids = ids[:half], ids[half:]
         captions, labels = zip(*(sampler.matching(self.scenes[i]) for i in itm_ids), strict=True)
-        itm = {**self._text(list(captions)), "labels": torch.tensor(labels), "pixels": self._pixels(itm_ids)}
+        itm = {**self._text(list(captions)), "labels": torch.tensor(labels), "pixels": self._pixels(itm_ids),
+               "attributes": self._attributes(itm_ids)}
         masked = [sampler.masked(self.scenes[i], "\0") for i in mlm_ids]
-        texts, pieces = [], []
+        texts, pieces, kinds = [], [], []
         for caption, words in masked:  # a masked word of several word pieces is one [MASK] per piece
             for word in words:
                 word_pieces = self.tokenizer.tokenize(word)
                 caption = caption.replace("\0", " ".join([self.tokenizer.mask_token] * len(word_pieces)), 1)
                 pieces += word_pieces
+                kinds += [ATTRIBUTES.index("shape" if word in SHAPES else "colour")] * len(word_pieces)
             texts.append(caption)
         mlm = {
             **self._text(texts), "pixels": self._pixels(mlm_ids), "mask_id": self.tokenizer.mask_token_id,
-            "targets": torch.tensor(self.tokenizer.convert_tokens_to_ids(pieces)),
+            "targets": torch.tensor(self.tokenizer.convert_tokens_to_ids(pieces)), "kinds": torch.tensor(kinds),
+            "attributes": self._attributes(mlm_ids),
         }
         return itm, mlm
 
     def _text(self, texts: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(texts, padding=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def attribute_pieces(self) -> list[list[int]]:
+        """The word-piece ids of each word of ``COLOURS + SHAPES``."""
+        return [self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(w)) for w in COLOURS + SHAPES]
+
+    def _attributes(self, ids: list[int]) -> torch.Tensor:
+        scenes = [self.scenes[i] for i in ids]
+        return torch.tensor([
+            [COLOURS.index(s.colour) if s.colour else -100, SHAPES.index(s.shape) if s.shape else -100] for s in scenes
+        ])
 
     def _pixels(self, ids: list[int]) -> torch.Tensor:
         pixels = torch.stack([self.pixels[i] for i in ids]).float() / 255.0
@@ -236,8 +298,8 @@ class Pretraining:
         self.spec, self.out_dir, self.reporter = spec, Path(out_dir), reporter
         torch.manual_seed(spec.seed)
         encoder = load_encoder(None if spec.tiny else minilm_path(), spec.tiny, 6)
-        self.model = PretrainModel(encoder, spec.image_size, spec.lora_rank)
         self.data = CaptionData(spec, load_tokenizer(minilm_path()))
+        self.model = PretrainModel(encoder, spec.image_size, spec.lora_rank, self.data.attribute_pieces())
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
         warmup = max(1, int(spec.steps * spec.warmup_ratio))
@@ -257,7 +319,7 @@ class Pretraining:
             self.running.append(self._train_step())
             self.step += 1
             self.seconds = time.perf_counter() - start
-            self.reporter.advance(self.running[-1]["itm_loss"] + self.running[-1]["mlm_loss"])
+            self.reporter.advance(sum(v for k, v in self.running[-1].items() if k.endswith("_loss")))
             if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
                 self._log_entry()
             if self.step % self.spec.checkpoint_every == 0 or self.step == self.spec.steps:
@@ -270,9 +332,14 @@ class Pretraining:
     def _train_step(self) -> dict[str, float]:
         self.model.train()
         ids = self.rng.sample(self.data.train_ids, self.spec.batch_size)
-        losses = self.model.losses(*self.data.batch(ids, CaptionSampler(self.rng)))
+        batch = self.data.batch(ids, CaptionSampler(self.rng))
         self.optimizer.zero_grad(set_to_none=True)
-        (losses["itm_loss"] + losses["mlm_loss"]).backward()
+        if self.step < self.spec.align_steps:
+            losses = self.model.stem_losses(*batch)
+            losses["align_loss"].backward()
+        else:
+            losses = self.model.losses(*batch)
+            (losses["itm_loss"] + losses["mlm_loss"] + self.spec.align_weight * losses["align_loss"]).backward()
         self.optimizer.step()
         self.scheduler.step()
         return {k: v.item() for k, v in losses.items()}
@@ -286,16 +353,17 @@ class Pretraining:
         for start in range(0, len(ids) - 1, 64):
             losses = self.model.losses(*self.data.batch(ids[start : start + 64], sampler))
             totals.append({k: v.item() for k, v in losses.items()})
-        return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
+        return _means(totals)
 
     def _log_entry(self) -> None:
-        train = {k: float(np.mean([r[k] for r in self.running])) for k in self.running[0]}
-        entry = {"step": self.step, "seconds": round(self.seconds, 1), "train": train, "eval": self.evaluate()}
+        entry = {"step": self.step, "seconds": round(self.seconds, 1), "train": _means(self.running), "eval": self.evaluate()}
         self.running = []
         self.log.append(entry)
         ev = entry["eval"]
+        per_attribute = ", ".join(f"{a} {ev[f'mlm_{a}_accuracy']:.3f}" for a in ATTRIBUTES if f"mlm_{a}_accuracy" in ev)
         self.reporter.log(
-            f"step {self.step}: eval ITM accuracy {ev['itm_accuracy']:.3f}, masked-word accuracy {ev['mlm_accuracy']:.3f}"
+            f"step {self.step}: eval ITM accuracy {ev['itm_accuracy']:.3f}, "
+            f"masked-word accuracy {ev['mlm_accuracy']:.3f} ({per_attribute})"
         )
 
     def _save(self) -> None:
@@ -318,7 +386,10 @@ class Pretraining:
         state = torch.load(path, weights_only=False)
         if _setup(state["spec"]) != _setup(self.spec.model_dump()):
             raise UserError(f"{path} was written by another pre-training setup; pass --fresh or another --out")
-        self.model.load_state_dict(state["model"], strict=False)
+        try:
+            self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as error:  # e.g. a checkpoint of an earlier stem
+            raise UserError(f"{path} does not fit this version's model ({str(error).splitlines()[0]}); pass --fresh") from error
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(state["rng"])
@@ -327,6 +398,12 @@ class Pretraining:
         if state["spec"]["steps"] != self.spec.steps:  # the learning-rate decay now ends at the new last step
             self.log.append({"step": self.step, "steps_changed": [state["spec"]["steps"], self.spec.steps]})
         self.reporter.log(f"resuming the pre-training at step {self.step} of {self.spec.steps}")
+
+
+def _means(records: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the records that have it (a batch may mask no word of an attribute)."""
+    keys = dict.fromkeys(k for r in records for k in r)
+    return {k: float(np.mean([r[k] for r in records if k in r])) for k in keys}
 
 
 def _setup(spec: dict) -> dict:

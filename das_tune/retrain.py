@@ -36,7 +36,7 @@ from das_tune.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.results import FoundBy, RetrainMetrics, SubnetFile, write_json
-from das_tune.search.supernet import CHECKPOINT, WARMUP_CHECKPOINT, load_checkpoint
+from das_tune.search.supernet import CHECKPOINT, RAY_TRAIN_FOLDER, WARMUP_CHECKPOINT, load_checkpoint
 from das_tune.study import StudySpec
 
 SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
@@ -242,14 +242,14 @@ def check_run_folder(run_dir: Path) -> None:
 
 
 def clear_run_folder(run_dir: Path) -> list[str]:
-    """``--fresh``: remove the run's progress and artifacts, its ``retrain-*`` folders included (other
-    files stay); returns what was removed."""
+    """``--fresh``: remove the run's progress and artifacts, its ``retrain-*`` folders and a data-parallel
+    run's Ray Train folder included (other files stay); returns what was removed."""
     removed = []
     for name in (*PROGRESS_FILES, METRICS_FILE, SUBNET_FILE, WEIGHTS_FILE, SPEC_FILE):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             removed.append(name)
-    for folder in sorted(run_dir.glob("retrain-*")):
+    for folder in [*sorted(run_dir.glob("retrain-*")), run_dir / RAY_TRAIN_FOLDER]:
         if folder.is_dir():
             shutil.rmtree(folder)
             removed.append(folder.name + "/")

@@ -19,6 +19,7 @@ import torch
 from das_tune.bench import BenchConfig, parse_seeds, plan, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
+from das_tune.bench.runs import ground_truth_order
 from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
@@ -280,6 +281,9 @@ def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     again = plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=40, seeds=(5, 6)))
     assert again.reference == large.reference  # the same sample in every piece
     assert plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=10)).reference == large.reference[:10]
+    order = ground_truth_order(small)  # retrained in a fixed random order: a ground truth done in part is a random sample
+    assert sorted(map(sorted, order)) == sorted(map(sorted, small.reference)) and order != list(small.reference)
+    assert order == ground_truth_order(plan(BenchConfig(study="easyvqa_minilm", overrides=tiny, ground_truth=True)))
 
 
 def test_observation_rounds_count_global_steps_as_the_search_does():
@@ -332,7 +336,7 @@ def test_readme_bench_numbers_come_from_the_committed_results():
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     from das_tune.bench import plots, report
-    from das_tune.results import BenchResults, GroundTruth, Retrained, RunResult, SearchRecord
+    from das_tune.results import BenchResults, GroundTruth, Retrained, SearchRecord
 
     truth = {f"En{i},En{j}": 0.5 + 0.01 * (i + 2 * j) for i in range(6) for j in range(i + 1, 6)}
     subsets = {k: Retrained(metric="accuracy", values={"0": v - 0.01, "1": v + 0.01}, mean=v, std=0.01,

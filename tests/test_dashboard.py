@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import optuna_dashboard
 import pytest
 
 from das_tune import dashboard

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +14,12 @@ from safetensors import safe_open
 
 from das_tune.backbones import build_backbone
 from das_tune.backbones.vl_bert import PACKAGED_WEIGHTS
-from das_tune.pretrain import COLOURS, SHAPES, CaptionSampler, PretrainSpec, Pretraining, Scene, scene_attributes
+from das_tune.backbones.bert import load_encoder
+from das_tune.pretrain import COLOURS, SHAPES, CaptionSampler, PretrainModel, PretrainSpec, Pretraining, Scene, scene_attributes
 from das_tune.progress import Reporter
 
-TINY = PretrainSpec(steps=4, batch_size=8, checkpoint_every=2, eval_every=2, eval_images=16, tiny=True)
+# two steps of the stem alone, then two of everything: the resume below crosses the change
+TINY = PretrainSpec(steps=4, align_steps=2, batch_size=8, checkpoint_every=2, eval_every=2, eval_images=16, tiny=True)
 
 
 def test_scene_attributes_are_read_off_questions_and_answers():
@@ -46,6 +50,29 @@ def test_captions_match_or_contradict_the_scene():
         assert targets and set(targets) <= {"teal", "circle"} and masked.count("[MASK]") == len(targets)
     caption, _ = sampler.matching(Scene(None, "triangle"))
     assert not {w for w in caption.split() if w in COLOURS}
+
+
+def test_alignment_scores_an_image_s_colour_among_colours_and_its_shape_among_shapes():
+    torch.manual_seed(0)
+    words = list(range(1000, 1000 + len(COLOURS + SHAPES)))  # one word piece each, "teal" two
+    pieces = [[w] for w in words]
+    pieces[COLOURS.index("teal")] = [words[COLOURS.index("teal")], 999]
+    model = PretrainModel(load_encoder(None, True, 2), 64, 2, pieces)
+    embedding = model.encoder.embeddings.word_embeddings.weight.detach()
+    red, circle = COLOURS.index("red"), SHAPES.index("circle")
+    teal, triangle = COLOURS.index("teal"), SHAPES.index("triangle")
+    teal_word = (embedding[words[teal]] + embedding[999]) / 2
+    image = torch.stack([  # [images, tokens, dim]: tokens showing the caption words
+        torch.stack([embedding[words[red]], embedding[words[len(COLOURS) + circle]]]),
+        torch.stack([teal_word, embedding[words[len(COLOURS) + triangle]]]),
+    ])
+    right = model.alignment(image, torch.tensor([[red, circle], [teal, triangle]]))
+    assert right["align_colour_accuracy"] == 1 and right["align_shape_accuracy"] == 1
+    wrong = model.alignment(image, torch.tensor([[teal, triangle], [red, circle]]))
+    assert wrong["align_colour_accuracy"] == 0 and wrong["align_shape_accuracy"] == 0
+    assert wrong["align_loss"] > right["align_loss"]
+    unknown = model.alignment(image, torch.tensor([[red, -100], [teal, -100]]))  # shapes not known: not scored
+    assert "align_shape_accuracy" not in unknown and unknown["align_loss"].isfinite()
 
 
 class StopAfter(Reporter):
@@ -81,14 +108,28 @@ def test_pretraining_resumes_where_it_stopped_and_matches_an_uninterrupted_run(t
         torch.testing.assert_close(got[key], expected[key])
     log = json.loads((tmp_path / "cut" / "log.json").read_text())
     assert [e["step"] for e in log["entries"]] == [2, 4]
-    assert {"itm_accuracy", "mlm_accuracy"} <= log["entries"][-1]["eval"].keys()
+    assert {"itm_accuracy", "mlm_accuracy", "align_loss"} <= log["entries"][-1]["eval"].keys()
+    assert {"mlm_colour_accuracy", "mlm_shape_accuracy"} & log["entries"][-1]["eval"].keys()
     assert metadata["lora_rank"] == "8"
+
+
+def test_first_steps_train_the_stem_alone(tmp_path):
+    run = Pretraining(TINY.model_copy(update={"steps": 2}), tmp_path, Reporter())
+    stem_before = {k: v.clone() for k, v in run.model.image_tokens.state_dict().items()}
+    others_before = {k: v.clone() for k, v in run.model.named_parameters() if v.requires_grad and "image_tokens" not in k}
+    run.run()
+    assert any(not torch.equal(v, stem_before[k]) for k, v in run.model.image_tokens.state_dict().items())
+    for key, value in run.model.named_parameters():
+        if key in others_before and key != "align_scale":  # LoRA factors, ITM and MLM heads: untouched
+            assert torch.equal(value, others_before[key]), key
+    assert {"align_loss"} == {k for k in run.log[-1]["train"] if k.endswith("_loss")}
 
 
 @pytest.mark.slow
 def test_pretrain_command_writes_weights_that_minilm_vl_loads(cli, tmp_path):
     out = tmp_path / "pt"
-    args = ["pretrain", "minilm_vl", "--tiny", "--steps", "2", "--batch-size", "8", "--checkpoint-every", "1", "--out", str(out), "--quiet"]
+    args = ["pretrain", "minilm_vl", "--tiny", "--steps", "2", "--align-steps", "1", "--batch-size", "8", "--checkpoint-every", "1",
+            "--out", str(out), "--quiet"]
     result = cli(*args, check=True)
     assert result.stdout.strip().endswith("minilm_vl.safetensors")
     again = cli(*args, check=True)  # finished: resumes at the end and writes the same weights
@@ -125,5 +166,18 @@ def test_packaged_weights_are_small_load_by_default_and_come_with_their_log():
     )
     log = json.loads(PACKAGED_WEIGHTS.with_suffix(".log.json").read_text())
     assert log["entries"][-1]["step"] == log["spec"]["steps"] == int(metadata["steps"])
-    final = log["entries"][-1]["eval"]  # on held-out training images: well above chance (1/11 words; 0.5, log 2)
-    assert final["mlm_accuracy"] > 0.75 and final["itm_accuracy"] > 0.85 and final["itm_loss"] < 0.3
+    final = log["entries"][-1]["eval"]  # on held-out training images: chance is 1/11 words; 0.5, log 2
+    assert final["mlm_accuracy"] > 0.95 and final["itm_accuracy"] > 0.95 and final["itm_loss"] < 0.1
+    assert final["mlm_colour_accuracy"] > 0.95 and final["mlm_shape_accuracy"] > 0.95  # the stem carries both
+
+
+def test_readme_pretraining_numbers_are_the_packaged_log():
+    from test_main_job_readme import NUMBER, leaves, shown_as
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = re.search(r"<!-- pretraining -->(.*?)<!-- /pretraining -->", readme, re.S)
+    numbers = NUMBER.findall(paragraph.group(1))
+    assert len(numbers) >= 10
+    values = list(leaves(json.loads(PACKAGED_WEIGHTS.with_suffix(".log.json").read_text())))
+    strays = [n for n in numbers if not shown_as(n, values)]
+    assert not strays, f"numbers in README's pre-training paragraph that are not in the packaged log: {strays}"

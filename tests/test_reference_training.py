@@ -67,7 +67,7 @@ def test_accumulating_k_micro_batches_is_one_k_times_batch():
     whole.backward(task, big, 0)
     for step, batch in enumerate(micro):
         accumulated.backward(task, batch, step)
-    grads = {n: p.grad for n, p in one.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in one.named_parameters() if p.grad is not None}
     assert grads and set(grads) == {n for n, p in many.named_parameters() if p.grad is not None}
     for name, param in many.named_parameters():
         if param.grad is not None:
@@ -78,8 +78,11 @@ def test_accumulating_k_micro_batches_is_one_k_times_batch():
         assert not accumulated.ends_window(step)
     accumulated.step_if_window_ends(2)  # one optimizer step for the window, the same as the big batch's
     assert accumulated.scheduler.last_epoch == whole.scheduler.last_epoch == 1
+    # Adam's first step moves a weight by about lr·sign(grad): one whose gradient is at rounding level
+    # (the two sums of the same gradients differ there) may move either way, so those are not compared
     for (name, a), (_, b) in zip(one.named_parameters(), many.named_parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        compared = grads[name].abs() > 1e-6 if name in grads else torch.ones_like(a, dtype=torch.bool)
+        torch.testing.assert_close(a[compared], b[compared], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_last_window_of_an_epoch_is_shorter():

@@ -162,3 +162,15 @@ def test_four_seeds_started_at_once_on_a_new_storage(tmp_path):
     assert [code for code, _ in results] == [0] * 4, [err[-1500:] for _, err in results]
     names = sorted(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'shared' / 'new.db'}"))
     assert names == [f"easyvqa_minilm-das-seed{seed}" for seed in range(4)]
+
+
+def test_fresh_clears_every_checkpoint_and_artifact_but_leaves_other_files(tmp_path):
+    from das_tune.retrain import clear_run_folder
+
+    names = ["search_state.pt", "warmup_state.pt", "metrics.json", "subnet.json", "adapters.safetensors", "study.yaml"]
+    for name in [*names, "notes.txt", "retrain-En1-abc/metrics.json", "ray_train/run/checkpoint_000001/state.pt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    removed = clear_run_folder(tmp_path)
+    assert sorted(removed) == sorted([*names, "retrain-En1-abc/", "ray_train/"])
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

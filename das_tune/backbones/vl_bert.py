@@ -30,11 +30,19 @@ PACKAGED = "packaged"
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "minilm_vl.safetensors"
 
 
-class ImageTokens(nn.Module):
-    """Conv stem: three stride-2 3×3 convolutions and a stride-2 2×2 projection, pixels → ``[batch, tokens, dim]``.
+def _conv_block(channels_in: int, channels_out: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1), nn.GroupNorm(8, channels_out), nn.GELU()]
 
-    The output LayerNorm starts as a copy of the text embeddings' LayerNorm, so image tokens enter the
-    encoder at the norm its layers were trained on.
+
+class ImageTokens(nn.Module):
+    """Conv stem: three stride-2 3×3 convolutions, a stride-1 one, and a stride-2 2×2 projection,
+    pixels → ``[batch, tokens, dim]``.
+
+    The stride-1 convolution widens each token's view to about 50 pixels, so that a token knows the
+    outline it lies on (a shape's corners are often in other tokens); without it and the group norms the
+    stem learns colour but not shape, even trained directly on the shape. The output LayerNorm starts as
+    a copy of the text embeddings' LayerNorm, so image tokens enter the encoder at the norm its layers
+    were trained on.
     """
 
     def __init__(self, dim: int, image_size: int, text_norm: nn.LayerNorm | None = None) -> None:
@@ -42,9 +50,7 @@ class ImageTokens(nn.Module):
         if image_size % STRIDE:
             raise UserError(f"image_size {image_size} is not a multiple of {STRIDE}")
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.GELU(),
+            *_conv_block(3, 32, 2), *_conv_block(32, 64, 2), *_conv_block(64, 128, 2), *_conv_block(128, 128, 1),
             nn.Conv2d(128, dim, 2, stride=2),
         )
         self.position = nn.Parameter(torch.randn(1, (image_size // STRIDE) ** 2, dim) * 0.02)

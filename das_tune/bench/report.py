@@ -242,7 +242,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
         "Cells: median [quartiles] (min–max) over seeds. Training steps and wall-clock: the shared warm-up, the search "
         "and one retrain. Paired test: exact sign-flip permutation on the retrained metric, paired by seed.",
     ]
-    lines += [f"", *(f"**Warning:** {w}" for w in results.warnings)] if results.warnings else []
+    lines += ["", *(f"**Warning:** {w}" for w in results.warnings)] if results.warnings else []
     gt, top = results.ground_truth, fmt(results.top_percent)
     if gt is not None:
         what = "every subset" if gt.kind == "all" else f"a random reference sample of {fmt(len(gt.subsets))} subsets"

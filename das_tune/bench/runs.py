@@ -209,6 +209,13 @@ def reference_subsets(space: SkipSpace, size: int) -> tuple[frozenset[str], ...]
     return tuple(drawn)
 
 
+def ground_truth_order(p: Plan) -> list[frozenset[str]]:
+    """The reference subsets in the fixed random order they are retrained in: a ground truth stopped
+    part-way is a random sample of it, not the first subsets in candidate order."""
+    order = np.random.default_rng(REFERENCE_SEED).permutation(len(p.reference))
+    return [p.reference[i] for i in order]
+
+
 def subset_key(space: SkipSpace, skipped: frozenset[str] | list[str]) -> str:
     """``"En0,En3"``: a subset as a JSON key, in candidate order."""
     return ",".join(space.ordered(frozenset(skipped)))
@@ -225,7 +232,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
         parts = _run_seed(p, seed, opened, reporter)
     if p.config.ground_truth:
-        subsets = [s for s in p.reference if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
+        subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
         for subset in subsets:
             for r in p.retrain_seeds:

@@ -46,7 +46,7 @@ from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
 from das_tune.search.base import SearchRun
 from das_tune.search.oneshot import OneShotSearch
 from das_tune.search.supernet import (
-    CHECKPOINT, RANKS_KEY, Supernet, warm_up, write_checkpoint,
+    CHECKPOINT, RAY_TRAIN_FOLDER, RANKS_KEY, Supernet, warm_up, write_checkpoint,
 )
 from das_tune.study import StudySpec
 from das_tune.tasks.base import Batch
@@ -204,7 +204,7 @@ def _fit(spec: StudySpec, warmup_checkpoint: Path | None, reporter: Reporter) ->
         train_loop_config={"spec": spec.model_dump_json(), "warmup": str(warmup_checkpoint.resolve()) if warmup_checkpoint else None},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=spec.search.workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=spec.resolved_study_name, storage_path=str(spec.run_dir / "ray_train")),
+        run_config=RunConfig(name=spec.resolved_study_name, storage_path=str(spec.run_dir / RAY_TRAIN_FOLDER)),
     )
     try:
         trainer.fit()

@@ -25,6 +25,7 @@ from das_tune.tasks.base import Batch
 
 CHECKPOINT = "search_state.pt"
 WARMUP_CHECKPOINT = "warmup_state.pt"  # the supernet after the warm-up: shareable by other searches
+RAY_TRAIN_FOLDER = "ray_train"  # the data-parallel executor's Ray Train storage (its own checkpoints)
 
 
 @dataclass

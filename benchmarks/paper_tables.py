@@ -1,0 +1,81 @@
+"""The paper's Table B on the real case: the full model, DAS's pick and other subsets of the same size, retrained alike.
+
+    python benchmarks/paper_tables.py --bench BENCH_OUT [--main-job docs/main_job.json] [--json docs/table_b.json]
+
+``BENCH_OUT`` is the output folder of ``das-tune bench --space minilm_vqa --ground-truth`` (whole layers,
+skip 2 of 6: its ground truth retrains every one of the 15 subsets, in a fixed random order, at retrain
+seeds 0..N-1 with the study's retrain budget). Every subset retrained at every retrain seed so far is a
+row, so a ground truth done in part gives a random sample of the subsets, as the paper's Table B shows
+a few random subsets beside DAS's. The full model (nothing skipped) and DAS's pick come from the main
+job's measurement (``benchmarks/main_job.py``): the full model's retrains at its seeds, and the subset the
+main job's search chose (its row is the bench's retrains of that subset, seed 0 being the main job's own).
+Each row: test accuracy (mean and spread over retrain seeds), additional GMACs, FLOPs saved, CPU latency
+at batch 1. README's Table B is checked against the JSON this writes (tests/test_main_job_readme.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def retrains(bench: Path) -> dict[str, dict[int, dict]]:
+    """``{"En1,En2": {retrain seed: metrics.json}}`` of every finished retrain in the bench folder."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(bench.glob("retrain/seed*/*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        seed = int(path.parent.parent.name.removeprefix("seed"))
+        found.setdefault(",".join(metrics["skipped"]), {})[seed] = metrics
+    return found
+
+
+def row(name: str, skipped: list[str], by_seed: dict[int, dict]) -> dict:
+    values = [m["value"] for _, m in sorted(by_seed.items())]
+    first = by_seed[min(by_seed)]
+    return {
+        "row": name, "skipped": skipped, "seeds": sorted(by_seed), "values": values,
+        "mean": statistics.mean(values), "std": statistics.pstdev(values),
+        "additional_gmacs": first["additional_gmacs"], "flops_saved": first["flops_saved"],
+        "latency_ms": statistics.mean(m["latency_subnet_ms"] for m in by_seed.values()),
+    }
+
+
+def table_b(bench: Path, main_job: dict) -> dict:
+    subsets = retrains(bench)
+    seeds_wanted = max((len(s) for s in subsets.values()), default=0)
+    complete = {k: v for k, v in subsets.items() if len(v) == seeds_wanted}  # retrained at every retrain seed
+    das_pick = ",".join(main_job["run"]["skipped"])
+    full = {r["seed"]: r["metrics"] for r in main_job["full_model"]}
+    rows = [row("full model", [], full)] if full else []
+    ranked = sorted(complete, key=lambda k: -statistics.mean(m["value"] for m in complete[k].values()))
+    for key in ranked:
+        rows.append({**row("DAS's pick" if key == das_pick else "other subset", key.split(","), complete[key]),
+                     "rank": ranked.index(key) + 1})
+    return {
+        "bench": str(bench), "num_skip": len(main_job["run"]["skipped"]), "das_pick": das_pick,
+        "subsets_retrained": len(complete), "retrain_seeds": seeds_wanted, "rows": rows,
+        "das_pick_retrained": das_pick in complete,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", type=Path, required=True, help="a `das-tune bench --ground-truth` output folder")
+    parser.add_argument("--main-job", type=Path, default=ROOT / "docs" / "main_job.json")
+    parser.add_argument("--json", type=Path, help="write the table here")
+    args = parser.parse_args()
+    result = table_b(args.bench, json.loads(args.main_job.read_text()))
+    text = json.dumps(result, indent=2) + "\n"
+    if args.json:
+        args.json.write_text(text)
+    for r in result["rows"]:
+        print(f"{r['row']:>13} {','.join(r['skipped']) or '—':>8}: {r['mean']:.3f} ± {r['std']:.3f} ({len(r['values'])} seeds), "
+              f"{r['additional_gmacs']:+.4f} GMACs, {100 * r['flops_saved']:.1f} % saved, {r['latency_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
