@@ -66,3 +66,16 @@ def test_readme_export_speed_numbers_are_the_committed_measurement():
     assert len(numbers) == 15
     strays = [n for n in numbers if not shown_as(n, values, scales=(1, 100))]
     assert not strays, f"numbers in README's export-speed table that are not in benchmarks/export_speed.json: {strays}"
+
+
+def test_readme_table_b_is_the_committed_table():
+    measured = json.loads((ROOT / "docs" / "table_b.json").read_text())
+    main_job = json.loads((ROOT / "docs" / "main_job.json").read_text())
+    rows = measured["rows"]
+    assert rows[0]["row"] == "full model" and [r["value"] for r in main_job["full_model"]] == rows[0]["values"]
+    assert rows[1]["row"] == "DAS's pick" and rows[1]["skipped"] == main_job["run"]["skipped"]
+    assert all(len(r["skipped"]) == measured["num_skip"] for r in rows[1:])
+    numbers = table_numbers("table-b")
+    assert len(numbers) >= 5 * len(rows)
+    strays = [n for n in numbers if not shown_as(n, list(leaves(measured)), scales=(1, 100))]
+    assert not strays, f"numbers in README's Table B that are not in docs/table_b.json: {strays}"
