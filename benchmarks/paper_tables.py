@@ -65,7 +65,6 @@ def table_b(bench: Path, main_job: dict) -> dict:
     return {
         "bench": bench.name, "num_skip": len(main_job["run"]["skipped"]), "das_pick": das_pick,
         "subsets_retrained": len(complete), "retrain_seeds": seeds_wanted, "rows": rows,
-        "das_pick_retrained": das_pick in complete,
     }
 
 
