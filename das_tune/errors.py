@@ -8,6 +8,10 @@ class UserError(ValueError):
     """
 
 
+class FolderInUse(UserError):
+    """A run folder locked by another live das-tune process."""
+
+
 class RunFailure(RuntimeError):
     """A run that cannot give a result (e.g. its losses became NaN); the CLI prints it on one line
     and exits 1. What was saved before it stays valid."""

@@ -42,7 +42,7 @@ import psutil
 from optuna.exceptions import DuplicatedStudyError
 from optuna.study import StudyDirection
 
-from das_tune.errors import UserError
+from das_tune.errors import FolderInUse, UserError
 
 LEASE_PREFIX = "das-tune:lease:"
 HOLDER_ATTR = "das_tune:holder"
@@ -173,7 +173,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(
+            raise FolderInUse(
                 f"run folder {folder} is in use by another das-tune process; wait for it to finish, "
                 "or pass --set output_dir=OTHER"
             ) from None

@@ -16,11 +16,13 @@ import optuna
 import pytest
 import torch
 
-from das_tune.bench import BenchConfig, parse_seeds, plan, stats
+from das_tune.bench import BenchConfig, parse_seeds, plan, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.bench.runs import ground_truth_order
 from das_tune.errors import UserError
+from das_tune.lease import folder_lock
+from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
@@ -238,6 +240,32 @@ def test_killed_sublayer_bench_resumes_reusing_finished_retrains(tmp_path):
         assert 0 <= r["percentile"] <= 100 and r["top10"] is not None and len(r["retrained"]) == 2
     assert results["runs"][2]["chosen"] == ["A4", "F4", "A5", "F5"]
     assert len(after) == 2 * len({",".join(r["chosen"]) for r in results["runs"]} | set(gt["subsets"]))
+
+
+class LogCollector(Reporter):
+    def __init__(self):
+        self.lines = []
+
+    def log(self, message):
+        self.lines.append(message)
+
+
+@pytest.mark.slow
+def test_a_second_bench_process_skips_the_retrains_another_one_holds(tmp_path):
+    # one ground-truth retrain's folder is held, as a second `das-tune bench` on the same folder holds
+    # the retrain it works on: this process does every other retrain and leaves that one to its holder
+    config = BenchConfig(study="easyvqa_minilm", samplers=(), methods=("first_k",), seeds=(0,), ground_truth=True,
+                         overrides={"tiny": True, "num_skip": 1}, out=tmp_path / "out")
+    held = tmp_path / "out" / "retrain" / "seed1" / "En3"
+    reporter = LogCollector()
+    with folder_lock(held):
+        results = run_bench(config, reporter)
+    assert not (held / "metrics.json").exists()
+    assert len(retrain_files(tmp_path / "out")) == 6 * 2 - 1
+    assert results.ground_truth is None  # partial: the results wait for the held retrain
+    assert any("1 retrains were running in other processes" in line for line in reporter.lines)
+    again = run_bench(config, LogCollector())
+    assert (held / "metrics.json").is_file() and len(again.ground_truth.subsets) == 6
 
 
 @pytest.mark.slow

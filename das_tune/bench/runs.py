@@ -22,7 +22,9 @@ Layout under the output folder::
     retrain/seed<r>/<layer+layer>/        each retrain (subnet.json, metrics.json, weights)
 
 A re-run reuses every finished search and retrain and resumes what was interrupted; runs of other seeds
-(``--seeds 0-4`` then ``--seeds 5-9``) add to the same folder and the same results.
+(``--seeds 0-4`` then ``--seeds 5-9``) add to the same folder and the same results. Several processes may
+work on one folder at once (e.g. one per core on the ground truth): each retrain holds its folder's lock,
+and a process skips the retrains that another one holds.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ import yaml
 from das_tune import atomic, runner, storage, training
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.components import Components, build_components, build_spec_task
-from das_tune.errors import UserError
+from das_tune.errors import FolderInUse, UserError
+from das_tune.lease import folder_lock
 from das_tune.progress import Reporter
 from das_tune.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
 from das_tune.retrain import finished_metrics, retrain, save_spec
@@ -234,9 +237,9 @@ def execute(p: Plan, reporter: Reporter) -> None:
     if p.config.ground_truth:
         subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
-        for subset in subsets:
-            for r in p.retrain_seeds:
-                _retrained(p, r, parts, subset, reporter)
+        busy = [(r, subset) for subset in subsets for r in p.retrain_seeds if _retrained(p, r, parts, subset, reporter) is None]
+        if busy:
+            reporter.log(f"ground truth: {len(busy)} retrains were running in other processes; re-run when they end to collect them")
 
 
 # -- one seed -------------------------------------------------------------------------------------
@@ -255,7 +258,8 @@ def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter:
         chosen = frozenset(_saved(p, method, seed).chosen)
         for r in p.retrain_seeds:
             metrics = _retrained(p, r, parts, chosen, reporter)
-            reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: test {metrics.metric} {metrics.value:.4f}")
+            result = "running in another process" if metrics is None else f"test {metrics.metric} {metrics.value:.4f}"
+            reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: {result}")
     return parts
 
 
@@ -374,14 +378,19 @@ def retrained_values(p: Plan, skipped: frozenset[str]) -> list[RetrainMetrics] |
     return None if any(m is None for m in found) else found
 
 
-def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics:
-    """The retrain metrics of ``skipped`` at retrain seed ``seed``: from an earlier retrain, else retrained now."""
-    done = _retrain_metrics(p, seed, skipped)
-    if done is not None:
-        return done
+def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics | None:
+    """The retrain metrics of ``skipped`` at retrain seed ``seed``: from an earlier retrain, else retrained
+    now; None while another process (a second piece of the same benchmark) holds that retrain's folder."""
     spec = _retrain_spec(p, seed, skipped)
-    save_spec(spec)
-    return retrain(spec, parts, skipped, FoundBy(sampler=BENCH), reporter)
+    try:
+        with folder_lock(spec.run_dir):
+            done = _retrain_metrics(p, seed, skipped)
+            if done is not None:
+                return done
+            save_spec(spec)
+            return retrain(spec, parts, skipped, FoundBy(sampler=BENCH), reporter)
+    except FolderInUse:
+        return None
 
 
 def _check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
