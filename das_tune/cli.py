@@ -234,7 +234,8 @@ def _skip_list(skip: str) -> list[str]:
 def bench(
     space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
     study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp.")] = "das,das_std,random,tpe",
+    num_skip: Annotated[Optional[str], typer.Option(help="How many layers to skip (default: the space's); a range (1-3) compares one search of the range with das_per_size, DAS searching each size on its own.")] = None,
+    samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp; with a range also nsga2 and das_per_size.")] = "das,das_std,random,tpe",
     methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
     seeds: Annotated[str, typer.Option(help="Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results.")] = "5",
     retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; its result is the mean.")] = 2,
@@ -247,13 +248,13 @@ def bench(
     set_: Sets = None,
 ) -> None:
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
-    from das_tune.bench import BenchConfig, parse_seeds, run_bench
+    from das_tune.bench import BenchConfig, BenchResults, parse_seeds, run_bench
     from das_tune.bench.report import rich_table
     from das_tune.checks import check_writable_folder
     from das_tune.progress import reporter
     from das_tune.study import default_study_for_space
 
-    overrides = _overrides(storage, None, tiny, set_)
+    overrides = _overrides(storage, None, tiny, set_, num_skip=num_skip)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
     if out_dir is not None:
         check_writable_folder(out_dir, "--out")
@@ -272,7 +273,8 @@ def bench(
     if quiet:
         print(Path(files.out) / files.json_name)
         return
-    out.print(rich_table(results))
+    if isinstance(results, BenchResults):  # a range's ladder benchmark: results.md holds its table
+        out.print(rich_table(results))
     for name in (files.json_name, files.markdown, *files.plots):
         print(Path(files.out) / name)
 

@@ -313,3 +313,76 @@ class FrontFile(_Result):
     ladder: list[FrontPoint] = Field(description="one point per size with a pick, ascending size")
     missing: list[int] = Field(default_factory=list, description="sizes without a pick (never observed, non-DAS samplers)")
     target: TargetResult | None = None
+
+
+# -- a ladder benchmark (a range of num_skip) --------------------------------------------------------------
+class LadderRecord(_Result):
+    """What one method found at one seed for every size of a range, before any retrain."""
+
+    method: str
+    kind: Literal["sampler", "training-free"]
+    seed: int
+    studies: list[str] = Field(description="its studies in the bench's storage (das_per_size: one per size)")
+    picks: dict[str, list[str]] = Field(description="size → the subset it picks for that size")
+    observations: int
+    scoring_batches: int
+    steps: int = Field(description="training steps of the supernet(s): warm-up + search (das_per_size: summed over the sizes)")
+    seconds: float = Field(description="wall-clock of the warm-up(s) and search(es)")
+
+
+class LadderPick(_Result):
+    num_skip: int
+    skipped: list[str]
+    value: float = Field(description="the retrained test metric, mean over the retrain seeds")
+    retrained: dict[str, float]
+    additional_gmacs: float
+    flops_saved: float
+    percentile: float | None = Field(description="among every subset of its size, where all are retrained")
+
+
+class LadderRun(LadderRecord):
+    picks_retrained: list[LadderPick]
+    hypervolume: float = Field(description="of the retrained front (the full model and the picks), from the results' reference point")
+
+
+class LadderSummary(_Result):
+    hypervolume: Spread
+    steps: Spread
+    seconds: Spread
+    value: dict[str, Spread] = Field(description="size → the retrained metric of that size's picks over seeds")
+    percentile: dict[str, Spread]
+
+
+class CostRatio(_Result):
+    """das's one range search over one single-size search of das_per_size (its cost over the sizes)."""
+
+    steps: float = Field(description="in supernet training steps, median over seeds")
+    seconds: float = Field(description="in wall-clock, median over seeds")
+    seeds: int
+
+
+class LadderResults(_Result):
+    """``results.json`` of ``das-tune bench`` on a range of num_skip: one search for the range (each sampler)
+    against DAS searching each size on its own (``das_per_size``)."""
+
+    study: str
+    space: str
+    candidates: list[str]
+    sizes: list[int]
+    metric: str
+    seeds: list[int]
+    methods: list[str]
+    storage: str
+    tiny: bool
+    observations: int = Field(description="subsets a search observes (das_per_size: per size)")
+    steps_per_epoch: int
+    retrain_seeds: list[int]
+    full: Retrained | None
+    hypervolume_reference: float | None = Field(description="the reference point's metric: the lowest retrained metric of any point (at 0 additional GMACs)")
+    ground_truth_sizes: list[int] = Field(description="sizes whose every subset is retrained: their picks have percentiles")
+    summary: dict[str, LadderSummary]
+    paired_tests: dict[str, dict[str, PairedTest]] = Field(description="method → size (or 'hypervolume') → das − method, paired by seed")
+    cost_ratio: CostRatio | None
+    warnings: list[str]
+    runs: list[LadderRun]
+    files: BenchFiles | None = None

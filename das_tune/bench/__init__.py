@@ -6,7 +6,8 @@
 writes ``results.json`` (:class:`~das_tune.results.BenchResults`), ``results.md`` and PNGs into
 ``bench/<space>-skip<num_skip>/`` (or ``config.out``) and returns the results. The results cover every seed
 run into that folder so far, so a benchmark can be run in pieces. See :mod:`das_tune.bench.runs` for what
-is shared between runs.
+is shared between runs. With a range of num_skip (``--num-skip 1-3``) the benchmark is
+:mod:`das_tune.bench.ladder`'s: one search of the range against DAS searching each size on its own.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from das_tune import atomic
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
 from das_tune.progress import Reporter
-from das_tune.results import BenchFiles, BenchResults, write_json
+from das_tune.results import BenchFiles, BenchResults, LadderResults, write_json
+from das_tune.study import load_study_spec
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
 
-def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchResults:
-    from das_tune.bench import plots, report, runs
+def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchResults | LadderResults:
+    """Run (or resume) the benchmark ``config`` declares; a range of num_skip runs :mod:`das_tune.bench.ladder`."""
+    from das_tune.bench import ladder, plots, report, runs
 
+    if load_study_spec(config.study, config.overrides).load_space().is_range:
+        return ladder.run_ladder(config, reporter)
     p = plan(config)
     reporter = reporter or Reporter()
     for warning in p.warnings:
@@ -36,4 +41,4 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     return results
 
 
-__all__ = ["BenchConfig", "BenchResults", "METHODS", "Plan", "parse_seeds", "plan", "run_bench"]
+__all__ = ["BenchConfig", "BenchResults", "LadderResults", "METHODS", "Plan", "parse_seeds", "plan", "run_bench"]

@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from das_tune import atomic
-from das_tune.results import BenchResults
+from das_tune.results import BenchResults, LadderResults
 
-PICKS, ANYTIME, METRIC_VS_GMACS = "picks.png", "anytime.png", "metric_vs_gmacs.png"
+PICKS, ANYTIME, METRIC_VS_GMACS, LADDER = "picks.png", "anytime.png", "metric_vs_gmacs.png", "ladder.png"
 
 
 def write_plots(results: BenchResults, out: Path) -> list[str]:
@@ -110,6 +110,30 @@ def metric_vs_gmacs(results: BenchResults, path: Path) -> None:
     ax.set_title(f"{results.study}: every pick, every seed")
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+def plot_ladder(results: LadderResults, out: Path) -> str:
+    """Each method's median retrained metric per size against that size's GMACs, the full model marked."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    markers = "os^vDP*Xph"
+    for i, method in enumerate(results.methods):
+        runs = [r for r in results.runs if r.method == method]
+        points = [
+            (np.median([q.additional_gmacs for r in runs for q in r.picks_retrained if q.num_skip == m]),
+             results.summary[method].value[str(m)].median) for m in results.sizes
+        ]
+        points = [(g, v) for g, v in points if v is not None]
+        ax.plot([g for g, _ in points], [v for _, v in points], marker=markers[i % len(markers)], alpha=0.8, label=method)
+    if results.full is not None:
+        ax.scatter([results.full.additional_gmacs], [results.full.mean], marker="*", s=180, color="tab:red", label="full model", zorder=4)
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.set_xlabel("additional GMACs vs the original model (negative: cheaper)")
+    ax.set_ylabel(f"retrained test {results.metric} (median over seeds)")
+    ax.set_title(f"{results.study}: each size's pick, num_skip {results.sizes[0]}-{results.sizes[-1]}")
+    ax.legend(fontsize="small")
+    _save(fig, out / LADDER)
+    return LADDER
 
 
 def _save(fig: Figure, path: Path) -> None:

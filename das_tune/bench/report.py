@@ -39,7 +39,7 @@ def collect(p: Plan) -> BenchResults:
     def retrained(subset: frozenset[str]) -> Retrained | None:
         if subset not in cache:
             found = retrained_values(p, subset)
-            cache[subset] = None if found is None else _retrained(p, found)
+            cache[subset] = None if found is None else retrained_result(p, found)
         return cache[subset]
 
     truth = _ground_truth(p, {subset_key(p.space, s): retrained(s) for s in p.reference})
@@ -65,7 +65,7 @@ def collect(p: Plan) -> BenchResults:
     )
 
 
-def _retrained(p: Plan, found: list[RetrainMetrics]) -> Retrained:
+def retrained_result(p: Plan, found: list[RetrainMetrics]) -> Retrained:
     values = [m.value for m in found]
     return Retrained(
         metric=found[0].metric, values={str(r): m.value for r, m in zip(p.retrain_seeds, found)}, mean=mean(values), std=pstdev(values),
@@ -137,21 +137,21 @@ def _budget(p: Plan) -> Budget:
     )
 
 
-def _spread(values: list[float | None]) -> Spread:
+def spread(values: list[float | None]) -> Spread:
     return Spread(**stats.spread(values))
 
 
 def _summary(runs: list[RunResult]) -> MethodSummary:
     judged = [r.top10 for r in runs if r.top10 is not None]
     return MethodSummary(
-        value=_spread([r.value for r in runs]), additional_gmacs=_spread([r.additional_gmacs for r in runs]),
-        regret=_spread([r.regret for r in runs]), percentile=_spread([r.percentile for r in runs]),
+        value=spread([r.value for r in runs]), additional_gmacs=spread([r.additional_gmacs for r in runs]),
+        regret=spread([r.regret for r in runs]), percentile=spread([r.percentile for r in runs]),
         top10_share=sum(judged) / len(judged) if judged else None,
-        kendall_tau=_spread([r.kendall_tau for r in runs]),
-        supernet_kendall_tau=_spread([r.supernet_ranking.kendall_tau if r.supernet_ranking else None for r in runs]),
-        observations=_spread([r.observations for r in runs]), cost_steps=_spread([r.cost_steps for r in runs]),
-        cost_seconds=_spread([r.cost_seconds for r in runs]), search_seconds=_spread([r.search_seconds for r in runs]),
-        retrain_seconds=_spread([r.retrain_seconds for r in runs]),
+        kendall_tau=spread([r.kendall_tau for r in runs]),
+        supernet_kendall_tau=spread([r.supernet_ranking.kendall_tau if r.supernet_ranking else None for r in runs]),
+        observations=spread([r.observations for r in runs]), cost_steps=spread([r.cost_steps for r in runs]),
+        cost_seconds=spread([r.cost_seconds for r in runs]), search_seconds=spread([r.search_seconds for r in runs]),
+        retrain_seconds=spread([r.retrain_seconds for r in runs]),
     )
 
 
@@ -250,7 +250,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                   f"share of reference subsets the pick is at least as good as; top {top} %: fewer than {top} % of them beat it "
                   f"(the threshold is {fmt(gt.top10_threshold)}). Kendall τ: a method's subset scores (sum of its layer "
                   "scores) against the ground truth, and the final supernet's loss of each reference subset against it."]
-    lines += ["", "## Summary", "", *_md(*summary_table(results)), "", "## Runs", "", *_md(*runs_table(results))]
+    lines += ["", "## Summary", "", *markdown_lines(*summary_table(results)), "", "## Runs", "", *markdown_lines(*runs_table(results))]
     if gt is not None:
         lines += ["", "## Ground truth", "",
                   f"{fmt(gt.retrains)} retrains, {fmt(gt.retrain_seconds)} s of retraining in all; retrain noise "
@@ -258,12 +258,12 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
         if results.warmup_ranking:
             lines += ["Warm-up supernet's loss against the ground truth, per seed: " + "; ".join(
                 f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}" for s, r in results.warmup_ranking.items()) + ".", ""]
-        lines += _md(*truth_table(results))
+        lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)
 
 
-def _md(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_lines(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)]
 
 

@@ -160,7 +160,7 @@ def plan(config: BenchConfig) -> Plan:
     if base.search.executor != "oneshot":
         raise UserError("bench compares samplers on one weight-sharing supernet: expected search.executor = oneshot")
     if space.is_range:
-        raise UserError(f"bench compares picks of one num_skip, not a range ({space.num_skip_label}); `das-tune run --num-skip` searches a range")
+        raise UserError(f"plan() is for one num_skip, not a range ({space.num_skip_label}): see das_tune.bench.ladder")
     if base.search.warmup_epochs < 1:
         raise UserError("bench shares one warm-up checkpoint per seed: expected search.warmup_epochs ≥ 1")
     task = build_spec_task(base)
@@ -229,7 +229,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
     Everything lands on disk (see the module's layout); :func:`collect` reads it back."""
     opened = storage.open_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
-    _check_plan_file(p)
+    check_plan_file(p)
     parts = None
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
@@ -237,7 +237,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
     if p.config.ground_truth:
         subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
-        busy = [(r, subset) for subset in subsets for r in p.retrain_seeds if _retrained(p, r, parts, subset, reporter) is None]
+        busy = [(r, subset) for subset in subsets for r in p.retrain_seeds if retrained(p, r, parts, subset, reporter) is None]
         if busy:
             reporter.log(f"ground truth: {len(busy)} retrains were running in other processes; re-run when they end to collect them")
 
@@ -247,7 +247,7 @@ def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter:
     training.seed_everything(seed)
     warm_spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
     parts = build_components(warm_spec)
-    warm = _warm_up(p, warm_spec, parts, reporter)
+    warm = shared_warm_up(p, warm_spec, parts, reporter)
     for method in p.config.methods:
         if _saved(p, method, seed) is None:
             _save(p, _training_free(p, seed, method, parts, warm))
@@ -257,13 +257,13 @@ def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter:
     for method in (*p.config.methods, *p.config.samplers):
         chosen = frozenset(_saved(p, method, seed).chosen)
         for r in p.retrain_seeds:
-            metrics = _retrained(p, r, parts, chosen, reporter)
+            metrics = retrained(p, r, parts, chosen, reporter)
             result = "running in another process" if metrics is None else f"test {metrics.metric} {metrics.value:.4f}"
             reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: {result}")
     return parts
 
 
-def _warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) -> Warmup:
+def shared_warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) -> Warmup:
     """The seed's shared warm-up (done once); the model is left in its warm state."""
     info_path = spec.run_dir / WARMUP_FILE
     if info_path.is_file():
@@ -272,22 +272,22 @@ def _warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) ->
         start = time.perf_counter()
         checkpoint = warm_up(spec, parts, reporter)
         seconds = time.perf_counter() - start
-        _load_warm(parts, str(checkpoint))
+        load_warm(parts, str(checkpoint))
         warm = Warmup(checkpoint=str(checkpoint), steps=p.steps_per_epoch * spec.search.warmup_epochs, seconds=seconds,
                       supernet_losses=supernet_losses(p, parts))
         write_json(warm, info_path)
-    _load_warm(parts, warm.checkpoint)
+    load_warm(parts, warm.checkpoint)
     return warm
 
 
-def _load_warm(parts: Components, checkpoint: str) -> None:
+def load_warm(parts: Components, checkpoint: str) -> None:
     parts.model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"], strict=False)
 
 
 def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: Warmup) -> SearchRecord:
     """Layer scores on the warm-up supernet and the subset they pick."""
     search = p.base.search
-    _load_warm(parts, warm.checkpoint)
+    load_warm(parts, warm.checkpoint)
     start = time.perf_counter()
     batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
     scores = layer_scores(method, p.space, parts.model, parts.task, batches)
@@ -306,7 +306,7 @@ def _search(
     """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
     spec = p.spec(seed, sampler)
     with runner.exclusive(spec, opened):
-        _check_not_foreign(spec, opened)
+        check_not_foreign(spec, opened)
         save_spec(spec)
         found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
     complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -363,13 +363,15 @@ def saved_warmups(p: Plan, seeds: list[int]) -> dict[int, Warmup]:
     return found
 
 
-def _retrain_spec(p: Plan, seed: int, skipped: frozenset[str]) -> StudySpec:
-    return p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)))
+def retrain_spec(p: Plan, seed: int, skipped: frozenset[str]) -> StudySpec:
+    """``retrain/seed<r>/<subset>`` (the full model: ``none``); a range's retrain is of one size."""
+    fields = {"num_skip": len(skipped) or min(p.space.sizes)} if p.space.is_range else {}
+    return p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)) or "none", **fields)
 
 
 def _retrain_metrics(p: Plan, seed: int, skipped: frozenset[str]) -> RetrainMetrics | None:
     """The metrics of a finished retrain of ``skipped`` at retrain seed ``seed``, else None."""
-    return finished_metrics(_retrain_spec(p, seed, skipped), skipped)
+    return finished_metrics(retrain_spec(p, seed, skipped), skipped)
 
 
 def retrained_values(p: Plan, skipped: frozenset[str]) -> list[RetrainMetrics] | None:
@@ -378,10 +380,10 @@ def retrained_values(p: Plan, skipped: frozenset[str]) -> list[RetrainMetrics] |
     return None if any(m is None for m in found) else found
 
 
-def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics | None:
+def retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], reporter: Reporter) -> RetrainMetrics | None:
     """The retrain metrics of ``skipped`` at retrain seed ``seed``: from an earlier retrain, else retrained
     now; None while another process (a second piece of the same benchmark) holds that retrain's folder."""
-    spec = _retrain_spec(p, seed, skipped)
+    spec = retrain_spec(p, seed, skipped)
     try:
         with folder_lock(spec.run_dir):
             done = _retrain_metrics(p, seed, skipped)
@@ -393,7 +395,7 @@ def _retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], r
         return None
 
 
-def _check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
+def check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
     """A study of this name that this benchmark did not start (e.g. one of ``das-tune run``) is not extended."""
     ours = (spec.run_dir / CHECKPOINT).is_file()
     if not ours and storage.study_exists(opened, spec.resolved_study_name):
@@ -409,7 +411,7 @@ def plan_document(p: Plan) -> str:
     return yaml.safe_dump({"study": p.spec(0).model_dump(), "bench": settings}, sort_keys=True)
 
 
-def _check_plan_file(p: Plan) -> None:
+def check_plan_file(p: Plan) -> None:
     """An output folder holds one benchmark: re-runs and later pieces must declare the same one."""
     resolved = plan_document(p)
     path = p.out / PLAN_FILE

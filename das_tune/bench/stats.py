@@ -78,3 +78,16 @@ def top10_threshold(reference: Sequence[float]) -> float:
     """The lowest value that is in the top 10 %: the ⌈N/10⌉-th largest reference value."""
     ordered = sorted(reference, reverse=True)
     return ordered[-(-len(ordered) * TOP_PERCENT // 100) - 1]
+
+
+def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area dominated by ``points`` (metric, cost) — metric up, cost down — and bounded by ``reference``
+    (a metric no better, a cost no lower than any point that counts); points beyond it add nothing."""
+    ref_metric, ref_cost = reference
+    inside = sorted((c, m) for m, c in points if m > ref_metric and c < ref_cost)
+    area, best = 0.0, ref_metric
+    for i, (cost, metric) in enumerate(inside):  # cheapest first: each adds the strip up to the next cost
+        best = max(best, metric)
+        next_cost = inside[i + 1][0] if i + 1 < len(inside) else ref_cost
+        area += (next_cost - cost) * (best - ref_metric)
+    return area
