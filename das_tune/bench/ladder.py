@@ -31,6 +31,7 @@ import optuna
 from das_tune import atomic, runner, storage, training
 from das_tune.bench import stats
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
+from das_tune.bench.plots import plot_ladder
 from das_tune.bench.report import fmt, markdown_lines, retrained_result, spread
 from das_tune.bench.runs import (
     BenchConfig, Plan, check_not_foreign, check_plan_file, load_warm, observation_rounds, reference_subsets, retrained,
@@ -39,8 +40,9 @@ from das_tune.bench.runs import (
 from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.bench.plots import plot_ladder
-from das_tune.results import BenchFiles, CostRatio, LadderPick, LadderRecord, LadderResults, LadderRun, LadderSummary, PairedTest, Retrained, Warmup, write_json
+from das_tune.results import (
+    BenchFiles, CostRatio, LadderPick, LadderRecord, LadderResults, LadderRun, LadderSummary, PairedTest, Retrained, Warmup, write_json,
+)
 from das_tune.retrain import save_spec
 from das_tune.samplers import SINGLE_OBJECTIVE
 from das_tune.study import StudySpec, load_study_spec
