@@ -32,10 +32,10 @@ from das_tune import atomic, runner, storage, training
 from das_tune.bench import stats
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.bench.plots import plot_ladder
-from das_tune.bench.report import fmt, markdown_lines, retrained_result, spread
+from das_tune.bench.report import fmt, markdown_lines, retrained_lookup, spread
 from das_tune.bench.runs import (
     BenchConfig, Plan, check_not_foreign, check_plan_file, load_warm, observation_rounds, reference_subsets, retrained,
-    retrained_values, sampler_of, shared_warm_up,
+    sampler_of, seed_supernet, shared_warm_up,
 )
 from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
@@ -93,10 +93,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
     check_plan_file(p)
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: one range search per sampler, {len(p.config.methods)} training-free methods")
-        training.seed_everything(seed)
-        warm_spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
-        parts = build_components(warm_spec)
-        warm = shared_warm_up(p, warm_spec, parts, reporter)
+        parts, warm = seed_supernet(p, seed, reporter)
         for method in p.config.methods:
             if _saved(p, method, seed) is None:
                 _save(p, _training_free(p, seed, method, parts, warm))
@@ -205,14 +202,7 @@ def saved_records(p: Plan) -> list[LadderRecord]:
 def collect(p: Plan) -> LadderResults:
     """The results of everything finished in ``p.out``: every run with a retrained front, the summary per
     method, and per size the paired test of each method's pick against ``das``'s."""
-    cache: dict[frozenset[str], Retrained | None] = {}
-
-    def result(subset: frozenset[str]) -> Retrained | None:
-        if subset not in cache:
-            found = retrained_values(p, subset)
-            cache[subset] = None if found is None else retrained_result(p, found)
-        return cache[subset]
-
+    result = retrained_lookup(p)
     full = result(frozenset())
     truths = {m: _size_truth(p, m, result) for m in p.space.sizes}
     warnings, fronts = [], []

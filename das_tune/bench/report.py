@@ -8,6 +8,8 @@ Every number in ``results.md`` and in the terminal table is a value of ``results
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import cache
 from statistics import mean, median, pstdev
 from typing import Any
 
@@ -34,14 +36,7 @@ def fmt(value: Any) -> str:
 # -- the results document -------------------------------------------------------------------------
 def collect(p: Plan) -> BenchResults:
     """The results of everything finished in ``p.out`` for the config's methods, all seeds run so far."""
-    cache: dict[frozenset[str], Retrained | None] = {}
-
-    def retrained(subset: frozenset[str]) -> Retrained | None:
-        if subset not in cache:
-            found = retrained_values(p, subset)
-            cache[subset] = None if found is None else retrained_result(p, found)
-        return cache[subset]
-
+    retrained = retrained_lookup(p)
     truth = _ground_truth(p, {subset_key(p.space, s): retrained(s) for s in p.reference})
     warnings = list(p.warnings)
     runs = []
@@ -63,6 +58,17 @@ def collect(p: Plan) -> BenchResults:
         paired_tests={m: _paired(runs, reference, m) for m in methods if m != reference},
         ground_truth=truth, warmup_ranking=_warmup_ranking(p, seeds, truth), runs=runs,
     )
+
+
+def retrained_lookup(p: Plan) -> Callable[[frozenset[str]], Retrained | None]:
+    """A subset → its retrains at every retrain seed in ``p.out`` (None while any is missing), each read once."""
+
+    @cache
+    def retrained(subset: frozenset[str]) -> Retrained | None:
+        found = retrained_values(p, subset)
+        return None if found is None else retrained_result(p, found)
+
+    return retrained
 
 
 def retrained_result(p: Plan, found: list[RetrainMetrics]) -> Retrained:

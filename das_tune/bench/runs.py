@@ -243,11 +243,16 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
 
 # -- one seed -------------------------------------------------------------------------------------
-def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
+def seed_supernet(p: Plan, seed: int, reporter: Reporter) -> tuple[Components, Warmup]:
+    """The seed's components, their model in the state of the seed's shared warm-up (done once)."""
     training.seed_everything(seed)
-    warm_spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
-    parts = build_components(warm_spec)
-    warm = shared_warm_up(p, warm_spec, parts, reporter)
+    spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
+    parts = build_components(spec)
+    return parts, shared_warm_up(p, spec, parts, reporter)
+
+
+def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
+    parts, warm = seed_supernet(p, seed, reporter)
     for method in p.config.methods:
         if _saved(p, method, seed) is None:
             _save(p, _training_free(p, seed, method, parts, warm))
