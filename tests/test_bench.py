@@ -269,6 +269,19 @@ def test_a_second_bench_process_skips_the_retrains_another_one_holds(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_second_bench_process_skips_the_seeds_another_one_runs(tmp_path):
+    config = BenchConfig(study="easyvqa_minilm", samplers=("random",), methods=("first_k",), seeds=(0, 1), retrain_seeds=1,
+                         overrides={"tiny": True, "num_skip": 1, "search.search_epochs": 1, "search.round_size": 2,
+                                    "search.observe_every": 3}, out=tmp_path / "out")
+    reporter = LogCollector()
+    with folder_lock(tmp_path / "out" / "runs" / "easyvqa_minilm-warmup-seed0"):  # another process runs seed 0
+        results = run_bench(config, reporter)
+    assert sorted({(r.method, r.seed) for r in results.runs}) == [("first_k", 1), ("random", 1)]
+    assert "seed 0: running in another process; skipped here" in reporter.lines
+    assert sorted({r.seed for r in run_bench(config, LogCollector()).runs}) == [0, 1]
+
+
+@pytest.mark.slow
 def test_bench_on_a_journal_file_storage(tmp_path):
     # 4 observations of 15 subsets: a budget the bench accepts
     result = bench(tmp_path, "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--retrain-seeds", "1",

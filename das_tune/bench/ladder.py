@@ -35,7 +35,7 @@ from das_tune.bench.plots import plot_ladder
 from das_tune.bench.report import fmt, markdown_lines, retrained_lookup, spread
 from das_tune.bench.runs import (
     BenchConfig, Plan, check_not_foreign, check_plan_file, load_warm, observation_rounds, reference_subsets, retrained,
-    sampler_of, seed_supernet, shared_warm_up,
+    run_seed_once, sampler_of, seed_supernet, shared_warm_up,
 )
 from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
@@ -93,17 +93,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
     check_plan_file(p)
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: one range search per sampler, {len(p.config.methods)} training-free methods")
-        parts, warm = seed_supernet(p, seed, reporter)
-        for method in p.config.methods:
-            if _saved(p, method, seed) is None:
-                _save(p, _training_free(p, seed, method, parts, warm))
-        for sampler in p.config.samplers:
-            if sampler != PER_SIZE and _saved(p, sampler, seed) is None:
-                _save(p, _range_search(p, seed, sampler, parts, warm, opened, reporter))
-        if PER_SIZE in p.config.samplers:
-            for size in p.space.sizes:
-                if _saved(p, PER_SIZE, seed, size) is None:
-                    _save(p, _size_search(p, seed, size, opened, reporter), size)
+        run_seed_once(p, seed, reporter, lambda: _seed_work(p, seed, opened, reporter))
     parts = build_components(p.spec(0))
     subsets = {frozenset()} | {frozenset(s) for r in saved_records(p) for s in r.picks.values()}
     busy = 0
@@ -112,6 +102,21 @@ def execute(p: Plan, reporter: Reporter) -> None:
             busy += retrained(p, r, parts, subset, reporter) is None
     if busy:
         reporter.log(f"{busy} retrains were running in other processes; re-run when they end to collect them")
+
+
+def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
+    parts, warm = seed_supernet(p, seed, reporter)
+    for method in p.config.methods:
+        if _saved(p, method, seed) is None:
+            _save(p, _training_free(p, seed, method, parts, warm))
+    for sampler in p.config.samplers:
+        if sampler != PER_SIZE and _saved(p, sampler, seed) is None:
+            _save(p, _range_search(p, seed, sampler, parts, warm, opened, reporter))
+    if PER_SIZE in p.config.samplers:
+        for size in p.space.sizes:
+            if _saved(p, PER_SIZE, seed, size) is None:
+                _save(p, _size_search(p, seed, size, opened, reporter), size)
+    return parts
 
 
 def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: Warmup) -> LadderRecord:

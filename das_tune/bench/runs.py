@@ -23,13 +23,14 @@ Layout under the output folder::
 
 A re-run reuses every finished search and retrain and resumes what was interrupted; runs of other seeds
 (``--seeds 0-4`` then ``--seeds 5-9``) add to the same folder and the same results. Several processes may
-work on one folder at once (e.g. one per core on the ground truth): each retrain holds its folder's lock,
-and a process skips the retrains that another one holds.
+work on one folder at once (e.g. one per core): a search seed and each retrain hold their folder's lock,
+and a process skips the seeds and retrains that another one holds.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,9 @@ def execute(p: Plan, reporter: Reporter) -> None:
     parts = None
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
-        parts = _run_seed(p, seed, opened, reporter)
+        parts = _run_seed(p, seed, opened, reporter) or parts
     if p.config.ground_truth:
+        parts = parts or build_components(p.spec(p.config.seeds[0]))
         subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
         busy = [(r, subset) for subset in subsets for r in p.retrain_seeds if retrained(p, r, parts, subset, reporter) is None]
@@ -243,15 +245,34 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
 
 # -- one seed -------------------------------------------------------------------------------------
+def warmup_spec(p: Plan, seed: int) -> StudySpec:
+    return p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
+
+
 def seed_supernet(p: Plan, seed: int, reporter: Reporter) -> tuple[Components, Warmup]:
     """The seed's components, their model in the state of the seed's shared warm-up (done once)."""
     training.seed_everything(seed)
-    spec = p.spec(seed, study_name=f"{p.base.name}-warmup-seed{seed}")
+    spec = warmup_spec(p, seed)
     parts = build_components(spec)
     return parts, shared_warm_up(p, spec, parts, reporter)
 
 
-def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
+def run_seed_once(p: Plan, seed: int, reporter: Reporter, work: Callable[[], Components]) -> Components | None:
+    """``work()`` for one search seed while holding the seed's warm-up folder; None (and nothing done)
+    when another process holds it or one of its searches: that process is running this seed."""
+    try:
+        with folder_lock(warmup_spec(p, seed).run_dir):
+            return work()
+    except FolderInUse:
+        reporter.log(f"seed {seed}: running in another process; skipped here")
+        return None
+
+
+def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components | None:
+    return run_seed_once(p, seed, reporter, lambda: _seed_work(p, seed, opened, reporter))
+
+
+def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
     parts, warm = seed_supernet(p, seed, reporter)
     for method in p.config.methods:
         if _saved(p, method, seed) is None:
