@@ -73,7 +73,7 @@ def test_readme_table_b_is_the_committed_table():
     main_job = json.loads((ROOT / "docs" / "main_job.json").read_text())
     rows = measured["rows"]
     assert rows[0]["row"] == "full model" and [r["value"] for r in main_job["full_model"]] == rows[0]["values"]
-    assert rows[1]["row"] == "DAS's pick" and rows[1]["skipped"] == main_job["run"]["skipped"]
+    assert [r["skipped"] for r in rows if r["row"] == "DAS's pick"] == [main_job["run"]["skipped"]]
     assert all(len(r["skipped"]) == measured["num_skip"] for r in rows[1:])
     numbers = table_numbers("table-b")
     assert len(numbers) >= 5 * len(rows)
