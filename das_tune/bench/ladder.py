@@ -23,19 +23,18 @@ Layout under the output folder: ``bench.db``, ``plan.yaml``, ``records/<method>-
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import optuna
 
 from das_tune import atomic, runner, storage, training
 from das_tune.bench import stats
-from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
+from das_tune.bench.baselines import METHODS
 from das_tune.bench.plots import plot_ladder
 from das_tune.bench.report import fmt, markdown_lines, retrained_lookup, spread
 from das_tune.bench.runs import (
-    BenchConfig, Plan, check_not_foreign, check_plan_file, load_warm, observation_rounds, reference_subsets, retrained,
-    run_seed_once, sampler_of, seed_supernet, shared_warm_up,
+    BenchConfig, Plan, check_not_foreign, check_plan_file, observation_rounds, reference_subsets, retrained,
+    run_seed_once, sampler_of, seed_supernet, shared_warm_up, warm_layer_scores,
 )
 from das_tune.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
@@ -120,16 +119,11 @@ def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter
 
 
 def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: Warmup) -> LadderRecord:
-    load_warm(parts, warm.checkpoint)
-    search = p.base.search
-    start = time.perf_counter()
-    batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
-    scores = layer_scores(method, p.space, parts.model, parts.task, batches)
+    scores, scored, seconds = warm_layer_scores(p, method, parts, warm)
     return LadderRecord(
         method=method, kind="training-free", seed=seed, studies=[],
         picks={str(m): p.space.ordered(p.space.top(scores, m)) for m in p.space.sizes},
-        observations=0, scoring_batches=len(batches) if method in SIMILARITY_METHODS else 0,
-        steps=warm.steps, seconds=warm.seconds + time.perf_counter() - start,
+        observations=0, scoring_batches=scored, steps=warm.steps, seconds=warm.seconds + seconds,
     )
 
 

@@ -239,9 +239,9 @@ def execute(p: Plan, reporter: Reporter) -> None:
         parts = parts or build_components(p.spec(p.config.seeds[0]))
         subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
-        busy = [(r, subset) for subset in subsets for r in p.retrain_seeds if retrained(p, r, parts, subset, reporter) is None]
+        busy = sum(retrained(p, r, parts, subset, reporter) is None for subset in subsets for r in p.retrain_seeds)
         if busy:
-            reporter.log(f"ground truth: {len(busy)} retrains were running in other processes; re-run when they end to collect them")
+            reporter.log(f"ground truth: {busy} retrains were running in other processes; re-run when they end to collect them")
 
 
 # -- one seed -------------------------------------------------------------------------------------
@@ -310,19 +310,25 @@ def load_warm(parts: Components, checkpoint: str) -> None:
     parts.model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"], strict=False)
 
 
-def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: Warmup) -> SearchRecord:
-    """Layer scores on the warm-up supernet and the subset they pick."""
+def warm_layer_scores(p: Plan, method: str, parts: Components, warm: Warmup) -> tuple[dict[str, float], int, float]:
+    """A training-free method's layer scores on the warm-up supernet, the batches it scored (0 for the
+    position rules) and the seconds it took."""
     search = p.base.search
     load_warm(parts, warm.checkpoint)
     start = time.perf_counter()
     batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
     scores = layer_scores(method, p.space, parts.model, parts.task, batches)
+    return scores, len(batches) if method in SIMILARITY_METHODS else 0, time.perf_counter() - start
+
+
+def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: Warmup) -> SearchRecord:
+    """Layer scores on the warm-up supernet and the subset they pick."""
+    scores, scored, seconds = warm_layer_scores(p, method, parts, warm)
     return SearchRecord(
         method=method, kind="training-free", seed=seed, study_name=None,
-        chosen=p.space.ordered(p.space.top(scores)), layer_scores=scores,
-        observations=0, observed=[], scoring_batches=len(batches) if method in SIMILARITY_METHODS else 0,
-        warmup_steps=warm.steps, warmup_seconds=warm.seconds,
-        search_steps=0, search_seconds=time.perf_counter() - start, supernet_losses=warm.supernet_losses,
+        chosen=p.space.ordered(p.space.top(scores)), layer_scores=scores, observations=0, observed=[], scoring_batches=scored,
+        warmup_steps=warm.steps, warmup_seconds=warm.seconds, search_steps=0, search_seconds=seconds,
+        supernet_losses=warm.supernet_losses,
     )
 
 
