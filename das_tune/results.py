@@ -372,6 +372,7 @@ class LadderResults(_Result):
     metric: str
     seeds: list[int]
     methods: list[str]
+    reference: str = Field(description="the method the paired tests and the cost ratio compare with (das)")
     storage: str
     tiny: bool
     observations: int = Field(description="subsets a search observes (das_per_size: per size)")

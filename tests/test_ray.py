@@ -122,15 +122,28 @@ def test_searcher_pickles_with_std_pickle(tmp_path):
     search = prepare_search(spec, build_components(spec), reporter=Reporter())
     suggest = SuggestSkip.build(search.parts.space, search.policy, search.costs)
     searcher = SkipSearcher(study=search.study, suggest=suggest, steps_per_trial=4)
-    config = searcher.suggest("t0")
+    config, done = searcher.suggest("t0"), searcher.suggest("t1")
     searcher.on_trial_result("t0", {"loss": 1.5, "training_iteration": 1})
+    searcher.on_trial_complete("t1", {"loss": 1.0, "step": 4})
     checkpoint = tmp_path / "searcher.pkl"
     searcher.save(str(checkpoint))
-    restored = SkipSearcher(study=search.study, suggest=suggest, steps_per_trial=4)
-    restored.restore(str(checkpoint))
-    restored.on_trial_complete("t0", {"loss": 1.25, "step": 4})
     trial = search.study.trials[0]
     assert search.parts.space.decode(config) == frozenset(trial.user_attrs["skipped"])
     assert config["trial_number"] == 0 and trial.user_attrs["round"] == 0 and trial.user_attrs["phase"] == "ray"
-    assert trial.state == TrialState.COMPLETE and trial.value == 1.25 and trial.intermediate_values == {1: 1.5}
+    assert trial.intermediate_values == {1: 1.5}
+
+    # A new driver: the trial in flight is marked FAIL, Tune unpickles the searcher and restores it
+    # from its file, here cut short as a kill mid-copy leaves it; Ray resumes both trials.
+    search.study.tell(0, state=TrialState.FAIL)
+    restored = pickle.loads(pickle.dumps(searcher))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:3])
+    restored.restore(str(checkpoint))
+    restored.on_trial_complete("t1", {"loss": 0.5, "step": 4})  # told before: not told twice
+    restored.on_trial_result("t0", {"loss": 1.4, "training_iteration": 2})
+    restored.on_trial_complete("t0", {"loss": 1.25, "step": 4})
+    first, told, retry = search.study.trials
+    assert first.state == TrialState.FAIL and told.value == 1.0
+    assert first.user_attrs["ray_trial_id"] == retry.user_attrs["ray_trial_id"] == "t0"
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["skipped"] == first.user_attrs["skipped"]
+    assert retry.state == TrialState.COMPLETE and retry.value == 1.25 and retry.intermediate_values == {2: 1.4}
     assert pickle.loads(pickle.dumps(suggest)).policy.round_size == 3

@@ -216,12 +216,12 @@ def collect(p: Plan) -> LadderResults:
     methods = [m for m in (*p.config.samplers, *p.config.methods) if any(r.method == m for r in runs)]
     return LadderResults(
         study=p.base.name, space=p.space.name, candidates=list(p.space.candidates), sizes=list(p.space.sizes),
-        metric=full.metric if full is not None else "", seeds=sorted({r.seed for r in runs}), methods=methods,
+        metric=full.metric if full is not None else "", seeds=sorted({r.seed for r in runs}), methods=methods, reference=p.config.reference,
         storage=p.storage, tiny=p.base.tiny, observations=p.observations, steps_per_epoch=p.steps_per_epoch,
         retrain_seeds=list(p.retrain_seeds), full=full, hypervolume_reference=floor,
         ground_truth_sizes=[m for m, t in truths.items() if t is not None],
         summary={m: _summary(p, [r for r in runs if r.method == m]) for m in methods},
-        paired_tests=_paired_tests(p, runs, methods), cost_ratio=_cost_ratio(runs), warnings=warnings, runs=runs,
+        paired_tests=_paired_tests(p, runs, methods), cost_ratio=_cost_ratio(runs, p.config.reference), warnings=warnings, runs=runs,
     )
 
 
@@ -252,19 +252,21 @@ def _summary(p: Plan, runs: list[LadderRun]) -> LadderSummary:
 
 
 def _paired_tests(p: Plan, runs: list[LadderRun], methods: list[str]) -> dict[str, dict[str, PairedTest]]:
-    """Per method other than ``das`` and per size (and ``hypervolume``): das − method, paired by seed."""
-    if "das" not in methods:
+    """Per method other than the reference (``das``) and per size (and ``hypervolume``): reference − method,
+    paired by seed."""
+    ref = p.config.reference
+    if ref not in methods:
         return {}
     by = {(r.method, r.seed): r for r in runs}
     tests = {}
-    for method in (m for m in methods if m != "das"):
-        seeds = [s for (m, s) in by if m == method and ("das", s) in by]
+    for method in (m for m in methods if m != ref):
+        seeds = [s for (m, s) in by if m == method and (ref, s) in by]
         per = {}
         for size in p.space.sizes:
-            pairs = [(_value(by["das", s], size), _value(by[method, s], size)) for s in seeds]
+            pairs = [(_value(by[ref, s], size), _value(by[method, s], size)) for s in seeds]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
             per[str(size)] = PairedTest(**stats.paired_test([a for a, _ in pairs], [b for _, b in pairs]))
-        per["hypervolume"] = PairedTest(**stats.paired_test([by["das", s].hypervolume for s in seeds], [by[method, s].hypervolume for s in seeds]))
+        per["hypervolume"] = PairedTest(**stats.paired_test([by[ref, s].hypervolume for s in seeds], [by[method, s].hypervolume for s in seeds]))
         tests[method] = per
     return tests
 
@@ -273,10 +275,10 @@ def _value(run: LadderRun, size: int) -> float | None:
     return next((q.value for q in run.picks_retrained if q.num_skip == size), None)
 
 
-def _cost_ratio(runs: list[LadderRun]) -> CostRatio | None:
-    """The one range search of ``das`` against a single-size search of ``das_per_size`` (its cost over the
+def _cost_ratio(runs: list[LadderRun], reference: str) -> CostRatio | None:
+    """The one range search of the reference (``das``) against a single-size search of ``das_per_size`` (its cost over the
     sizes), median over the seeds that ran both: in training steps and in wall-clock."""
-    ladder = {r.seed: r for r in runs if r.method == "das"}
+    ladder = {r.seed: r for r in runs if r.method == reference}
     per_size = {r.seed: r for r in runs if r.method == PER_SIZE}
     seeds = sorted(set(ladder) & set(per_size))
     if not seeds:
@@ -290,11 +292,11 @@ def _cost_ratio(runs: list[LadderRun]) -> CostRatio | None:
 def markdown(results: LadderResults) -> str:
     """The results as markdown: per method the retrained value of each size's pick, the hypervolume and the cost."""
     sizes = [str(m) for m in results.sizes]
-    header = ["method", *(f"skip {m}" for m in sizes), "hypervolume", "steps", "wall s", "Δ hypervolume vs das"]
+    header = ["method", *(f"skip {m}" for m in sizes), "hypervolume", "steps", "wall s", f"Δ hypervolume vs {results.reference}"]
     rows = []
     for method, s in results.summary.items():
         test = results.paired_tests.get(method, {}).get("hypervolume")
-        vs = "reference" if method == "das" else (f"{fmt(test.mean_diff)}, p={fmt(test.p_value)} ({test.n})" if test else "—")
+        vs = "reference" if method == results.reference else (f"{fmt(test.mean_diff)}, p={fmt(test.p_value)} ({test.n})" if test else "—")
         rows.append([method, *(fmt(s.value[m].median) for m in sizes), fmt(s.hypervolume.median), fmt(s.steps.median),
                      fmt(s.seconds.median), vs])
     lines = [f"# Ladder benchmark: {results.study}, num_skip {'-'.join([sizes[0], sizes[-1]])}", "",

@@ -26,8 +26,9 @@ The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_d
 same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
 e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died are
 marked FAIL when the search starts again (the study's lease says that their process is dead); Ray
-resumes them from their checkpoints, so :meth:`SkipSearcher.restore` gives each one a new Optuna trial with the same skip keys
-(user attr ``retry_of``) instead of telling the finished one twice (``UpdateFinishedTrialError``).
+resumes them from their checkpoints, and :class:`SkipSearcher` gives each one, at its first report, a new
+Optuna trial with the same skip keys (user attr ``retry_of``) instead of telling the finished one twice
+(``UpdateFinishedTrialError``); it finds the Optuna trial by its user attr ``ray_trial_id``.
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
 
@@ -148,15 +149,17 @@ class SkipSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         trial = self.study.ask()
+        trial.set_user_attr("ray_trial_id", trial_id)
         self.trials[trial_id] = trial
         return self.suggest_skip(trial)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.told:
+        trial = self._live(trial_id, result)
+        if trial is None:
             return
         self._record_node(trial_id, result)
         if math.isfinite(result[METRIC]):
-            self.trials[trial_id].report(result[METRIC], result["training_iteration"])
+            trial.report(result[METRIC], result["training_iteration"])
 
     def _record_node(self, trial_id: str, result: dict) -> None:
         """User attrs ``node_id`` / ``node_ip``: where the trial reported last; ``previous_node_ids``:
@@ -173,36 +176,52 @@ class SkipSearcher(Searcher):
         trial.set_user_attr("node_ip", result.get("node_ip"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.told:
+        trial = self._live(trial_id, result)
+        if trial is None:
             return
         if result:  # Ray may hand a trial's last report only here, not to on_trial_result
             self._record_node(trial_id, result)
         state, value = trial_outcome(result, error, self.steps_per_trial)
-        self.study.tell(self.trials[trial_id], value, state=state)
+        self.study.tell(trial, value, state=state)
         self.told.add(trial_id)
+
+    def _live(self, trial_id: str, result: dict | None) -> optuna.Trial | None:
+        """The Optuna trial this Ray trial reports to; None once it is told.
+
+        A trial of a restored experiment is attached at its first report by its user attr
+        ``ray_trial_id``: one marked FAIL as interrupted (when the search started again) gets a new Optuna
+        trial with the same skip keys (user attr ``retry_of``); one told after the searcher's last save
+        is not told twice."""
+        if trial_id in self.told:
+            return None
+        if trial_id not in self.trials:
+            stored = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("ray_trial_id") == trial_id]
+            if not stored or stored[-1].state != TrialState.FAIL:
+                self.told.add(trial_id)
+                return None
+            self.trials[trial_id] = self._retry(stored[-1], trial_id)
+        return self.trials[trial_id]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
+            pickle.dump(self.nodes, file)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Restore, then re-attach the trials Ray will resume whose Optuna trials were closed."""
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
-        stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        for trial_id, trial in list(self.trials.items()):
-            if trial_id in self.told:
-                continue
-            state = stored[trial.number].state
-            if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
-                self.trials[trial_id] = self._retry(trial)
-            elif state.is_finished():  # told after the searcher's last save: do not tell it twice
-                self.told.add(trial_id)
+        """Only the trials' node history: which Optuna trial a resumed Ray trial reports to comes from
+        the study and its config (:meth:`_live`), so the experiment's state and the study always agree.
+        Ray copies this file to the experiment's storage without a rename; one cut short by a kill
+        mid-copy costs the history only."""
+        try:
+            self.nodes = pickle.loads(Path(checkpoint_path).read_bytes())
+        except (EOFError, pickle.UnpicklingError):
+            self.nodes = {}
+        self.trials, self.told = {}, set()
 
-    def _retry(self, trial: optuna.Trial) -> optuna.Trial:
+    def _retry(self, trial: optuna.trial.FrozenTrial, trial_id: str) -> optuna.Trial:
         self.study.enqueue_trial(trial.params)
         retry = self.study.ask()
         self.suggest_skip(retry)  # the same keys (enqueued), the same user attrs, a new number
+        retry.set_user_attr("ray_trial_id", trial_id)
         retry.set_user_attr("retry_of", trial.number)
         return retry
 
