@@ -50,7 +50,7 @@ def test_tiny_ladder_bench_against_per_size_searches(tmp_path):
     assert len(runs["das"]["studies"]) == 1 and len(runs["das_per_size"]["studies"]) == 2
     assert runs["das_per_size"]["steps"] == 2 * runs["das"]["steps"]
     assert results["cost_ratio"]["steps"] == pytest.approx(1.0) and results["cost_ratio"]["seeds"] == 1
-    assert set(results["paired_tests"]) == {"das_per_size", "random", "last_k"}
+    assert results["reference"] == "das" and set(results["paired_tests"]) == {"das_per_size", "random", "last_k"}
     assert set(results["paired_tests"]["random"]) == {"1", "2", "hypervolume"}
     picks = {"+".join(q["skipped"]) for r in runs.values() for q in r["picks_retrained"]}
     assert {p.name for p in (out / "retrain" / "seed0").iterdir()} == picks | {"none"}
