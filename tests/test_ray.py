@@ -122,6 +122,7 @@ def test_searcher_pickles_with_std_pickle(tmp_path):
     search = prepare_search(spec, build_components(spec), reporter=Reporter())
     suggest = SuggestSkip.build(search.parts.space, search.policy, search.costs)
     searcher = SkipSearcher(study=search.study, suggest=suggest, steps_per_trial=4)
+    at_start = pickle.dumps(searcher)  # Tune pickles the searcher into the experiment when it starts
     config, done = searcher.suggest("t0"), searcher.suggest("t1")
     searcher.on_trial_result("t0", {"loss": 1.5, "training_iteration": 1})
     searcher.on_trial_complete("t1", {"loss": 1.0, "step": 4})
@@ -132,10 +133,14 @@ def test_searcher_pickles_with_std_pickle(tmp_path):
     assert config["trial_number"] == 0 and trial.user_attrs["round"] == 0 and trial.user_attrs["phase"] == "ray"
     assert trial.intermediate_values == {1: 1.5}
 
-    # A new driver: the trial in flight is marked FAIL, Tune unpickles the searcher and restores it
-    # from its file, here cut short as a kill mid-copy leaves it; Ray resumes both trials.
+    intact = pickle.loads(at_start)
+    intact.restore(str(checkpoint))
+    assert set(intact.trials) == {"t0", "t1"} and intact.told == {"t1"}
+
+    # A new driver: the trial in flight is marked FAIL, Tune unpickles the searcher it started with and
+    # restores it from its file, here cut short as a kill mid-copy leaves it; Ray resumes both trials.
     search.study.tell(0, state=TrialState.FAIL)
-    restored = pickle.loads(pickle.dumps(searcher))
+    restored = pickle.loads(at_start)
     checkpoint.write_bytes(checkpoint.read_bytes()[:3])
     restored.restore(str(checkpoint))
     restored.on_trial_complete("t1", {"loss": 0.5, "step": 4})  # told before: not told twice

@@ -26,9 +26,11 @@ The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_d
 same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
 e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died are
 marked FAIL when the search starts again (the study's lease says that their process is dead); Ray
-resumes them from their checkpoints, and :class:`SkipSearcher` gives each one, at its first report, a new
-Optuna trial with the same skip keys (user attr ``retry_of``) instead of telling the finished one twice
-(``UpdateFinishedTrialError``); it finds the Optuna trial by its user attr ``ray_trial_id``.
+resumes them from their checkpoints, and :meth:`SkipSearcher.restore` gives each one a new Optuna trial
+with the same skip keys (user attr ``retry_of``) instead of telling the finished one twice
+(``UpdateFinishedTrialError``). Where the searcher's saved state is cut short, a resumed trial is
+attached at its first report by its Optuna trial's user attr ``ray_trial_id``. A trial that trained every
+step but was killed before Optuna was told is told from Ray's saved result (``RaySearch._tell_lost``).
 After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
 
@@ -188,42 +190,62 @@ class SkipSearcher(Searcher):
     def _live(self, trial_id: str, result: dict | None) -> optuna.Trial | None:
         """The Optuna trial this Ray trial reports to; None once it is told.
 
-        A trial of a restored experiment is attached at its first report by its user attr
-        ``ray_trial_id``: one marked FAIL as interrupted (when the search started again) gets a new Optuna
+        A trial of a restored experiment that the restored state does not know (its file was cut
+        short) is attached at its first report by its user attr ``ray_trial_id``: one marked FAIL as
+        interrupted (when the search started again) gets a new Optuna
         trial with the same skip keys (user attr ``retry_of``); one told after the searcher's last save
         is not told twice."""
         if trial_id in self.told:
             return None
         if trial_id not in self.trials:
-            stored = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("ray_trial_id") == trial_id]
-            if not stored or stored[-1].state != TrialState.FAIL:
+            stored = latest_trial(self.study, trial_id)
+            if stored is None or stored.state != TrialState.FAIL:
                 self.told.add(trial_id)
                 return None
-            self.trials[trial_id] = self._retry(stored[-1], trial_id)
+            self.trials[trial_id] = self._retry(stored, trial_id)
         return self.trials[trial_id]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.nodes, file)
+            pickle.dump(self.__dict__, file)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Only the trials' node history: which Optuna trial a resumed Ray trial reports to comes from
-        the study and its config (:meth:`_live`), so the experiment's state and the study always agree.
-        Ray copies this file to the experiment's storage without a rename; one cut short by a kill
-        mid-copy costs the history only."""
-        try:
-            self.nodes = pickle.loads(Path(checkpoint_path).read_bytes())
-        except (EOFError, pickle.UnpicklingError):
-            self.nodes = {}
-        self.trials, self.told = {}, set()
+        """Restore, then re-attach the trials Ray will resume whose Optuna trials were closed.
 
-    def _retry(self, trial: optuna.trial.FrozenTrial, trial_id: str) -> optuna.Trial:
-        self.study.enqueue_trial(trial.params)
-        retry = self.study.ask()
-        self.suggest_skip(retry)  # the same keys (enqueued), the same user attrs, a new number
-        retry.set_user_attr("ray_trial_id", trial_id)
-        retry.set_user_attr("retry_of", trial.number)
-        return retry
+        Ray copies this file to the experiment's storage without a rename: one cut short by a kill
+        mid-copy is skipped, and every resumed trial is attached from the study at its first report."""
+        try:
+            state = pickle.loads(Path(checkpoint_path).read_bytes())
+        except (EOFError, pickle.UnpicklingError):
+            return
+        self.__dict__.update(state)
+        for trial_id, trial in list(self.trials.items()):
+            if trial_id in self.told:
+                continue
+            state = latest_trial(self.study, trial_id).state
+            if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
+                self.trials[trial_id] = self._retry(trial, trial_id)
+            elif state.is_finished():  # told after the searcher's last save (or by RaySearch): not twice
+                self.told.add(trial_id)
+
+    def _retry(self, trial: optuna.Trial | optuna.trial.FrozenTrial, trial_id: str) -> optuna.Trial:
+        return retry_trial(self.study, self.suggest_skip, trial, trial_id)
+
+
+def latest_trial(study: optuna.Study, trial_id: str) -> optuna.trial.FrozenTrial | None:
+    """The newest Optuna trial of Ray trial ``trial_id`` (a retry is newer than the trial it retries)."""
+    stored = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("ray_trial_id") == trial_id]
+    return stored[-1] if stored else None
+
+
+def retry_trial(study: optuna.Study, suggest: SuggestSkip, trial: optuna.Trial | optuna.trial.FrozenTrial, trial_id: str) -> optuna.Trial:
+    """A new Optuna trial for Ray trial ``trial_id``, with ``trial``'s skip keys (enqueued) and user attrs."""
+    study.enqueue_trial(trial.params)
+    retry = study.ask()
+    suggest(retry)
+    retry.set_user_attr("ray_trial_id", trial_id)
+    retry.set_user_attr("retry_of", trial.number)
+    return retry
 
 
 # -- progress --------------------------------------------------------------------------------------
@@ -295,7 +317,7 @@ class RaySearch:
             start_state = self.warm_up()
             tuner, restored = self._tuner()
             self._share(start_state)
-            done = _finished(tuner.get_results()) if restored else 0
+            done = self._tell_lost(tuner.get_results()) if restored else 0
             self.reporter.phase("ray trials", self.ray.num_trials - done)
             with StudyProgress(self.study, self.reporter):
                 grid = tuner.fit()
@@ -303,6 +325,19 @@ class RaySearch:
             raise KeyboardInterrupt
         self._fail_leftovers()
         return grid
+
+    def _tell_lost(self, grid: tune.ResultGrid) -> int:
+        """Tell, as retries, the trials that trained every step but whose outcome a kill lost before
+        Optuna was told (their trials were marked FAIL as interrupted; Ray may count them finished and
+        never report them again); return how many trials Ray finished."""
+        suggest = SuggestSkip.build(self.search.parts.space, self.search.policy, self.search.costs)
+        for result in grid:
+            trial_id = result.metrics.get("trial_id")
+            stored = latest_trial(self.study, trial_id) if trial_id else None
+            if stored is not None and stored.state == TrialState.FAIL and result.metrics.get("step", 0) >= self.ray.steps_per_trial:
+                state, value = trial_outcome(result.metrics, result.error is not None, self.ray.steps_per_trial)
+                self.study.tell(retry_trial(self.study, suggest, stored, trial_id), value, state=state)
+        return _finished(grid)
 
     def warm_up(self) -> dict[str, torch.Tensor]:
         """The trainable state every trial starts from: after the shared warm-up (run once here)."""
