@@ -47,6 +47,7 @@ local SQLite storage is fine. Each trial's user attrs ``node_id`` / ``node_ip`` 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import pickle
@@ -192,17 +193,16 @@ class SkipSearcher(Searcher):
 
         A trial of a restored experiment that the restored state does not know (its file was cut
         short) is attached at its first report by its user attr ``ray_trial_id``: one marked FAIL as
-        interrupted (when the search started again) gets a new Optuna
-        trial with the same skip keys (user attr ``retry_of``); one told after the searcher's last save
-        is not told twice."""
+        interrupted gets a new Optuna trial with the same skip keys (user attr ``retry_of``); one told
+        after the searcher's last save is not told twice."""
         if trial_id in self.told:
             return None
         if trial_id not in self.trials:
-            stored = latest_trial(self.study, trial_id)
+            stored = latest_trials(self.study).get(trial_id)
             if stored is None or stored.state != TrialState.FAIL:
                 self.told.add(trial_id)
                 return None
-            self.trials[trial_id] = self._retry(stored, trial_id)
+            self.trials[trial_id] = retry_trial(self.study, self.suggest_skip, stored, trial_id)
         return self.trials[trial_id]
 
     def save(self, checkpoint_path: str) -> None:
@@ -219,23 +219,21 @@ class SkipSearcher(Searcher):
         except (EOFError, pickle.UnpicklingError):
             return
         self.__dict__.update(state)
+        latest = latest_trials(self.study)
         for trial_id, trial in list(self.trials.items()):
             if trial_id in self.told:
                 continue
-            state = latest_trial(self.study, trial_id).state
+            state = latest[trial_id].state
             if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
-                self.trials[trial_id] = self._retry(trial, trial_id)
+                self.trials[trial_id] = retry_trial(self.study, self.suggest_skip, trial, trial_id)
             elif state.is_finished():  # told after the searcher's last save (or by RaySearch): not twice
                 self.told.add(trial_id)
 
-    def _retry(self, trial: optuna.Trial | optuna.trial.FrozenTrial, trial_id: str) -> optuna.Trial:
-        return retry_trial(self.study, self.suggest_skip, trial, trial_id)
 
 
-def latest_trial(study: optuna.Study, trial_id: str) -> optuna.trial.FrozenTrial | None:
-    """The newest Optuna trial of Ray trial ``trial_id`` (a retry is newer than the trial it retries)."""
-    stored = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("ray_trial_id") == trial_id]
-    return stored[-1] if stored else None
+def latest_trials(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """Ray trial id → its newest Optuna trial (a retry is newer than the trial it retries)."""
+    return {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}
 
 
 def retry_trial(study: optuna.Study, suggest: SuggestSkip, trial: optuna.Trial | optuna.trial.FrozenTrial, trial_id: str) -> optuna.Trial:
@@ -300,6 +298,10 @@ class RaySearch:
         self.ray = search.spec.ray
         self.fail_trials, self.hold = fail_trials, hold
 
+    @functools.cached_property
+    def suggest(self) -> SuggestSkip:
+        return SuggestSkip.build(self.search.parts.space, self.search.policy, self.search.costs)
+
     @property
     def storage_path(self) -> str:
         path = self.ray.storage_path or str(Path(self.spec.output_dir) / "ray")
@@ -330,13 +332,12 @@ class RaySearch:
         """Tell, as retries, the trials that trained every step but whose outcome a kill lost before
         Optuna was told (their trials were marked FAIL as interrupted; Ray may count them finished and
         never report them again); return how many trials Ray finished."""
-        suggest = SuggestSkip.build(self.search.parts.space, self.search.policy, self.search.costs)
+        latest = latest_trials(self.study)
         for result in grid:
-            trial_id = result.metrics.get("trial_id")
-            stored = latest_trial(self.study, trial_id) if trial_id else None
+            stored = latest.get(result.metrics.get("trial_id"))
             if stored is not None and stored.state == TrialState.FAIL and result.metrics.get("step", 0) >= self.ray.steps_per_trial:
                 state, value = trial_outcome(result.metrics, result.error is not None, self.ray.steps_per_trial)
-                self.study.tell(retry_trial(self.study, suggest, stored, trial_id), value, state=state)
+                self.study.tell(retry_trial(self.study, self.suggest, stored, result.metrics["trial_id"]), value, state=state)
         return _finished(grid)
 
     def warm_up(self) -> dict[str, torch.Tensor]:
@@ -371,8 +372,7 @@ class RaySearch:
                 return tune.Tuner.restore(path, trainable), True
             fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)  # the study was started afresh
             fs.delete_dir(fs_path)
-        suggest = SuggestSkip.build(self.search.parts.space, self.search.policy, self.search.costs)
-        searcher = SkipSearcher(study=self.study, suggest=suggest, steps_per_trial=self.ray.steps_per_trial)
+        searcher = SkipSearcher(study=self.study, suggest=self.suggest, steps_per_trial=self.ray.steps_per_trial)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
