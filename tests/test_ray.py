@@ -9,11 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import optuna
 import pytest
 import ray
+import ray.tune
 from conftest import LOOPBACK
 from optuna.trial import TrialState
 
@@ -28,6 +30,10 @@ pytestmark = pytest.mark.slow
 STUDY = "easyvqa_minilm-das-seed0"
 WORKER = Path(__file__).parent / "kill_worker.py"
 RUN = ["run", "--space", "minilm_vqa", "--tiny", "--executor", "ray", "--set", "ray.num_trials=6"]
+
+
+def load(db) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}").trials
 
 
 def finished_trials(db) -> int:
@@ -57,20 +63,27 @@ def test_cli_run_killed_then_resumed(tmp_path):
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     before = finished_trials(db)
     assert before == 2
+    told_before = {t.user_attrs["ray_trial_id"] for t in load(db) if t.state.is_finished()}
 
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming the Ray Tune experiment" in again.stderr
     assert (tmp_path / "runs" / STUDY / "subnet.json").exists()
 
-    trials = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{db}").trials
+    trials = load(db)
     by_number = {t.number: t for t in trials}
     assert finished_trials(db) > before
     assert all(t.state.is_finished() for t in trials)
     outcomes = [t for t in trials if t.state != TrialState.FAIL]  # FAIL: in flight at the kill
-    assert len(outcomes) == 6  # one per Ray trial
+    experiment = tmp_path / "runs" / "ray" / STUDY
+    ray_trials = {t.trial_id for t in ray.tune.ExperimentAnalysis(str(experiment)).trials}
+    told = Counter(t.user_attrs["ray_trial_id"] for t in outcomes)
+    assert len(ray_trials) == 6 and all(told[i] == 1 for i in ray_trials)  # each Ray trial told once
+    # Told before the kill but after Ray last saved its state: kept, and Ray ran another in its place.
+    assert set(told) - ray_trials <= told_before and max(told.values()) == 1
     assert all(t.user_attrs["phase"] == "ray" and len(t.user_attrs["skipped"]) == 2 for t in outcomes)
     assert {"round", "additional_gmacs", "trainable_params"} <= set(outcomes[0].user_attrs)
+    assert all(len(list(folder.glob("checkpoint_*"))) <= 1 for folder in experiment.glob("optuna*"))
     assert any(t.state == TrialState.PRUNED for t in outcomes), "ASHA stopped no trial early"
     for t in trials:  # an interrupted trial Ray resumed: the same subset under a new Optuna trial
         if "retry_of" in t.user_attrs:
@@ -140,6 +153,9 @@ def test_searcher_pickles_with_std_pickle(tmp_path):
     # A new driver: the trial in flight is marked FAIL, Tune unpickles the searcher it started with and
     # restores it from its file, here cut short as a kill mid-copy leaves it; Ray resumes both trials.
     search.study.tell(0, state=TrialState.FAIL)
+    whole = pickle.loads(at_start)
+    whole.restore(str(checkpoint))
+    assert set(whole.trials) == {"t1"} and whole.told == {"t1"}  # t0 is attached again when Ray reports it
     restored = pickle.loads(at_start)
     checkpoint.write_bytes(checkpoint.read_bytes()[:3])
     restored.restore(str(checkpoint))

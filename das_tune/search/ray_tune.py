@@ -25,13 +25,14 @@ Resume
 The experiment lives in ``<ray.storage_path>/<study name>`` (default ``<output_dir>/ray``). Running the
 same study again restores it with ``Tuner.restore`` when the study already has trials (an empty study,
 e.g. after ``--fresh``, starts a new experiment). Trials that were in flight when the driver died are
-marked FAIL when the search starts again (the study's lease says that their process is dead); Ray
-resumes them from their checkpoints, and :meth:`SkipSearcher.restore` gives each one a new Optuna trial
-with the same skip keys (user attr ``retry_of``) instead of telling the finished one twice
-(``UpdateFinishedTrialError``). Where the searcher's saved state is cut short, a resumed trial is
-attached at its first report by its Optuna trial's user attr ``ray_trial_id``. A trial that trained every
-step but was killed before Optuna was told is told from Ray's saved result (``RaySearch._tell_lost``).
-After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
+marked FAIL when the search starts again (the study's lease says that their process is dead). Each
+Ray trial is then told once, under a new Optuna trial with the same skip keys (user attr ``retry_of``)
+instead of the finished one (``UpdateFinishedTrialError``): one Ray resumes from its checkpoint is
+attached at its first report by its Optuna trial's user attr ``ray_trial_id`` (``SkipSearcher._live``);
+one Ray had finished (every step trained, or stopped by the scheduler) before the kill reached Optuna
+is told from Ray's saved result (``RaySearch._tell_lost``).
+Every checkpoint is kept while the experiment runs (a restored trial may need an older one) and each
+trial's last one only after it. After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
 experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
 
 Clusters (``--address HOST:PORT`` or ``auto``)
@@ -62,6 +63,7 @@ import pyarrow.fs
 import torch
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -191,10 +193,10 @@ class SkipSearcher(Searcher):
     def _live(self, trial_id: str, result: dict | None) -> optuna.Trial | None:
         """The Optuna trial this Ray trial reports to; None once it is told.
 
-        A trial of a restored experiment that the restored state does not know (its file was cut
-        short) is attached at its first report by its user attr ``ray_trial_id``: one marked FAIL as
-        interrupted gets a new Optuna trial with the same skip keys (user attr ``retry_of``); one told
-        after the searcher's last save is not told twice."""
+        A trial of a restored experiment that the searcher does not hold (interrupted, or its saved
+        state was cut short) is attached at its first report by its user attr ``ray_trial_id``: one
+        marked FAIL as interrupted gets a new Optuna trial with the same skip keys (user attr
+        ``retry_of``); one told after the searcher's last save is not told twice."""
         if trial_id in self.told:
             return None
         if trial_id not in self.trials:
@@ -210,25 +212,23 @@ class SkipSearcher(Searcher):
             pickle.dump(self.__dict__, file)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Restore, then re-attach the trials Ray will resume whose Optuna trials were closed.
+        """Restore; a trial whose Optuna trial was closed since is dropped or marked told.
 
-        Ray copies this file to the experiment's storage without a rename: one cut short by a kill
-        mid-copy is skipped, and every resumed trial is attached from the study at its first report."""
+        One marked FAIL as interrupted is attached again, as a retry, when Ray reports it (``_live``),
+        or told by ``RaySearch._tell_lost`` if Ray finished it. Ray copies this file to the experiment's
+        storage without a rename: one cut short by a kill mid-copy is skipped, and every resumed trial is
+        attached from the study at its first report."""
         try:
             state = pickle.loads(Path(checkpoint_path).read_bytes())
         except (EOFError, pickle.UnpicklingError):
             return
         self.__dict__.update(state)
         latest = latest_trials(self.study)
-        for trial_id, trial in list(self.trials.items()):
-            if trial_id in self.told:
-                continue
-            state = latest[trial_id].state
-            if state == TrialState.FAIL:  # marked FAIL as interrupted when the search started again
-                self.trials[trial_id] = retry_trial(self.study, self.suggest_skip, trial, trial_id)
-            elif state.is_finished():  # told after the searcher's last save (or by RaySearch): not twice
+        for trial_id in [t for t in self.trials if t not in self.told]:
+            if latest[trial_id].state == TrialState.FAIL:
+                del self.trials[trial_id]
+            elif latest[trial_id].state.is_finished():  # told after the searcher's last save: not twice
                 self.told.add(trial_id)
-
 
 
 def latest_trials(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
@@ -319,26 +319,30 @@ class RaySearch:
             start_state = self.warm_up()
             tuner, restored = self._tuner()
             self._share(start_state)
-            done = self._tell_lost(tuner.get_results()) if restored else 0
+            done = self._tell_lost() if restored else 0
             self.reporter.phase("ray trials", self.ray.num_trials - done)
             with StudyProgress(self.study, self.reporter):
                 grid = tuner.fit()
         if _finished(grid) < self.ray.num_trials:  # Tune returns normally after Ctrl+C; its state is saved
             raise KeyboardInterrupt
         self._fail_leftovers()
+        _keep_last_checkpoints(self.experiment_path)
         return grid
 
-    def _tell_lost(self, grid: tune.ResultGrid) -> int:
-        """Tell, as retries, the trials that trained every step but whose outcome a kill lost before
-        Optuna was told (their trials were marked FAIL as interrupted; Ray may count them finished and
-        never report them again); return how many trials Ray finished."""
+    def _tell_lost(self) -> int:
+        """Tell, as retries, the trials Ray finished (trained every step, or stopped by the scheduler)
+        whose outcome a kill lost before Optuna was told: their Optuna trials were marked FAIL as
+        interrupted and Ray never reports them again. Return how many trials Ray finished."""
         latest = latest_trials(self.study)
-        for result in grid:
-            stored = latest.get(result.metrics.get("trial_id"))
-            if stored is not None and stored.state == TrialState.FAIL and result.metrics.get("step", 0) >= self.ray.steps_per_trial:
-                state, value = trial_outcome(result.metrics, result.error is not None, self.ray.steps_per_trial)
-                self.study.tell(retry_trial(self.study, self.suggest, stored, result.metrics["trial_id"]), value, state=state)
-        return _finished(grid)
+        finished = [t for t in tune.ExperimentAnalysis(self.experiment_path).trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
+        for ray_trial in finished:
+            stored = latest.get(ray_trial.trial_id)
+            if stored is None or stored.state != TrialState.FAIL or ray_trial.status == Trial.ERROR:
+                continue
+            state, value = trial_outcome(ray_trial.last_result, False, self.ray.steps_per_trial)
+            if state != TrialState.FAIL:  # a FAIL outcome (NaN loss) is what Optuna holds already
+                self.study.tell(retry_trial(self.study, self.suggest, stored, ray_trial.trial_id), value, state=state)
+        return len(finished)
 
     def warm_up(self) -> dict[str, torch.Tensor]:
         """The trainable state every trial starts from: after the shared warm-up (run once here)."""
@@ -383,7 +387,10 @@ class RaySearch:
             run_config=tune.RunConfig(
                 name=self.study.study_name, storage_path=self.storage_path, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.ray.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Every checkpoint is kept until the experiment ends: with num_to_keep, a kill between
+                # the deletion of a trial's older checkpoint and the next save of the experiment's state
+                # leaves that state naming a deleted checkpoint, and the restored trial errors.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
         return tuner, False
@@ -400,6 +407,19 @@ class RaySearch:
 
 def _trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"optuna{trial.config['trial_number']}_{trial.trial_id}"
+
+
+def _keep_last_checkpoints(experiment_path: str) -> None:
+    """The experiment is over: each trial folder keeps only its last checkpoint (also the folder of a
+    trial that a kill made Ray forget, which nothing will restore)."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
+    for folder in _folders(fs, root):
+        for old in sorted(c for c in _folders(fs, folder) if c.rsplit("/", 1)[-1].startswith("checkpoint_"))[:-1]:
+            fs.delete_dir(old)
+
+
+def _folders(fs: pyarrow.fs.FileSystem, path: str) -> list[str]:
+    return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(path)) if i.type == pyarrow.fs.FileType.Directory]
 
 
 def _finished(grid: tune.ResultGrid) -> int:
