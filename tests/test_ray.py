@@ -136,7 +136,8 @@ def test_searcher_pickles_with_std_pickle(tmp_path):
     suggest = SuggestSkip.build(search.parts.space, search.policy, search.costs)
     searcher = SkipSearcher(study=search.study, suggest=suggest, steps_per_trial=4)
     at_start = pickle.dumps(searcher)  # Tune pickles the searcher into the experiment when it starts
-    config, done = searcher.suggest("t0"), searcher.suggest("t1")
+    config = searcher.suggest("t0")
+    searcher.suggest("t1")
     searcher.on_trial_result("t0", {"loss": 1.5, "training_iteration": 1})
     searcher.on_trial_complete("t1", {"loss": 1.0, "step": 4})
     checkpoint = tmp_path / "searcher.pkl"
