@@ -85,11 +85,22 @@ def by_question_type(run_dir: Path) -> dict[str, dict[str, float]]:
     return {kind: {"accuracy": sum(r) / len(r), "questions": len(r)} for kind, r in sorted(right.items())}
 
 
+def machine() -> dict:
+    """What the figures depend on: float rounding differs between CPU models (their BLAS kernels) and
+    thread counts, so a near-tied pick or the last digit of an accuracy may differ on another machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
+    return {
+        "cpus": os.cpu_count(), "cpu_model": models[0] if models else platform.processor(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "torch": torch.__version__,
+    }
+
+
 def measure(work: Path, seeds: list[int]) -> dict:
     run = timed(["run", "--study", STUDY], work)
     run_dir = work / "runs" / f"{STUDY}-das-seed0"
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(),
         "main_command": run,
         "run": json.loads((run_dir / "metrics.json").read_text()),
         "search": json.loads((run_dir / "subnet.json").read_text()),

@@ -13,6 +13,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # before any test module imports Ray, and inherited by the CLI subprocesses.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 LOOPBACK = "127.0.0.1"
+# Run on one pytest-xdist worker, one test after another (``--dist loadgroup``): the tests that start
+# Ray (each claims both CPUs), a PostgreSQL server or an OS package install (one dpkg lock).
+SERIAL_MODULES = {"test_ray", "test_ray_cluster", "test_data_parallel", "test_postgresql", "test_dashboard"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__ in SERIAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> subprocess.CompletedProcess:
