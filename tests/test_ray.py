@@ -128,6 +128,8 @@ def test_failing_trial_is_retried_then_failed(ray_session, tmp_path, monkeypatch
     assert len(errors) == 1 and "injected failure of trial 1 at step 2 (resumed from step 1)" in errors[0]  # retried once
     assert ("ray trials", 3) in progress.phases and progress.advances == 3
     assert (spec.run_dir / "warmup_state.pt").exists()
+    kept = [[str(c) for c in Path(r.path).glob("checkpoint_*")] for r in grid]  # each trial reported every step
+    assert kept == [[r.checkpoint.path] for r in grid]  # only the last one of each trial is left
 
 
 def test_searcher_pickles_with_std_pickle(tmp_path):
