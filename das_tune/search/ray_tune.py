@@ -31,9 +31,10 @@ instead of the finished one (``UpdateFinishedTrialError``): one Ray resumes from
 attached at its first report by its Optuna trial's user attr ``ray_trial_id`` (``SkipSearcher._live``);
 one Ray had finished (every step trained, or stopped by the scheduler) before the kill reached Optuna
 is told from Ray's saved result (``RaySearch._tell_lost``).
-Every checkpoint is kept while the experiment runs (a restored trial may need an older one) and each
-trial's last one only after it. After the experiment, any of its Optuna trials still RUNNING is marked FAIL. Ctrl+C: Tune saves the
-experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt`` (nothing is retrained).
+Every checkpoint is kept while the experiment runs (a restored trial may need an older one), each
+trial's last one only after it. After the experiment, any of its Optuna trials still RUNNING is marked
+FAIL. Ctrl+C: Tune saves the experiment and returns; ``RaySearch.run`` then raises ``KeyboardInterrupt``
+(nothing is retrained).
 
 Clusters (``--address HOST:PORT`` or ``auto``)
 -----------------------------------------------
