@@ -26,6 +26,10 @@ from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import readme_tables  # noqa: E402
+
 # -- statistics -------------------------------------------------------------------------------------
 
 
@@ -359,24 +363,22 @@ def test_numbers_are_printed_one_way():
     assert fmt(None) == "—" and fmt(math.nan) == "—" and fmt(3) == "3" and fmt(0.123456) == "0.1235"
 
 
-def test_readme_bench_numbers_come_from_the_committed_results():
-    root = Path(__file__).resolve().parents[1]
-    committed = sorted((root / "bench").glob("*/results.json"))
-    assert committed, "no committed benchmark results under bench/"
-    allowed = set()
-    for path in committed:
-        results = json.loads(path.read_text())
+def test_readme_bench_blocks_are_rendered_from_the_committed_results():
+    benches = readme_tables.committed()
+    assert benches, "no committed benchmark results under bench/"
+    for results in benches.values():
         assert not results["tiny"] and len(results["seeds"]) >= 5
         if "sizes" in results:  # a range of num_skip: one search for every size against one per size
             assert results["cost_ratio"] is not None and results["full"] is not None and not results["warnings"]
         else:
             assert results["ground_truth"] is not None
-        json_numbers(results, allowed)
-    readme = (root / "README.md").read_text()
-    tables = re.findall(r"<!-- bench-table -->(.*?)<!-- /bench-table -->", readme, re.S)
-    assert tables, "README has no bench table"
-    strays = [n for table in tables for n in NUMBER.findall(table) if n not in allowed]
-    assert not strays, f"numbers in README's bench tables that are not in bench/*/results.json: {strays}"
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme_tables.BLOCK.findall(readme)
+    assert {folder for _, folder, _, _ in blocks} == set(benches), "every committed bench has one README block"
+    assert readme_tables.render(readme, benches) == readme, "README's bench blocks differ: run benchmarks/readme_tables.py"
+    first = readme_tables.BLOCK.search(readme)  # a number changed in README's text is found
+    mutated = readme[:first.start(3)] + first.group(3).replace("0.", "1.", 1) + readme[first.end(3):]
+    assert readme_tables.render(mutated, benches) != mutated
 
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
