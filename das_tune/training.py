@@ -24,6 +24,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cuda_rng_state() -> list[torch.Tensor] | None:
+    """Every visible CUDA device's generator (a GPU draws its dropout masks there), for a
+    checkpoint beside torch's CPU generator; None without CUDA."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def set_cuda_rng_state(state: list[torch.Tensor] | None) -> None:
+    """Restore :func:`cuda_rng_state`; nothing for a checkpoint written without CUDA, or without CUDA here."""
+    if state is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state)
+
+
 @dataclass(frozen=True)
 class ParamGroup:
     """One AdamW parameter group: its parameters' names, lr multiplier and weight decay."""

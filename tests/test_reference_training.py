@@ -136,6 +136,20 @@ def reference_lr_multiplier(name: str, head: float, cross_modal: float) -> float
     return cross_modal if "cross_modal" in name else 1.0
 
 
+def test_a_search_checkpoint_carries_the_cuda_generators(tmp_path, monkeypatch):
+    """On a GPU machine dropout draws from CUDA's generators: a resumed search restores them too."""
+    from das_tune.search.supernet import Supernet
+
+    saved, restored = [torch.tensor([7, 8], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    spec = load_study_spec("easyvqa_minilm", {"tiny": True, "output_dir": str(tmp_path)})
+    parts = build_components(spec)
+    Supernet(spec, parts).save()
+    assert Supernet(spec, parts).restore() and [s.tolist() for s in restored[0]] == [[7, 8]]
+
+
 def test_meter_parameter_groups_follow_the_reference():
     task, model = tiny_vqa("meter")
     optim = load_study_spec("meter_fusion").search

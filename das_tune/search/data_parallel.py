@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from das_tune import training
 from das_tune.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
@@ -125,7 +126,7 @@ class DataParallelSupernet(Supernet):
         """Rank 0 writes the checkpoint, with every rank's own part of the state: its torch generator
         (dropout draws differ per rank) and an open accumulation window's gradients (its rows' share)."""
         state = self.state()
-        mine = {"torch_rng": state["torch_rng"], "grads": {n: g.cpu() for n, g in state["trainer"]["grads"].items()}}
+        mine = {"torch_rng": state["torch_rng"], "cuda_rng": state["cuda_rng"], "grads": {n: g.cpu() for n, g in state["trainer"]["grads"].items()}}
         ranks = [None] * self.workers if self.rank == 0 else None
         dist.gather_object(mine, ranks, dst=0)
         if self.rank == 0:
@@ -137,6 +138,7 @@ class DataParallelSupernet(Supernet):
         ranks = self.restored_extra.get(RANKS_KEY)
         if ranks is not None and len(ranks) == self.workers:
             torch.set_rng_state(ranks[self.rank]["torch_rng"])
+            training.set_cuda_rng_state(ranks[self.rank].get("cuda_rng"))
             self.trainer.load_grads(ranks[self.rank]["grads"])
         return own
 
@@ -247,9 +249,8 @@ def run_rank(spec: StudySpec, rank: int, workers: int, warmup_checkpoint: Path |
     already initialised (Ray Train's, or a test's)."""
     from das_tune.components import build_components
     from das_tune.runner import prepare_search
-    from das_tune.training import seed_everything
 
-    seed_everything(spec.seed)
+    training.seed_everything(spec.seed)
     parts = build_components(spec)
     if device is not None:
         parts.model.to(device)

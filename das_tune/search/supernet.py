@@ -96,6 +96,7 @@ class Supernet:
             "trainer": self.trainer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": training.cuda_rng_state(),
             "study_name": self.name,
             **self.extra_state(),
         }
@@ -115,6 +116,7 @@ class Supernet:
         self.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        training.set_cuda_rng_state(state.get("cuda_rng"))
         self.position = Position(**state["position"])
         written = checkpoint_workers(state)
         if restored_own and not self.position.finished and written != self.workers:  # `run` refuses it before writing
@@ -122,7 +124,7 @@ class Supernet:
         return restored_own
 
 
-_CHECKPOINT_KEYS = {"position", "model", "trainer", "rng", "torch_rng", "study_name"}
+_CHECKPOINT_KEYS = {"position", "model", "trainer", "rng", "torch_rng", "cuda_rng", "study_name"}
 
 
 RANKS_KEY = "ranks"  # a data-parallel checkpoint's per-rank states; its length is the number of workers
