@@ -145,10 +145,12 @@ def save_spec(spec: StudySpec, run_dir: Path | None = None) -> None:
     atomic.write_text((run_dir or spec.run_dir) / SPEC_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
 
 
-def finished_metrics(spec: StudySpec, skipped: frozenset[str], run_dir: Path | None = None) -> RetrainMetrics | None:
+def finished_metrics(
+    spec: StudySpec, skipped: frozenset[str], run_dir: Path | None = None, *, weights_required: bool = True
+) -> RetrainMetrics | None:
     """The metrics of an earlier retrain of the same subnet, task and retrain budget in ``run_dir``
     (default: the run folder), if there is one."""
-    metrics = read_metrics(run_dir or spec.run_dir)
+    metrics = read_metrics(run_dir or spec.run_dir, weights_required=weights_required)
     return metrics if metrics is not None and same_retrain(metrics, spec, skipped) else None
 
 
@@ -168,17 +170,19 @@ def artifacts_folder(run_dir: Path, spec: StudySpec, skipped: frozenset[str], *,
     return run_dir / f"retrain-{label}-{digest}"
 
 
-def read_metrics(run_dir: Path) -> RetrainMetrics | None:
+def read_metrics(run_dir: Path, *, weights_required: bool = True) -> RetrainMetrics | None:
     """``run_dir``'s metrics.json if it has one (of this version) and its weights are intact; a damaged
-    one is an error."""
+    one is an error. Without ``weights_required`` (a benchmark needs only the numbers, and commits them
+    without the weights) absent weights are allowed, damaged ones still are not."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
     data = _read_json(path)
     weights = run_dir / WEIGHTS_FILE
-    if not weights.is_file():
+    if weights.is_file():
+        check_weights(weights)
+    elif weights_required:
         raise UserError(f"{run_dir}: {METRICS_FILE} without {WEIGHTS_FILE}; remove {path.name} or pass --fresh")
-    check_weights(weights)
     try:
         return RetrainMetrics.model_validate(data)
     except ValidationError:  # written by another version: retrain

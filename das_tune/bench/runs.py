@@ -402,8 +402,9 @@ def retrain_spec(p: Plan, seed: int, skipped: frozenset[str]) -> StudySpec:
 
 
 def _retrain_metrics(p: Plan, seed: int, skipped: frozenset[str]) -> RetrainMetrics | None:
-    """The metrics of a finished retrain of ``skipped`` at retrain seed ``seed``, else None."""
-    return finished_metrics(retrain_spec(p, seed, skipped), skipped)
+    """The metrics of a finished retrain of ``skipped`` at retrain seed ``seed``, else None; its weights
+    may be absent (a committed benchmark carries metrics only)."""
+    return finished_metrics(retrain_spec(p, seed, skipped), skipped, weights_required=False)
 
 
 def retrained_values(p: Plan, skipped: frozenset[str]) -> list[RetrainMetrics] | None:
