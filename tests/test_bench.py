@@ -16,7 +16,7 @@ import optuna
 import pytest
 import torch
 
-from das_tune.bench import BenchConfig, parse_seeds, plan, run_bench, stats
+from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.bench.runs import ground_truth_order
@@ -285,6 +285,10 @@ def test_a_second_bench_process_skips_the_seeds_another_one_runs(tmp_path):
     assert sorted({(r.method, r.seed) for r in results.runs}) == [("first_k", 1), ("random", 1)]
     assert "seed 0: running in another process; skipped here" in reporter.lines
     assert sorted({r.seed for r in run_bench(config, LogCollector()).runs}) == [0, 1]
+    (tmp_path / "out" / "records" / "random-seed1.json").unlink()  # seed 1 as a piece stopped during its random search
+    partial = report.collect(plan(config))
+    assert sorted({(r.method, r.seed) for r in partial.runs}) == [("first_k", 0), ("random", 0)]  # the same seeds for every method
+    assert "seed 1: left out, random not searched or retrained yet (run that seed again)" in partial.warnings
 
 
 @pytest.mark.slow
@@ -384,7 +388,7 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
 
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
-    from das_tune.bench import plots, report
+    from das_tune.bench import plots
     from das_tune.results import BenchResults, GroundTruth, Retrained, SearchRecord
 
     truth = {f"En{i},En{j}": 0.5 + 0.01 * (i + 2 * j) for i in range(6) for j in range(i + 1, 6)}

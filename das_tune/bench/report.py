@@ -38,14 +38,8 @@ def collect(p: Plan) -> BenchResults:
     """The results of everything finished in ``p.out`` for the config's methods, all seeds run so far."""
     retrained = retrained_lookup(p)
     truth = _ground_truth(p, {subset_key(p.space, s): retrained(s) for s in p.reference})
-    warnings = list(p.warnings)
-    runs = []
-    for record in saved_records(p):
-        result = retrained(frozenset(record.chosen))
-        if result is None:
-            warnings.append(f"{record.method} seed {record.seed}: its pick is not retrained yet (run that seed again)")
-            continue
-        runs.append(_run_result(record, result, truth))
+    runs, left_out = complete_seed_runs(p, retrained, truth)
+    warnings = [*p.warnings, *left_out]
     methods = [m for m in (*p.config.samplers, *p.config.methods) if any(r.method == m for r in runs)]
     reference = p.config.reference if p.config.reference in methods or not methods else methods[0]
     seeds = sorted({r.seed for r in runs})
@@ -58,6 +52,25 @@ def collect(p: Plan) -> BenchResults:
         paired_tests={m: _paired(runs, reference, m) for m in methods if m != reference},
         ground_truth=truth, warmup_ranking=_warmup_ranking(p, seeds, truth), runs=runs,
     )
+
+
+def complete_seed_runs(
+    p: Plan, retrained: Callable[[frozenset[str]], Retrained | None], truth: GroundTruth | None
+) -> tuple[list[RunResult], list[str]]:
+    """The runs of the seeds at which every method has searched and its pick is retrained, and a warning for
+    each other seed: the methods are compared on the same seeds, so a seed stopped part-way is left out whole."""
+    methods = [*p.config.samplers, *p.config.methods]
+    by_seed: dict[int, dict[str, SearchRecord]] = {}
+    for record in saved_records(p):
+        by_seed.setdefault(record.seed, {})[record.method] = record
+    runs, warnings = [], []
+    for seed, records in sorted(by_seed.items()):
+        missing = [m for m in methods if m not in records or retrained(frozenset(records[m].chosen)) is None]
+        if missing:
+            warnings.append(f"seed {seed}: left out, {', '.join(missing)} not searched or retrained yet (run that seed again)")
+            continue
+        runs += [_run_result(records[m], retrained(frozenset(records[m].chosen)), truth) for m in methods]
+    return sorted(runs, key=lambda r: (methods.index(r.method), r.seed)), warnings
 
 
 def retrained_lookup(p: Plan) -> Callable[[frozenset[str]], Retrained | None]:
