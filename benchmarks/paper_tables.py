@@ -1,6 +1,8 @@
 """The paper's Table B on the real case: the full model, DAS's pick and other subsets of the same size, retrained alike.
 
     python benchmarks/paper_tables.py --bench BENCH_OUT [--main-job docs/main_job.json] [--json docs/table_b.json]
+    python benchmarks/paper_tables.py --bench bench/minilm_vqa_sublayers-skip4 --das-seed 0 --others 8 \
+        --json docs/table_b_sublayers.json
 
 ``BENCH_OUT`` is the output folder of ``das-tune bench --space minilm_vqa --ground-truth`` (whole layers,
 skip 2 of 6: its ground truth retrains every one of the 15 subsets, in a fixed random order, at retrain
@@ -13,6 +15,10 @@ until the ground truth reaches it, the main job's retrain alone).
 Each row: test accuracy (mean and spread over retrain seeds), additional GMACs, FLOPs saved, CPU latency
 at batch 1 (the full model's and DAS's pick's from the main job, which ran alone; the bench's from its
 retrains, which may have shared the machine: each row says which). README's Table B is checked against the JSON this writes (tests/test_main_job_readme.py).
+
+For a space the main job does not search (the sublayer space), ``--das-seed S`` takes DAS's pick from the
+bench's search record of seed S (``records/das-seedS.json``) and ``--others N`` shows the first N subsets of
+the bench's reference sample (``plan.yaml``, a fixed random draw) that are retrained at every seed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,24 +56,49 @@ def row(name: str, skipped: list[str], by_seed: dict[int, dict], latency_ms: flo
     }
 
 
-def table_b(bench: Path, main_job: dict) -> dict:
+def das_pick_of(bench: Path, main_job: dict, das_seed: int | None) -> str:
+    """The subset DAS chose: the main job's, or the bench's search at ``das_seed``."""
+    if das_seed is None:
+        return ",".join(main_job["run"]["skipped"])
+    return ",".join(json.loads((bench / "records" / f"das-seed{das_seed}.json").read_text())["chosen"])
+
+
+def table_b(bench: Path, main_job: dict, das_seed: int | None = None, others: int | None = None) -> dict:
     subsets = retrains(bench)
     seeds_wanted = max((len(s) for s in subsets.values()), default=0)
     complete = {k: v for k, v in subsets.items() if len(v) == seeds_wanted}  # retrained at every retrain seed
-    das_pick = ",".join(main_job["run"]["skipped"])
+    das_pick = das_pick_of(bench, main_job, das_seed)
+    if others is None:
+        shown = list(complete)
+    else:
+        sample = yaml.safe_load((bench / "plan.yaml").read_text())["bench"]["reference"]
+        shown = [k for k in sample if k in complete][:others] + ([das_pick] if das_pick in complete else [])
     full = {r["seed"]: r["metrics"] for r in main_job["full_model"]}
     run = main_job["run"]  # the main job ran alone: its latencies of the full model and its subnet are comparable
     rows = [row("full model", [], full, latency_ms=run["latency_full_ms"], quiet=True)] if full else []
-    ranked = sorted(complete, key=lambda k: -statistics.mean(m["value"] for m in complete[k].values()))
+    ranked = sorted(set(shown), key=lambda k: -statistics.mean(m["value"] for m in complete[k].values()))
     for key in ranked:
         rows.append({**row("DAS's pick" if key == das_pick else "other subset", key.split(","), complete[key]),
                      "rank": ranked.index(key) + 1})
-    if das_pick not in complete:  # not reached by the ground truth yet: the main job's own retrain (seed 0)
-        rows.insert(1, row("DAS's pick", run["skipped"], {run["retrain_budget"]["seed"]: run}, quiet=True))
+    if das_pick not in complete:
+        if das_seed is not None:
+            raise SystemExit(f"DAS's pick at seed {das_seed} ({das_pick}) is not retrained at every retrain seed yet")
+        rows.insert(1, row("DAS's pick", run["skipped"], {run["retrain_budget"]["seed"]: run}, quiet=True))  # the main job's own
     return {
-        "bench": bench.name, "num_skip": len(main_job["run"]["skipped"]), "das_pick": das_pick,
+        "bench": bench.name, "num_skip": len(das_pick.split(",")), "das_pick": das_pick, "das_seed": das_seed,
         "subsets_retrained": len(complete), "retrain_seeds": seeds_wanted, "rows": rows,
     }
+
+
+def markdown(result: dict) -> str:
+    """README's form of the table."""
+    lines = ["| row | skipped | test accuracy: mean (each retrain seed) | additional GMACs | FLOPs saved | latency, batch 1 |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        where = "" if r["latency_on_a_quiet_machine"] else " (shared machine)"
+        lines.append(f"| {r['row']} | {', '.join(r['skipped']) or 'none'} | {r['mean']:.3f} ({', '.join(f'{v:.3f}' for v in r['values'])}) "
+                     f"| {r['additional_gmacs']:.4f} | {100 * r['flops_saved']:.1f} % | {r['latency_ms']:.1f} ms{where} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -73,14 +106,14 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, required=True, help="a `das-tune bench --ground-truth` output folder")
     parser.add_argument("--main-job", type=Path, default=ROOT / "docs" / "main_job.json")
     parser.add_argument("--json", type=Path, help="write the table here")
+    parser.add_argument("--das-seed", type=int, help="DAS's pick from the bench's search at this seed (not the main job's)")
+    parser.add_argument("--others", type=int, help="show this many subsets of the bench's reference sample (default: all retrained)")
     args = parser.parse_args()
-    result = table_b(args.bench, json.loads(args.main_job.read_text()))
+    result = table_b(args.bench, json.loads(args.main_job.read_text()), args.das_seed, args.others)
     text = json.dumps(result, indent=2) + "\n"
     if args.json:
         args.json.write_text(text)
-    for r in result["rows"]:
-        print(f"{r['row']:>13} {','.join(r['skipped']) or '—':>8}: {r['mean']:.3f} ± {r['std']:.3f} ({len(r['values'])} seeds), "
-              f"{r['additional_gmacs']:+.4f} GMACs, {100 * r['flops_saved']:.1f} % saved, {r['latency_ms']:.1f} ms")
+    print(markdown(result))
 
 
 if __name__ == "__main__":
