@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from das_tune.results import SearchRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,7 +62,7 @@ def das_pick_of(bench: Path, main_job: dict, das_seed: int | None) -> str:
     """The subset DAS chose: the main job's, or the bench's search at ``das_seed``."""
     if das_seed is None:
         return ",".join(main_job["run"]["skipped"])
-    return ",".join(json.loads((bench / "records" / f"das-seed{das_seed}.json").read_text())["chosen"])
+    return ",".join(SearchRecord.read(bench / "records" / f"das-seed{das_seed}.json").chosen)
 
 
 def table_b(bench: Path, main_job: dict, das_seed: int | None = None, others: int | None = None) -> dict:
@@ -72,14 +74,13 @@ def table_b(bench: Path, main_job: dict, das_seed: int | None = None, others: in
         shown = list(complete)
     else:
         sample = yaml.safe_load((bench / "plan.yaml").read_text())["bench"]["reference"]
-        shown = [k for k in sample if k in complete][:others] + ([das_pick] if das_pick in complete else [])
+        shown = [k for k in sample if k in complete][:others] + [k for k in (das_pick,) if k in complete]
     full = {r["seed"]: r["metrics"] for r in main_job["full_model"]}
     run = main_job["run"]  # the main job ran alone: its latencies of the full model and its subnet are comparable
     rows = [row("full model", [], full, latency_ms=run["latency_full_ms"], quiet=True)] if full else []
-    ranked = sorted(set(shown), key=lambda k: -statistics.mean(m["value"] for m in complete[k].values()))
-    for key in ranked:
-        rows.append({**row("DAS's pick" if key == das_pick else "other subset", key.split(","), complete[key]),
-                     "rank": ranked.index(key) + 1})
+    ranked = sorted(dict.fromkeys(shown), key=lambda k: -statistics.mean(m["value"] for m in complete[k].values()))
+    for rank, key in enumerate(ranked, start=1):
+        rows.append({**row("DAS's pick" if key == das_pick else "other subset", key.split(","), complete[key]), "rank": rank})
     if das_pick not in complete:
         if das_seed is not None:
             raise SystemExit(f"DAS's pick at seed {das_seed} ({das_pick}) is not retrained at every retrain seed yet")
