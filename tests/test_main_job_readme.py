@@ -32,13 +32,17 @@ def shown_as(text: str, values: list[float], scales=(1, 100, 1e-6)) -> bool:
     return any(round(scale * v, decimals) == number for v in values for scale in scales)
 
 
+def sections(marker: str) -> list[str]:
+    """README's texts between ``<!-- marker -->`` and ``<!-- /marker -->``."""
+    return re.findall(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", (ROOT / "README.md").read_text(), re.S)
+
+
 def table_numbers(marker: str) -> list[str]:
     """The numbers of the value columns (all but the first) of README's table between ``<!-- marker -->`` tags."""
-    readme = (ROOT / "README.md").read_text()
-    sections = re.findall(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", readme, re.S)
-    assert sections, f"README has no {marker} table"
+    found = sections(marker)
+    assert found, f"README has no {marker} table"
     cells = [
-        cell for section in sections for line in section.splitlines() if line.startswith("|")
+        cell for section in found for line in section.splitlines() if line.startswith("|")
         for cell in line.strip("|").split("|")[1:]
     ]
     return [n for cell in cells for n in NUMBER.findall(cell.replace("×", ""))]
@@ -92,19 +96,14 @@ def test_readme_table_b_is_the_committed_table(marker, table):
     assert not strays, f"numbers in README's Table B that are not in docs/table_b.json: {strays}"
 
 
-def section(marker: str) -> str:
-    """README's text between ``<!-- marker -->`` and ``<!-- /marker -->``."""
-    sections = re.findall(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", (ROOT / "README.md").read_text(), re.S)
-    assert len(sections) == 1, f"README has no single {marker} section"
-    return sections[0]
-
-
 def test_readme_sublayer_verdict_numbers_are_the_committed_bench():
     results = json.loads((ROOT / "bench" / "minilm_vqa_sublayers-skip4" / "results.json").read_text())
     values = list(leaves(results))
     values += [abs(v) for v in values] + [len(results["seeds"])]
     goals = [0.8, 0.05]  # the issue's targets: top 10 % at 80 % of the seeds, ahead of random at p < 0.05
-    text = section("sublayer-verdict")
+    found = sections("sublayer-verdict")
+    assert len(found) == 1, "README has no single sublayer-verdict section"
+    text = found[0]
     assert f"({len(results['seeds'])} seeds)" in text
     strays = [n for n in NUMBER.findall(text.replace("−", "-")) if not shown_as(n, values + goals)]
     assert not strays, f"numbers in README's sublayer verdict that are not in its results.json: {strays}"
