@@ -2,10 +2,12 @@
 a subprocess on a tiny model (samplers, training-free methods, ground truth) with its outputs checked
 against each other."""
 
+import dataclasses
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -285,6 +287,15 @@ def test_a_second_bench_process_skips_the_seeds_another_one_runs(tmp_path):
     assert sorted({(r.method, r.seed) for r in results.runs}) == [("first_k", 1), ("random", 1)]
     assert "seed 0: running in another process; skipped here" in reporter.lines
     assert sorted({r.seed for r in run_bench(config, LogCollector()).runs}) == [0, 1]
+    # seed 1's searches are saved and another process, running seed 1, retrains its picks: this one helps
+    picks = {tuple(json.loads((tmp_path / "out" / "records" / f"{m}-seed1.json").read_text())["chosen"]) for m in ("first_k", "random")}
+    for pick in picks:
+        shutil.rmtree(tmp_path / "out" / "retrain" / "seed0" / "+".join(pick))
+    helper = LogCollector()
+    with folder_lock(tmp_path / "out" / "runs" / "easyvqa_minilm-warmup-seed1"):
+        helped = run_bench(dataclasses.replace(config, seeds=(1,)), helper)
+    assert sorted({(r.method, r.seed) for r in helped.runs}) == [(m, s) for m in ("first_k", "random") for s in (0, 1)]
+    assert sum("beside the process that runs the seed" in line for line in helper.lines) == len(picks)
     (tmp_path / "out" / "records" / "random-seed1.json").unlink()  # seed 1 as a piece stopped during its random search
     partial = report.collect(plan(config))
     assert sorted({(r.method, r.seed) for r in partial.runs}) == [("first_k", 0), ("random", 0)]  # the same seeds for every method

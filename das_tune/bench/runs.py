@@ -24,7 +24,8 @@ Layout under the output folder::
 A re-run reuses every finished search and retrain and resumes what was interrupted; runs of other seeds
 (``--seeds 0-4`` then ``--seeds 5-9``) add to the same folder and the same results. Several processes may
 work on one folder at once (e.g. one per core): a search seed and each retrain hold their folder's lock,
-and a process skips the seeds and retrains that another one holds.
+and a process skips the retrains that another one holds and, of a seed that another one runs, retrains
+the picks its searches have saved (from the last one back).
 """
 
 from __future__ import annotations
@@ -269,7 +270,23 @@ def run_seed_once(p: Plan, seed: int, reporter: Reporter, work: Callable[[], Com
 
 
 def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components | None:
-    return run_seed_once(p, seed, reporter, lambda: _seed_work(p, seed, opened, reporter))
+    parts = run_seed_once(p, seed, reporter, lambda: _seed_work(p, seed, opened, reporter))
+    return parts if parts is not None else _retrain_beside(p, seed, reporter)
+
+
+def _retrain_beside(p: Plan, seed: int, reporter: Reporter) -> Components | None:
+    """Retrain the picks that another process's searches of ``seed`` have saved, from the last one back,
+    while that process retrains them from the first: a seed's retrains then take two processes, not one."""
+    picks = [frozenset(record.chosen) for m in reversed((*p.config.methods, *p.config.samplers)) if (record := _saved(p, m, seed))]
+    todo = [(s, r) for s in dict.fromkeys(picks) for r in reversed(p.retrain_seeds) if _retrain_metrics(p, r, s) is None]
+    if not todo:
+        return None
+    parts = build_components(p.spec(seed))
+    for skipped, r in todo:
+        if (metrics := retrained(p, r, parts, skipped, reporter)) is not None:
+            reporter.log(f"seed {seed}: retrained {sorted(skipped)} at retrain seed {r} beside the process that runs the seed: "
+                         f"test {metrics.metric} {metrics.value:.4f}")
+    return parts if parts is not None else _retrain_beside(p, seed, reporter)
 
 
 def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
@@ -286,7 +303,7 @@ def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter
             metrics = retrained(p, r, parts, chosen, reporter)
             result = "running in another process" if metrics is None else f"test {metrics.metric} {metrics.value:.4f}"
             reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: {result}")
-    return parts
+    return parts if parts is not None else _retrain_beside(p, seed, reporter)
 
 
 def shared_warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) -> Warmup:
