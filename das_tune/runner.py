@@ -22,7 +22,6 @@ from optuna.trial import TrialState
 from das_tune.backbones.flops import CostModel
 from das_tune.checks import check_resumable, check_study, check_writable_folder
 from das_tune.components import Components, build_components
-from das_tune.dashboard import save_study_report
 from das_tune.errors import RunFailure
 from das_tune.lease import StudyLease, folder_lock
 from das_tune.progress import Reporter
@@ -138,6 +137,9 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     ``fresh``, which deletes the study and the run folder's progress and artifacts first.
     """
     reporter = reporter or Reporter()
+    if not fresh:  # a damaged run folder is refused before the model is built
+        check_run_folder(spec.run_dir)
+        check_resumable(spec)
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
     check_study(spec, parts)
@@ -145,9 +147,6 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
         from das_tune.search.ray_cluster import check_reachable
 
         check_reachable(spec.ray.address)
-    if not fresh:
-        check_run_folder(spec.run_dir)
-        check_resumable(spec)
     with exclusive(spec) as storage:
         if fresh:
             removed = clear_run_folder(spec.run_dir)
@@ -165,6 +164,9 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
             if folder != spec.run_dir:
                 reporter.log(f"{spec.run_dir} holds the retrain of another budget or subnet (kept); this one goes to {folder}")
             metrics = retrain(spec, parts, found.chosen, found.found_by, reporter, out_dir=folder)
+        # imported here: optuna_dashboard imports optuna.importance (seconds), which retrain and bench never need
+        from das_tune.dashboard import save_study_report
+
         save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
     return Retrained(metrics, folder)
 
