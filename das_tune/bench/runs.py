@@ -286,7 +286,7 @@ def _retrain_beside(p: Plan, seed: int, reporter: Reporter) -> Components | None
         if (metrics := retrained(p, r, parts, skipped, reporter)) is not None:
             reporter.log(f"seed {seed}: retrained {sorted(skipped)} at retrain seed {r} beside the process that runs the seed: "
                          f"test {metrics.metric} {metrics.value:.4f}")
-    return parts if parts is not None else _retrain_beside(p, seed, reporter)
+    return parts
 
 
 def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
@@ -303,7 +303,7 @@ def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter
             metrics = retrained(p, r, parts, chosen, reporter)
             result = "running in another process" if metrics is None else f"test {metrics.metric} {metrics.value:.4f}"
             reporter.log(f"seed {seed}: {method} skips {sorted(chosen)} → retrain seed {r}: {result}")
-    return parts if parts is not None else _retrain_beside(p, seed, reporter)
+    return parts
 
 
 def shared_warm_up(p: Plan, spec: StudySpec, parts: Components, reporter: Reporter) -> Warmup:
