@@ -25,6 +25,7 @@ from das_tune.bench.runs import ground_truth_order
 from das_tune.errors import UserError
 from das_tune.lease import folder_lock
 from das_tune.progress import Reporter
+from das_tune.results import SearchRecord
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spaces import SkipSpace
 
@@ -288,7 +289,7 @@ def test_a_second_bench_process_skips_the_seeds_another_one_runs(tmp_path):
     assert "seed 0: running in another process; skipped here" in reporter.lines
     assert sorted({r.seed for r in run_bench(config, LogCollector()).runs}) == [0, 1]
     # seed 1's searches are saved and another process, running seed 1, retrains its picks: this one helps
-    picks = {tuple(json.loads((tmp_path / "out" / "records" / f"{m}-seed1.json").read_text())["chosen"]) for m in ("first_k", "random")}
+    picks = {tuple(SearchRecord.read(tmp_path / "out" / "records" / f"{m}-seed1.json").chosen) for m in ("first_k", "random")}
     for pick in picks:
         shutil.rmtree(tmp_path / "out" / "retrain" / "seed0" / "+".join(pick))
     helper = LogCollector()
@@ -400,7 +401,7 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     from das_tune.bench import plots
-    from das_tune.results import BenchResults, GroundTruth, Retrained, SearchRecord
+    from das_tune.results import BenchResults, GroundTruth, Retrained
 
     truth = {f"En{i},En{j}": 0.5 + 0.01 * (i + 2 * j) for i in range(6) for j in range(i + 1, 6)}
     subsets = {k: Retrained(metric="accuracy", values={"0": v - 0.01, "1": v + 0.01}, mean=v, std=0.01,

@@ -110,3 +110,15 @@ def test_readme_sublayer_verdict_numbers_are_the_committed_bench():
     assert f"({len(results['seeds'])} seeds)" in text
     strays = [n for n in NUMBER.findall(text.replace("−", "-")) if not shown_as(n, values + goals)]
     assert not strays, f"numbers in README's sublayer verdict that are not in its results.json: {strays}"
+
+
+def test_readme_sublayer_setup_numbers_are_the_committed_bench():
+    results = json.loads((ROOT / "bench" / "minilm_vqa_sublayers-skip4" / "results.json").read_text())
+    found = sections("sublayer-setup")
+    assert len(found) == 1, "README has no single sublayer-setup section"
+    text = found[0]
+    heading = f"(skip {results['num_skip']} of {results['num_candidates']} blocks): {len(results['seeds'])} seeds, "
+    assert heading + f"a reference sample of {len(results['ground_truth']['subsets'])} subsets" in text
+    values = [*leaves(results), results["budget"]["observations"] / results["num_subsets"]]
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in README's sublayer setup that are not in its results.json: {strays}"
