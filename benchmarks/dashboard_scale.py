@@ -4,7 +4,7 @@ Builds SQLite studies of the ``meter_global`` space (24 ``skip.*`` keys per tria
 attributes the one-shot search records), serves them in-process on loopback and times
 ``GET /api/studies`` and the trial list ``GET /api/studies/<id>?after=0``: a 1k- and a 10k-trial
 study, the 10k one with 12 keys (``meter_fusion``) instead of 24, and the 10k one again after
-``das_tune.dashboard.save_study_report`` saved its plots. "cold" is the first request (the trials
+``das_tune.report.dashboard.save_study_report`` saved its plots. "cold" is the first request (the trials
 are read from SQLite), "warm" the median of three more (the dashboard's 10 s trial cache).
 
 Optuna's ``add_trials`` takes ~85 ms per 24-key trial into SQLite here (one ORM round trip per
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from das_tune import dashboard
+from das_tune.report import dashboard
 from das_tune.samplers import SAMPLER_ATTR, sampler_from_record, skip_policy
-from das_tune.spaces import SkipSpace, load_space
+from das_tune.spec.spaces import SkipSpace, load_space
 
 GMACS = {"FL": -1.05, "FV": -5.37, "LEn": -0.27}  # per skipped layer, paper Table A
 SAMPLER = {"name": "das", "seed": 0, "round_size": 3, "lr": 1.0}

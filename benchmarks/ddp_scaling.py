@@ -21,11 +21,11 @@ STUDY = "easyvqa_minilm"
 
 
 def search_seconds(workers: int, steps: int, args: argparse.Namespace) -> float:
-    from das_tune.components import build_components
+    from das_tune.training.components import build_components
     from das_tune.progress import Reporter
-    from das_tune.runner import search
-    from das_tune.study import load_study_spec
-    from das_tune.training import seed_everything
+    from das_tune.jobs.runner import search
+    from das_tune.spec.study import load_study_spec
+    from das_tune.training.loop import seed_everything
 
     out = Path(tempfile.mkdtemp())
     spec = load_study_spec(STUDY, {
@@ -51,7 +51,7 @@ def main() -> None:
     import optuna
 
     from das_tune.search.ray_cluster import ray_session
-    from das_tune.study import RaySpec
+    from das_tune.spec.study import RaySpec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     throughput = {}

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from das_tune.pretrain import COLOURS
-from das_tune.subnet import load_subnet
+from das_tune.jobs.pretrain import COLOURS
+from das_tune.subnet.load import load_subnet
 from das_tune.tasks.easyvqa import EasyVQATask
 
 STUDY = "easyvqa_minilm"

@@ -18,12 +18,12 @@ import statistics
 
 import torch
 
-from das_tune import training
+from das_tune.training import loop
 from das_tune.bench.stats import kendall_tau
-from das_tune.components import build_components
+from das_tune.training.components import build_components
 from das_tune.progress import Reporter
 from das_tune.search.supernet import warm_up
-from das_tune.study import load_study_spec
+from das_tune.spec.study import load_study_spec
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     spec = load_study_spec("easyvqa_minilm", {
         "output_dir": args.out, "storage": f"sqlite:///{args.out}/db.sqlite", "search.search_epochs": 1,
     })
-    training.seed_everything(0)
+    loop.seed_everything(0)
     parts = build_components(spec)
     search, model, task = spec.search, parts.model, parts.task
     warm_up(spec, parts, Reporter())  # trains parts.model in place
@@ -43,11 +43,11 @@ def main() -> None:
     cycled = val[: search.observation_batches]
     truth = []
     for subset in subsets:
-        losses = [training.observe(model, task, b, subset, "eval") * len(b["targets"]) for b in val]
+        losses = [loop.observe(model, task, b, subset, "eval") * len(b["targets"]) for b in val]
         truth.append(sum(losses) / sum(len(b["targets"]) for b in val))
     torch.manual_seed(0)
-    reference = [[training.observe(model, task, val[0], s, "train") for s in subsets] for _ in range(args.repeats)]
-    held_out = [[training.observe(model, task, b, s, "eval") for s in subsets] for b in cycled]
+    reference = [[loop.observe(model, task, val[0], s, "train") for s in subsets] for _ in range(args.repeats)]
+    held_out = [[loop.observe(model, task, b, s, "eval") for s in subsets] for b in cycled]
 
     def report(name: str, observations: list[list[float]]) -> float:
         taus = [kendall_tau(scores, truth) for scores in observations]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from das_tune.results import SearchRecord
+from das_tune.artifacts.results import SearchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,12 +28,12 @@ STUDY = "easyvqa_minilm"
 def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, float]:
     import optuna
 
-    from das_tune import training
-    from das_tune.components import build_components
+    from das_tune.training import loop
+    from das_tune.training.components import build_components
     from das_tune.progress import Reporter
-    from das_tune.runner import prepare_search
+    from das_tune.jobs.runner import prepare_search
     from das_tune.search import oneshot
-    from das_tune.study import load_study_spec
+    from das_tune.spec.study import load_study_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(tempfile.mkdtemp())
@@ -41,7 +41,7 @@ def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, 
         "storage": f"sqlite:///{out / 'db.sqlite'}", "output_dir": str(out),
         "task.options.train_limit": train_limit, "search.warmup_epochs": 1, "search.search_epochs": epochs - 1,
     })
-    training.seed_everything(0)
+    loop.seed_everything(0)
     parts = build_components(spec)
     parts.model.to(device)
     if device == "cuda":
@@ -52,10 +52,10 @@ def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, 
     if search is not None:
         oneshot.run(search)
     else:
-        steps = training.steps_per_epoch(parts.task, spec.search.batch_size, None)
-        trainer = training.Trainer(parts.model, spec.search, steps, epochs)
+        steps = loop.steps_per_epoch(parts.task, spec.search.batch_size, None)
+        trainer = loop.Trainer(parts.model, spec.search, steps, epochs)
         for epoch in range(epochs):
-            for step, batch in enumerate(training.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None)):
+            for step, batch in enumerate(loop.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None)):
                 trainer.train(parts.task, batch, step)
     if device == "cuda":
         torch.cuda.synchronize()

@@ -10,18 +10,18 @@ from typing import Any
 
 from das_tune.errors import UserError
 from das_tune.samplers import DASSampler, chosen_skip, make_sampler
-from das_tune.spaces import SkipSpace, load_space
+from das_tune.spec.spaces import SkipSpace, load_space
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "build_backbone": "das_tune.backbones",
     "build_task": "das_tune.tasks",
-    "load_subnet": "das_tune.subnet",
-    "evaluate": "das_tune.evaluation",
-    "export_subnet": "das_tune.export",
-    "run_front": "das_tune.front",
-    "parse_target": "das_tune.target",
+    "load_subnet": "das_tune.subnet.load",
+    "evaluate": "das_tune.subnet.evaluation",
+    "export_subnet": "das_tune.subnet.export",
+    "run_front": "das_tune.jobs.front",
+    "parse_target": "das_tune.jobs.target",
 }
 
 

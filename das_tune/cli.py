@@ -18,7 +18,7 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # typer's own copy of click
 
 from das_tune.errors import RunFailure, UserError
-from das_tune.storage import DEFAULT_STORAGE
+from das_tune.storage.opener import DEFAULT_STORAGE
 
 
 class _App(typer.Typer):
@@ -95,7 +95,7 @@ def exits_cleanly(command):
 
 
 def _overrides(storage: str | None, seed: int | None, tiny: bool, sets: list[str] | None, **fields: Any) -> dict[str, Any]:
-    from das_tune.study import parse_overrides
+    from das_tune.spec.study import parse_overrides
 
     overrides = {key: value for key, value in fields.items() if value is not None}
     if storage is not None:
@@ -109,7 +109,7 @@ def _overrides(storage: str | None, seed: int | None, tiny: bool, sets: list[str
 
 
 def _load_spec(study: str | None, space: str | None, overrides: dict[str, Any]):
-    from das_tune.study import default_study_for_space, load_study_spec
+    from das_tune.spec.study import default_study_for_space, load_study_spec
 
     if study is None and space is None:
         raise UserError("say what to run: --study NAME|FILE or --space NAME (see `das-tune studies`)")
@@ -144,8 +144,8 @@ def run(
     With a range of --num-skip: one search for every size, each size's pick and the full model
     retrained, the front in front.json / front.png / front.md, and --target / --max-gmacs applied."""
     from das_tune.progress import reporter
-    from das_tune.runner import run as run_study
-    from das_tune.target import parse_target
+    from das_tune.jobs.runner import run as run_study
+    from das_tune.jobs.target import parse_target
 
     overrides = _overrides(storage, seed, tiny, set_, num_skip=num_skip)
     if sampler is not None:
@@ -169,7 +169,7 @@ def run(
 
 
 def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
-    from das_tune.front import FRONT_JSON, FRONT_PNG, run_front
+    from das_tune.jobs.front import FRONT_JSON, FRONT_PNG, run_front
     from das_tune.progress import reporter
 
     with reporter(quiet) as progress:
@@ -211,7 +211,7 @@ def retrain(
     The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
     folder RUN_DIR/retrain-<subnet>-<budget hash> (the same budget and subnet again: the existing result)."""
     from das_tune.progress import reporter
-    from das_tune.runner import retrain_run, retrain_subset
+    from das_tune.jobs.runner import retrain_run, retrain_subset
 
     overrides = _overrides(storage, seed, tiny, set_)
     layers = _skip_list(skip) if skip is not None else None
@@ -250,9 +250,9 @@ def bench(
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
     from das_tune.bench import BenchConfig, BenchResults, parse_seeds, run_bench
     from das_tune.bench.report import rich_table
-    from das_tune.checks import check_writable_folder
+    from das_tune.jobs.checks import check_writable_folder
     from das_tune.progress import reporter
-    from das_tune.study import default_study_for_space
+    from das_tune.spec.study import default_study_for_space
 
     overrides = _overrides(storage, None, tiny, set_, num_skip=num_skip)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
@@ -291,8 +291,8 @@ def evaluate_command(
     set_: Sets = None,
 ) -> None:
     """Evaluate a run's subnet again: on its own data, or on other data with --set task.data_dir=PATH."""
-    from das_tune.evaluation import evaluate
-    from das_tune.study import parse_overrides
+    from das_tune.subnet.evaluation import evaluate
+    from das_tune.spec.study import parse_overrides
 
     overrides = parse_overrides(set_ or [])
     with _status(quiet, f"evaluating {run_dir} on {split}"):
@@ -328,9 +328,9 @@ def predict_command(
     set_: Sets = None,
 ) -> None:
     """Answer with a run's subnet: one input from flags, or a JSONL file of them (--jsonl)."""
-    from das_tune.predict import task_inputs
-    from das_tune.study import parse_overrides
-    from das_tune.subnet import load_subnet, summarize
+    from das_tune.subnet.predict import task_inputs
+    from das_tune.spec.study import parse_overrides
+    from das_tune.subnet.load import load_subnet, summarize
 
     given = {"question": question, "image": image, "image2": image2, "sentence": sentence,
              "premise": premise, "hypothesis": hypothesis, "caption": caption}
@@ -421,8 +421,8 @@ def export_command(
     set_: Sets = None,
 ) -> None:
     """Write a run's subnet as a self-contained folder, without the skipped layers' weights."""
-    from das_tune.export import export_subnet
-    from das_tune.study import parse_overrides
+    from das_tune.subnet.export import export_subnet
+    from das_tune.spec.study import parse_overrides
 
     _quiet_transformers()
     with _status(quiet, f"exporting {run_dir} as {format}") as status:
@@ -474,8 +474,8 @@ def pretrain(
     quiet: Quiet = False,
 ) -> None:
     """Vision-language pre-training of minilm_vl on easy-VQA's training images (resumable: run it again)."""
-    from das_tune import config
-    from das_tune.pretrain import PretrainSpec, pretrain as run_pretraining
+    from das_tune.spec import yaml_reader
+    from das_tune.jobs.pretrain import PretrainSpec, pretrain as run_pretraining
     from das_tune.progress import reporter
 
     if backbone != "minilm_vl":
@@ -484,7 +484,7 @@ def pretrain(
     fields = {k: v for k, v in fields.items() if v is not None}
     if "checkpoint_every" in fields:
         fields["eval_every"] = fields["checkpoint_every"]
-    spec = config.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
+    spec = yaml_reader.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
     with reporter(quiet) as progress:
         weights = run_pretraining(spec, out, progress, fresh=fresh)
     print(weights)
@@ -499,7 +499,7 @@ def dashboard(
     quiet: Quiet = False,
 ) -> None:
     """Start optuna-dashboard on the storage (Ctrl-C to stop)."""
-    from das_tune.dashboard import serve
+    from das_tune.report.dashboard import serve
 
     serve(storage, host=host, port=port, quiet=quiet)
 
@@ -508,8 +508,8 @@ def dashboard(
 @exits_cleanly
 def spaces() -> None:
     """List the built-in search spaces."""
-    from das_tune.resources import builtin_names
-    from das_tune.spaces import load_space
+    from das_tune.spec.resources import builtin_names
+    from das_tune.spec.spaces import load_space
 
     table = Table("space", "candidates", "num_skip", "description")
     for name in builtin_names("search_spaces"):
@@ -522,8 +522,8 @@ def spaces() -> None:
 @exits_cleanly
 def studies() -> None:
     """List the built-in studies."""
-    from das_tune.resources import builtin_names
-    from das_tune.study import load_study_spec
+    from das_tune.spec.resources import builtin_names
+    from das_tune.spec.study import load_study_spec
 
     table = Table("study", "space", "backbone", "task", "sampler", "description")
     for name in builtin_names("studies"):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 import kill_worker
 from das_tune.search.data_parallel import run_rank
-from das_tune.study import load_study_spec
+from das_tune.spec.study import load_study_spec
 
 # a lengthened tiny search (9 rounds of 3), accumulation windows left open at checkpoints, dropout on
 OVERRIDES = {

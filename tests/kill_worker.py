@@ -23,14 +23,16 @@ from pathlib import Path
 
 import optuna
 
-from das_tune import atomic, cli, training
+from das_tune import cli
+from das_tune.artifacts import atomic
+from das_tune.training import loop
 from das_tune.search import data_parallel, ray_tune
 
 EVENTS = [
     (optuna.Study, "ask"),
     (optuna.Study, "tell"),
     (optuna.Trial, "suggest_float"),
-    (training.Trainer, "train"),
+    (loop.Trainer, "train"),
     (data_parallel.DataParallelSupernet, "train_step"),
     (os, "replace"),
     (ray_tune.SkipSearcher, "on_trial_complete"),

@@ -11,10 +11,10 @@ import numpy as np
 import optuna
 import pytest
 
-from das_tune import dashboard
+from das_tune.report import dashboard
 from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR, make_sampler
-from das_tune.spaces import SkipSpace
+from das_tune.spec.spaces import SkipSpace
 
 SPACE = SkipSpace(candidates=[f"En{i}" for i in range(6)], num_skip=2, name="tiny")
 ROUND_SIZE = 3

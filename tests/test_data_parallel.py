@@ -16,15 +16,15 @@ import optuna
 import pytest
 import torch
 
-from das_tune.components import build_components
+from das_tune.training.components import build_components
 from das_tune.errors import RunFailure
 from das_tune.progress import Reporter
-from das_tune.runner import search
+from das_tune.jobs.runner import search
 from das_tune.samplers.das import DASSampler
 from das_tune.search.data_parallel import rows_of
 from das_tune.search.ray_cluster import ray_session
-from das_tune.study import RaySpec, load_study_spec
-from das_tune.training import seed_everything
+from das_tune.spec.study import RaySpec, load_study_spec
+from das_tune.training.loop import seed_everything
 from data_parallel_rank import OVERRIDES
 
 RANK = Path(__file__).parent / "data_parallel_rank.py"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from das_tune.results import RetrainMetrics, SubnetFile
+from das_tune.artifacts.results import RetrainMetrics, SubnetFile
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w.])")

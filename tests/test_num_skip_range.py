@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from das_tune import DASSampler, SkipSpace, make_sampler
 from das_tune.errors import UserError
 from das_tune.samplers import SAMPLERS, SINGLE_OBJECTIVE, skip_policy
-from das_tune.spaces import SIZE_PARAM, load_space
+from das_tune.spec.spaces import SIZE_PARAM, load_space
 
 CANDIDATES = [f"L{i}" for i in range(6)]
 

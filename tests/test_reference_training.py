@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from das_tune import training
+from das_tune.training import loop
 from das_tune.backbones import build_backbone
 from das_tune.backbones.adapters import Adapter
-from das_tune.components import build_components
+from das_tune.training.components import build_components
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.runner import prepare_search
+from das_tune.jobs.runner import prepare_search
 from das_tune.search import oneshot
-from das_tune.study import OBSERVATION_PRESETS, load_study_spec
+from das_tune.spec.study import OBSERVATION_PRESETS, load_study_spec
 from das_tune.tasks import build_task
 from das_tune.tasks.f30k import retrieval_loss
 from das_tune.tasks.heads import RetrievalHead
@@ -61,8 +61,8 @@ def test_accumulating_k_micro_batches_is_one_k_times_batch():
     micro = [task.collate(examples[i : i + 4], model) for i in range(0, 12, 4)]
     spec = load_study_spec("easyvqa_minilm").search
     one, many = copy.deepcopy(model), model
-    whole = training.Trainer(one, spec, steps_per_epoch=1, epochs=1)
-    accumulated = training.Trainer(many, spec.model_copy(update={"accumulate": 3}), steps_per_epoch=3, epochs=1)
+    whole = loop.Trainer(one, spec, steps_per_epoch=1, epochs=1)
+    accumulated = loop.Trainer(many, spec.model_copy(update={"accumulate": 3}), steps_per_epoch=3, epochs=1)
 
     whole.backward(task, big, 0)
     for step, batch in enumerate(micro):
@@ -88,7 +88,7 @@ def test_accumulating_k_micro_batches_is_one_k_times_batch():
 def test_last_window_of_an_epoch_is_shorter():
     _, model = tiny_vqa()
     spec = load_study_spec("easyvqa_minilm").search.model_copy(update={"accumulate": 4})
-    trainer = training.Trainer(model, spec, steps_per_epoch=10, epochs=2)
+    trainer = loop.Trainer(model, spec, steps_per_epoch=10, epochs=2)
     assert [trainer.window_size(s) for s in range(10)] == [4] * 8 + [2] * 2
     assert [s for s in range(10) if trainer.ends_window(s)] == [3, 7, 9]
     assert trainer.scheduler.lr_lambdas[0](0) == pytest.approx(1.0)  # 6 optimizer steps, warm-up 1
@@ -153,7 +153,7 @@ def test_a_search_checkpoint_carries_the_cuda_generators(tmp_path, monkeypatch):
 def test_meter_parameter_groups_follow_the_reference():
     task, model = tiny_vqa("meter")
     optim = load_study_spec("meter_fusion").search
-    groups = training.parameter_groups(model, optim)
+    groups = loop.parameter_groups(model, optim)
     listed = {n: (g.lr_multiplier, g.weight_decay) for g in groups for n in g.names}
     print("\n".join(f"{n:60} lr x{m:<4g} wd {d:g}" for n, (m, d) in sorted(listed.items())))
     assert set(listed) == {n for n, p in model.named_parameters() if p.requires_grad}
@@ -163,7 +163,7 @@ def test_meter_parameter_groups_follow_the_reference():
         assert decay == (0.0 if name.endswith("bias") or name in norms else 0.01), name
     assert listed["text_pooler.dense.weight"] == (5, 0.01) and listed["text_fusion.0.skip_adapter.up.weight"] == (1, 0.01)
     assert listed["task_head.1.weight"] == (50, 0.0) and listed["token4classifier"] == (1, 0.01)
-    optimizer, _ = training.make_optimizer(model, optim, total_steps=10)
+    optimizer, _ = loop.make_optimizer(model, optim, total_steps=10)
     lrs = sorted({g["lr"] for g in optimizer.param_groups})
     assert lrs == pytest.approx([2.5e-5, 2.5e-5 * 5, 2.5e-5 * 50])
 
@@ -247,8 +247,8 @@ def test_observation_presets_and_modes():
     model = build_backbone("minilm_vl", tiny=True)
     task.attach(model)
     batch = next(task.observation_batches(model, 8, 1))
-    train = [training.observe(model, task, batch, frozenset({"En1"}), "train") for _ in range(2)]
-    evals = [training.observe(model, task, batch, frozenset({"En1"}), "eval") for _ in range(2)]
+    train = [loop.observe(model, task, batch, frozenset({"En1"}), "train") for _ in range(2)]
+    evals = [loop.observe(model, task, batch, frozenset({"En1"}), "eval") for _ in range(2)]
     assert train[0] != train[1] and evals[0] == evals[1]  # dropout on only in train mode
 
 

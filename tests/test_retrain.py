@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from das_tune import training
-from das_tune.components import build_components
+from das_tune.training import loop
+from das_tune.training.components import build_components
 from das_tune.progress import Reporter
-from das_tune.results import FoundBy, RetrainMetrics
-from das_tune.retrain import METRICS_FILE, WEIGHTS_FILE, retrain
-from das_tune.study import load_study_spec
+from das_tune.artifacts.results import FoundBy, RetrainMetrics
+from das_tune.training.retrain import METRICS_FILE, WEIGHTS_FILE, retrain
+from das_tune.spec.study import load_study_spec
 
 
 def tiny_spec(tmp_path, **retrain_fields):
@@ -27,12 +27,12 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
     metrics = retrain(spec, parts, frozenset({"En1", "En2"}), FoundBy(sampler="test"), Reporter())
     assert metrics.epochs_run == 2 and metrics.best_epoch == 1
 
-    training.seed_everything(spec.seed)  # the same tiny random frozen weights as the retrain's
+    loop.seed_everything(spec.seed)  # the same tiny random frozen weights as the retrain's
     full = parts.fresh_backbone()
     parts.task.attach(full)
     subnet = full.export({"En1", "En2"})
     subnet.load_state_dict(load_file(spec.run_dir / WEIGHTS_FILE), strict=False)
-    val = training.evaluate(subnet, parts.task, "val", spec.retrain.batch_size)
+    val = loop.evaluate(subnet, parts.task, "val", spec.retrain.batch_size)
     assert val == pytest.approx(metrics.val)  # the saved weights are epoch 1's, not epoch 2's
     assert metrics.retrain_budget["retrain"]["patience"] == 1
     assert RetrainMetrics.read(spec.run_dir / METRICS_FILE) == metrics  # the typed file carries the epochs

@@ -9,12 +9,12 @@ import optuna
 import pytest
 import yaml
 
-from das_tune import resources
-from das_tune.components import build_components
+from das_tune.spec import resources
+from das_tune.training.components import build_components
 from das_tune.errors import UserError
 from das_tune.samplers import SkipPolicy, make_sampler, skip_policy, study_policy
-from das_tune.spaces import SkipSpace
-from das_tune.study import load_study_spec
+from das_tune.spec.spaces import SkipSpace
+from das_tune.spec.study import load_study_spec
 
 PACKAGE = Path(__file__).resolve().parents[1] / "das_tune"
 SPACE = SkipSpace(candidates=[f"En{i}" for i in range(6)], num_skip=2, name="seams")
@@ -58,7 +58,7 @@ def test_other_samplers_get_the_uniform_best_trial_policy(name):
 
 def test_a_stored_study_gets_its_recorded_samplers_policy(tmp_path):
     from das_tune.progress import Reporter
-    from das_tune.runner import open_spec_study
+    from das_tune.jobs.runner import open_spec_study
     from das_tune.samplers.das import DASPolicy
 
     spec = load_study_spec("easyvqa_minilm", {"tiny": True, "storage": f"sqlite:///{tmp_path}/s.db"})

@@ -2,7 +2,7 @@ import optuna
 import pytest
 
 from das_tune import SkipSpace, UserError, load_space
-from das_tune.resources import builtin_names
+from das_tune.spec.resources import builtin_names
 
 PAPER_SPACES = {
     "meter_fusion": (12, 4),

@@ -13,8 +13,8 @@ from das_tune.backbones import build_backbone
 from das_tune.backbones.flops import CostModel, count_flops
 from das_tune.backbones.sublayers import vilt_sublayers
 from das_tune.errors import UserError
-from das_tune.spaces import load_space
-from das_tune.study import default_study_for_space, load_study_spec
+from das_tune.spec.spaces import load_space
+from das_tune.spec.study import default_study_for_space, load_study_spec
 
 LAYERS = {"minilm_vl": 6, "minilm": 6, "bert": 12, "vilt": 12}
 SKIP = {"minilm_vl": ["A1", "F1", "F4"], "minilm": ["A0", "F5"], "bert": ["A3", "F7"], "vilt": ["A2", "F2", "A11"]}

@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import das_tune
-import das_tune.retrain as retrain_module
-from das_tune.components import build_components
+import das_tune.training.retrain as retrain_module
+from das_tune.training.components import build_components
 from das_tune.errors import UserError
-from das_tune.export import full_weight_bytes
-from das_tune.portable import read_config
+from das_tune.subnet.export import full_weight_bytes
+from das_tune.subnet.portable import read_config
 from das_tune.progress import Reporter
-from das_tune.results import FoundBy
-from das_tune.study import load_study_spec
+from das_tune.artifacts.results import FoundBy
+from das_tune.spec.study import load_study_spec
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +179,7 @@ def test_onnx_export_matches_pytorch(tiny_run, cli, tmp_path):
 def test_hf_format_loads_with_automodel(text_run, cli, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from das_tune.portable import build_head
+    from das_tune.subnet.portable import build_head
 
     run_dir, trained, _ = text_run
     cli("export", str(run_dir), "--out", "hf", "--format", "hf", check=True)

@@ -80,7 +80,7 @@ def joint_sequence(
 def load_vl_weights(encoder: nn.Module, image_tokens: ImageTokens, path: str | Path) -> None:
     """Load a pre-training's stem and merge its low-rank deltas into ``encoder``'s linear layers.
 
-    The file (written by :mod:`das_tune.pretrain`) holds ``image_tokens.*`` and, for each adapted linear
+    The file (written by :mod:`das_tune.jobs.pretrain`) holds ``image_tokens.*`` and, for each adapted linear
     layer at ``<module path>`` in ``encoder`` (a BertModel), ``<path>.lora_A`` / ``<path>.lora_B``; ``W += scale · B A``.
     """
     path = Path(path)

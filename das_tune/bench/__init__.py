@@ -3,7 +3,7 @@
     from das_tune.bench import BenchConfig, run_bench
     results = run_bench(BenchConfig(study="easyvqa_minilm", seeds=(0, 1, 2, 3, 4), ground_truth=True))
 
-writes ``results.json`` (:class:`~das_tune.results.BenchResults`), ``results.md`` and PNGs into
+writes ``results.json`` (:class:`~das_tune.artifacts.results.BenchResults`), ``results.md`` and PNGs into
 ``bench/<space>-skip<num_skip>/`` (or ``config.out``) and returns the results. The results cover every seed
 run into that folder so far, so a benchmark can be run in pieces. See :mod:`das_tune.bench.runs` for what
 is shared between runs. With a range of num_skip (``--num-skip 1-3``) the benchmark is
@@ -12,12 +12,12 @@ is shared between runs. With a range of num_skip (``--num-skip 1-3``) the benchm
 
 from __future__ import annotations
 
-from das_tune import atomic
+from das_tune.artifacts import atomic
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
 from das_tune.progress import Reporter
-from das_tune.results import BenchFiles, BenchResults, LadderResults, write_json
-from das_tune.study import load_study_spec
+from das_tune.artifacts.results import BenchFiles, BenchResults, LadderResults, write_json
+from das_tune.spec.study import load_study_spec
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from das_tune.backbones.base import evaluating
 from das_tune.backbones.layered import LayerSkipBackbone
-from das_tune.spaces import SkipSpace
+from das_tune.spec.spaces import SkipSpace
 from das_tune.tasks.base import Batch, Task
 
 TokenScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

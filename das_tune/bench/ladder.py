@@ -27,7 +27,10 @@ from pathlib import Path
 
 import optuna
 
-from das_tune import atomic, runner, storage, training
+from das_tune.storage.opener import open_storage
+from das_tune.artifacts import atomic
+from das_tune.jobs import runner
+from das_tune.training import loop
 from das_tune.bench import stats
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.plots import plot_ladder
@@ -36,15 +39,15 @@ from das_tune.bench.runs import (
     BenchConfig, Plan, check_not_foreign, check_plan_file, observation_rounds, reference_subsets, retrained,
     run_seed_once, sampler_of, seed_supernet, shared_warm_up, warm_layer_scores,
 )
-from das_tune.components import Components, build_components, build_spec_task
+from das_tune.training.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.results import (
+from das_tune.artifacts.results import (
     BenchFiles, CostRatio, LadderPick, LadderRecord, LadderResults, LadderRun, LadderSummary, PairedTest, Retrained, Warmup, write_json,
 )
-from das_tune.retrain import save_spec
+from das_tune.training.retrain import save_spec
 from das_tune.samplers import SINGLE_OBJECTIVE
-from das_tune.study import StudySpec, load_study_spec
+from das_tune.spec.study import StudySpec, load_study_spec
 
 PER_SIZE = "das_per_size"  # DAS searching each size of the range on its own (the paper's procedure)
 
@@ -71,8 +74,8 @@ def plan_ladder(config: BenchConfig) -> Plan:
         raise UserError("a ladder benchmark shares one warm-up per seed on the oneshot executor: expected "
                         "search.executor = oneshot and search.warmup_epochs ≥ 1")
     task = build_spec_task(base)
-    steps = training.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
-    retrain_steps = training.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
+    steps = loop.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
+    retrain_steps = loop.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
     observations = observation_rounds(base.search, steps) * base.search.round_size
     if observations == 0:
         raise UserError("the search budget has no observation round: raise search.search_epochs or lower search.observe_every")
@@ -88,7 +91,7 @@ def _size_spec(p: Plan, seed: int, size: int, **fields) -> StudySpec:
 # -- running --------------------------------------------------------------------------------------
 def execute(p: Plan, reporter: Reporter) -> None:
     """Every (method, seed) of the config, then every pick's retrains and the full model's."""
-    opened = storage.open_storage(p.storage)
+    opened = open_storage(p.storage)
     check_plan_file(p)
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: one range search per sampler, {len(p.config.methods)} training-free methods")
@@ -142,7 +145,7 @@ def _range_search(p: Plan, seed: int, sampler: str, parts: Components, warm: War
 
 def _size_search(p: Plan, seed: int, size: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> LadderRecord:
     """DAS searching one size on its own, from its own warm-up of that size's supernet."""
-    training.seed_everything(seed)
+    loop.seed_everything(seed)
     warm_spec = _size_spec(p, seed, size, study_name=f"{p.base.name}-warmup-skip{size}-seed{seed}")
     parts = build_components(warm_spec)
     warm = shared_warm_up(p, warm_spec, parts, reporter)

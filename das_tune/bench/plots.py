@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from das_tune import atomic
-from das_tune.results import BenchResults, LadderResults
+from das_tune.artifacts import atomic
+from das_tune.artifacts.results import BenchResults, LadderResults
 
 PICKS, ANYTIME, METRIC_VS_GMACS, LADDER = "picks.png", "anytime.png", "metric_vs_gmacs.png", "ladder.png"
 

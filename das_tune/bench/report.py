@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from das_tune.bench import stats
-from das_tune.results import (
+from das_tune.artifacts.results import (
     BenchResults, RetrainMetrics, Budget, GroundTruth, MethodSummary, PairedTest, Ranking, Retrained, RunResult, SearchRecord, Spread,
 )
 from das_tune.bench.runs import REFERENCE_SEED, Plan, retrained_values, saved_records, saved_warmups, subset_key

@@ -41,18 +41,21 @@ import optuna
 import torch
 import yaml
 
-from das_tune import atomic, runner, storage, training
+from das_tune.storage.opener import open_storage, study_exists
+from das_tune.artifacts import atomic
+from das_tune.jobs import runner
+from das_tune.training import loop
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
-from das_tune.components import Components, build_components, build_spec_task
+from das_tune.training.components import Components, build_components, build_spec_task
 from das_tune.errors import FolderInUse, UserError
-from das_tune.lease import folder_lock
+from das_tune.storage.lease import folder_lock
 from das_tune.progress import Reporter
-from das_tune.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
-from das_tune.retrain import finished_metrics, retrain, save_spec
+from das_tune.artifacts.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
+from das_tune.training.retrain import finished_metrics, retrain, save_spec
 from das_tune.samplers import SAMPLERS
 from das_tune.search.supernet import CHECKPOINT, warm_up
-from das_tune.spaces import SkipSpace
-from das_tune.study import SearchSpec, StudySpec, load_study_spec
+from das_tune.spec.spaces import SkipSpace
+from das_tune.spec.study import SearchSpec, StudySpec, load_study_spec
 
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
@@ -166,8 +169,8 @@ def plan(config: BenchConfig) -> Plan:
     if base.search.warmup_epochs < 1:
         raise UserError("bench shares one warm-up checkpoint per seed: expected search.warmup_epochs ≥ 1")
     task = build_spec_task(base)
-    steps = training.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
-    retrain_steps = training.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
+    steps = loop.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
+    retrain_steps = loop.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
     observations = observation_rounds(base.search, steps) * base.search.round_size
     warnings = _check_budget(space, observations) if config.samplers else []
     reference = reference_subsets(space, config.reference_size)
@@ -230,7 +233,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
     """Run every (method, seed) of the config, retrain its picks and, with ground truth, the reference.
 
     Everything lands on disk (see the module's layout); :func:`collect` reads it back."""
-    opened = storage.open_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
+    opened = open_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
     check_plan_file(p)
     parts = None
     for seed in p.config.seeds:
@@ -252,7 +255,7 @@ def warmup_spec(p: Plan, seed: int) -> StudySpec:
 
 def seed_supernet(p: Plan, seed: int, reporter: Reporter) -> tuple[Components, Warmup]:
     """The seed's components, their model in the state of the seed's shared warm-up (done once)."""
-    training.seed_everything(seed)
+    loop.seed_everything(seed)
     spec = warmup_spec(p, seed)
     parts = build_components(spec)
     return parts, shared_warm_up(p, spec, parts, reporter)
@@ -374,7 +377,7 @@ def supernet_losses(p: Plan, parts: Components) -> dict[str, float]:
     search = p.base.search
     batches = sample_batches(parts.task, parts.model, search.batch_size, search.observation_batches)
     losses = {
-        subset_key(p.space, subset): float(np.mean([training.observe(parts.model, parts.task, b, subset) for b in batches]))
+        subset_key(p.space, subset): float(np.mean([loop.observe(parts.model, parts.task, b, subset) for b in batches]))
         for subset in p.reference
     }
     parts.model.set_skipped(())
@@ -448,7 +451,7 @@ def retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], re
 def check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
     """A study of this name that this benchmark did not start (e.g. one of ``das-tune run``) is not extended."""
     ours = (spec.run_dir / CHECKPOINT).is_file()
-    if not ours and storage.study_exists(opened, spec.resolved_study_name):
+    if not ours and study_exists(opened, spec.resolved_study_name):
         raise UserError(
             f"study {spec.resolved_study_name!r} already exists in {spec.storage} but was not started by this "
             f"benchmark (no {spec.run_dir / CHECKPOINT}); pass another --storage or --out"

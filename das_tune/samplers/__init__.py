@@ -11,7 +11,7 @@ from optuna.samplers import BaseSampler
 from das_tune.errors import UserError
 from das_tune.samplers.das import DASSampler
 from das_tune.samplers.policy import SkipPolicy, skip_policy
-from das_tune.spaces import SkipSpace
+from das_tune.spec.spaces import SkipSpace
 
 SAMPLER_ATTR = "das_tune:sampler"  # study system attr: {"name": ..., **options}, written at creation
 

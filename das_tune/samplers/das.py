@@ -41,7 +41,7 @@ The draw as random keys
 -----------------------
 Sequential sampling without replacement ∝ p equals taking the top-m of the keys u_i = U_i^(1/w_i),
 U_i ~ U(0, 1), w ∝ p (Efraimidis & Spirakis, 2006). These keys are exactly the values of the
-space's ``skip.<layer>`` parameters (see ``das_tune.spaces``), so DAS trials are ordinary points of
+space's ``skip.<layer>`` parameters (see ``das_tune.spec.spaces``), so DAS trials are ordinary points of
 the same search space every other sampler explores.
 """
 
@@ -58,7 +58,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from das_tune.samplers.policy import SkipPolicy, random_log_keys
-from das_tune.spaces import SIZE_PARAM, SkipSpace
+from das_tune.spec.spaces import SIZE_PARAM, SkipSpace
 
 Reward = Callable[[float], float]
 _UNSETTLED = (TrialState.RUNNING, TrialState.WAITING)

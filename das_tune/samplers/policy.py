@@ -33,7 +33,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from das_tune.errors import UserError
-from das_tune.spaces import SkipSpace
+from das_tune.spec.spaces import SkipSpace
 
 
 def random_log_keys(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -39,8 +39,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from das_tune import training
-from das_tune.components import Components
+from das_tune.training import loop
+from das_tune.training.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
@@ -49,7 +49,7 @@ from das_tune.search.oneshot import OneShotSearch
 from das_tune.search.supernet import (
     CHECKPOINT, RAY_TRAIN_FOLDER, RANKS_KEY, Supernet, warm_up, write_checkpoint,
 )
-from das_tune.study import StudySpec
+from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
 
 
@@ -138,7 +138,7 @@ class DataParallelSupernet(Supernet):
         ranks = self.restored_extra.get(RANKS_KEY)
         if ranks is not None and len(ranks) == self.workers:
             torch.set_rng_state(ranks[self.rank]["torch_rng"])
-            training.set_cuda_rng_state(ranks[self.rank].get("cuda_rng"))
+            loop.set_cuda_rng_state(ranks[self.rank].get("cuda_rng"))
             self.trainer.load_grads(ranks[self.rank]["grads"])
         return own
 
@@ -247,10 +247,10 @@ def _worker(config: dict[str, Any]) -> None:
 def run_rank(spec: StudySpec, rank: int, workers: int, warmup_checkpoint: Path | None, device: str | None = None) -> None:
     """Rank ``rank`` of the warm-up and the search (rank 0 with the study), in a process group that is
     already initialised (Ray Train's, or a test's)."""
-    from das_tune.components import build_components
-    from das_tune.runner import prepare_search
+    from das_tune.training.components import build_components
+    from das_tune.jobs.runner import prepare_search
 
-    training.seed_everything(spec.seed)
+    loop.seed_everything(spec.seed)
     parts = build_components(spec)
     if device is not None:
         parts.model.to(device)

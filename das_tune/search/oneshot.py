@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 
-from das_tune import training
+from das_tune.training import loop
 from das_tune.errors import RunFailure, UserError
 from das_tune.search.base import SearchRun
 from das_tune.search.supernet import Supernet, warm_up
@@ -95,7 +95,7 @@ class OneShotSearch:
                 )
             skipped = space.suggest(trial)
             self.search.record(trial, skipped, PHASE)
-            value = training.observe(self.model, self.task, batch, skipped, self.spec.observation.mode)
+            value = loop.observe(self.model, self.task, batch, skipped, self.spec.observation.mode)
             if not math.isfinite(value):
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise RunFailure(

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import ray
 
 from das_tune.errors import UserError
-from das_tune.study import RaySpec
+from das_tune.spec.study import RaySpec
 
 LOOPBACK = "127.0.0.1"
 QUIET_ENV = {

@@ -32,10 +32,10 @@ import pyarrow.fs
 import torch
 from ray import tune
 
-from das_tune import training
-from das_tune.components import Components, build_components
+from das_tune.training import loop
+from das_tune.training.components import Components, build_components
 from das_tune.search.ray_cluster import current_node
-from das_tune.study import StudySpec
+from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
 
 _STATE = "state.pt"
@@ -81,17 +81,17 @@ def train_subnet(
     parts, observations = _components(spec.model_dump_json())
     model, task, steps = parts.model, parts.task, spec.ray.steps_per_trial
     skipped = parts.space.decode(config)
-    training.seed_everything(spec.seed)
+    loop.seed_everything(spec.seed)
     model.load_state_dict(_warmup_state(f"{experiment.rstrip('/')}/{WARMUP_FILE}"), strict=False)
     model.set_skipped(skipped)
-    trainer = training.Trainer(model, spec.search, steps, epochs=1)  # steps: micro-batches of this trial
+    trainer = loop.Trainer(model, spec.search, steps, epochs=1)  # steps: micro-batches of this trial
     start = _restore(model, trainer)
     mode = spec.search.observation.mode
     for step, batch in enumerate(itertools.islice(_train_batches(parts, spec), start, steps), start + 1):
         trainer.train(task, batch, step - 1)
         if step % spec.ray.report_every and step < steps:
             continue
-        loss = sum(training.observe(model, task, b, skipped, mode) for b in observations) / len(observations)
+        loss = sum(loop.observe(model, task, b, skipped, mode) for b in observations) / len(observations)
         _report(loss, step, model, trainer)
         if not math.isfinite(loss):
             return
@@ -105,12 +105,12 @@ def _train_batches(parts: Components, spec: StudySpec) -> Iterator[Batch]:
     """Endless training batches, continuing the warm-up's epochs."""
     search = spec.search
     for epoch in itertools.count(search.warmup_epochs):
-        yield from training.epoch_batches(
+        yield from loop.epoch_batches(
             parts.task, parts.model, search.batch_size, seed=spec.seed, epoch=epoch, max_steps=search.max_steps_per_epoch
         )
 
 
-def _report(loss: float, step: int, model, trainer: training.Trainer) -> None:
+def _report(loss: float, step: int, model, trainer: loop.Trainer) -> None:
     state = {"model": model.trainable_state_dict(), "trainer": trainer.state_dict(), "step": step}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / _STATE)
@@ -124,7 +124,7 @@ def _hold(hold: TrialHold, trial_number: int) -> None:
         time.sleep(0.2)
 
 
-def _restore(model, trainer: training.Trainer) -> int:
+def _restore(model, trainer: loop.Trainer) -> int:
     """The step to continue from: 0, or the last checkpoint's after a retry."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

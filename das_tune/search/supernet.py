@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from das_tune import atomic, training
-from das_tune.components import Components
+from das_tune.artifacts import atomic
+from das_tune.training import loop
+from das_tune.training.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
-from das_tune.study import StudySpec
+from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
 
 CHECKPOINT = "search_state.pt"
@@ -44,9 +45,9 @@ class Supernet:
         self.search, self.model, self.task = spec.search, parts.model, parts.task
         self.seed, self.run_dir, self.name = spec.seed, spec.run_dir, spec.resolved_study_name
         self.workers = 1  # the processes that train it together (data-parallel ranks)
-        self.steps_per_epoch = training.steps_per_epoch(self.task, self.search.batch_size, self.search.max_steps_per_epoch)
+        self.steps_per_epoch = loop.steps_per_epoch(self.task, self.search.batch_size, self.search.max_steps_per_epoch)
         epochs = self.search.warmup_epochs + self.search.search_epochs
-        self.trainer = training.Trainer(self.model, self.search, self.steps_per_epoch, epochs)
+        self.trainer = loop.Trainer(self.model, self.search, self.steps_per_epoch, epochs)
         self.rng = np.random.default_rng(self.seed)
         self.position = Position()
         self.extra_state: Callable[[], dict[str, Any]] = dict  # what an executor checkpoints with the supernet
@@ -60,7 +61,7 @@ class Supernet:
         """One epoch (the rest of it, when resuming): each micro-batch trains the subnet ``draw()`` gives;
         the optimizer steps once per window of ``accumulate`` micro-batches, then ``after_step`` runs."""
         pos = self.position
-        batches = training.epoch_batches(
+        batches = loop.epoch_batches(
             self.task, self.model, self.search.batch_size, seed=self.seed, epoch=epoch, max_steps=self.search.max_steps_per_epoch
         )
         for step, batch in enumerate(batches):
@@ -96,7 +97,7 @@ class Supernet:
             "trainer": self.trainer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": training.cuda_rng_state(),
+            "cuda_rng": loop.cuda_rng_state(),
             "study_name": self.name,
             **self.extra_state(),
         }
@@ -116,7 +117,7 @@ class Supernet:
         self.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        training.set_cuda_rng_state(state.get("cuda_rng"))
+        loop.set_cuda_rng_state(state.get("cuda_rng"))
         self.position = Position(**state["position"])
         written = checkpoint_workers(state)
         if restored_own and not self.position.finished and written != self.workers:  # `run` refuses it before writing

@@ -1,7 +1,7 @@
 """One search for every num_skip of a range, the ladder retrained, and the accuracy–GMACs front.
 
-    from das_tune.front import run_front
-    from das_tune.study import load_study_spec
+    from das_tune.jobs.front import run_front
+    from das_tune.spec.study import load_study_spec
     front = run_front(load_study_spec("easyvqa_minilm", {"num_skip": "1-3"}), target=parse_target("accuracy>=full-0.01"))
 
 The search is the study's ordinary one-shot search on the range's space: the supernet trains subnets
@@ -20,20 +20,20 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from das_tune import atomic
-from das_tune.checks import check_resumable, check_study
-from das_tune.components import Components, build_components
-from das_tune.dashboard import save_front_report
+from das_tune.artifacts import atomic
+from das_tune.jobs.checks import check_resumable, check_study
+from das_tune.training.components import Components, build_components
+from das_tune.report.dashboard import save_front_report
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics, write_json
-from das_tune.retrain import artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, retrain, save_spec
-from das_tune.runner import Searched, exclusive, search
+from das_tune.artifacts.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics, write_json
+from das_tune.training.retrain import artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, retrain, save_spec
+from das_tune.jobs.runner import Searched, exclusive, search
 from das_tune.samplers import SINGLE_OBJECTIVE
-from das_tune.spaces import size_label
-from das_tune.study import StudySpec
-from das_tune.target import Target, choose
-from das_tune.training import seed_everything
+from das_tune.spec.spaces import size_label
+from das_tune.spec.study import StudySpec
+from das_tune.jobs.target import Target, choose
+from das_tune.training.loop import seed_everything
 
 FRONT_JSON, FRONT_PNG, FRONT_MD, FRONT_DIR = "front.json", "front.png", "front.md", "front"
 FULL = "full"

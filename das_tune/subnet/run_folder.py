@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.components import _backbone, _check_local_files
+from das_tune.training.components import _backbone, _check_local_files
 from das_tune.errors import UserError
-from das_tune.retrain import METRICS_FILE, SPEC_FILE, SUBNET_FILE, WEIGHTS_FILE, read_run
-from das_tune.study import StudySpec, override_spec
+from das_tune.training.retrain import METRICS_FILE, SPEC_FILE, SUBNET_FILE, WEIGHTS_FILE, read_run
+from das_tune.spec.study import StudySpec, override_spec
 from das_tune.tasks import build_task
 from das_tune.tasks.base import Task
-from das_tune.training import seed_everything
+from das_tune.training.loop import seed_everything
 
 RUN_FILES = (SPEC_FILE, SUBNET_FILE, WEIGHTS_FILE, METRICS_FILE)
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.config import validation_message
+from das_tune.spec.yaml_reader import validation_message
 from das_tune.errors import UserError
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"

@@ -29,15 +29,17 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from das_tune import atomic, config, training
+from das_tune.artifacts import atomic
+from das_tune.spec import yaml_reader
+from das_tune.training import loop
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.flops import CostModel, measure_latency
-from das_tune.components import Components
+from das_tune.training.components import Components
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
-from das_tune.results import FoundBy, RetrainMetrics, SubnetFile, write_json
+from das_tune.artifacts.results import FoundBy, RetrainMetrics, SubnetFile, write_json
 from das_tune.search.supernet import CHECKPOINT, RAY_TRAIN_FOLDER, WARMUP_CHECKPOINT, load_checkpoint
-from das_tune.study import StudySpec
+from das_tune.spec.study import StudySpec
 
 SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
 
@@ -47,13 +49,13 @@ def retrain(
 ) -> RetrainMetrics:
     """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts
     into ``out_dir`` (default: the run folder)."""
-    training.seed_everything(spec.seed)
+    loop.seed_everything(spec.seed)
     full = parts.fresh_backbone()
     parts.task.attach(full)
     subnet = full.export(skipped)
     start = time.perf_counter()
     trained = _train(spec, parts, subnet, reporter)
-    test = training.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
+    test = loop.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
     seconds = time.perf_counter() - start
     metrics = _metrics(spec, parts, full, subnet, skipped, trained, test, seconds, found_by.search_seconds)
     write_artifacts(spec, subnet, skipped, found_by, metrics, out_dir or spec.run_dir)
@@ -72,12 +74,12 @@ class Trained:
 def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> Trained:
     """Train until the val metric plateaus (or the epochs run out); leaves ``subnet`` at its best val epoch."""
     retrain, task = spec.retrain, parts.task
-    steps = training.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
-    trainer = training.Trainer(subnet, retrain, steps, retrain.epochs)
+    steps = loop.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
+    trainer = loop.Trainer(subnet, retrain, steps, retrain.epochs)
     best, best_state = None, {}
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
-        batches = training.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch)
+        batches = loop.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch)
         for step, batch in enumerate(batches):
             loss = trainer.train(task, batch, step)
             if not math.isfinite(loss):
@@ -86,7 +88,7 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
                     "lower retrain.lr; nothing was written"
                 )
             reporter.advance(loss)
-        val = training.evaluate(subnet, task, "val", retrain.batch_size)
+        val = loop.evaluate(subnet, task, "val", retrain.batch_size)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
         if best is None or val[task.metric] > best.val[task.metric] + retrain.min_delta:
             best_state = {k: v.detach().clone() for k, v in subnet.trainable_state_dict().items()}
@@ -222,8 +224,8 @@ def read_run(run_dir: Path) -> tuple[StudySpec, SubnetFile]:
     try:
         subnet = SubnetFile.model_validate(_read_json(subnet_path))
     except ValidationError as err:
-        raise UserError(config.validation_message(str(subnet_path), err)) from None
-    spec = config.load(StudySpec, spec_path)
+        raise UserError(yaml_reader.validation_message(str(subnet_path), err)) from None
+    spec = yaml_reader.load(StudySpec, spec_path)
     read_metrics(run_dir)
     return spec, subnet
 
@@ -241,7 +243,7 @@ def check_run_folder(run_dir: Path) -> None:
         if (folder / SUBNET_FILE).is_file():
             _read_json(folder / SUBNET_FILE)
         if (folder / SPEC_FILE).is_file():
-            config.load(StudySpec, folder / SPEC_FILE)
+            yaml_reader.load(StudySpec, folder / SPEC_FILE)
         read_metrics(folder)
 
 

@@ -31,13 +31,13 @@ from das_tune.backbones.adapters import ParallelAdapter
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.processing import load_tokenizer
 from das_tune.errors import UserError
-from das_tune.portable import (
+from das_tune.subnet.portable import (
     CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, SubnetConfig, describe_backbone, describe_head, is_export_folder,
     read_config, rebuild_backbone,
 )
-from das_tune.run_folder import read_run_folder
-from das_tune.predict import task_inputs
-from das_tune.subnet import FolderSummary, Subnet, load_subnet, summarize
+from das_tune.subnet.run_folder import read_run_folder
+from das_tune.subnet.predict import task_inputs
+from das_tune.subnet.load import FolderSummary, Subnet, load_subnet, summarize
 
 Format = Literal["safetensors", "onnx", "hf"]
 FORMATS: tuple[str, ...] = ("safetensors", "onnx", "hf")

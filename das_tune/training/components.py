@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from das_tune.backbones import build_backbone
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError
-from das_tune.spaces import SkipSpace
-from das_tune.study import StudySpec
+from das_tune.spec.spaces import SkipSpace
+from das_tune.spec.study import StudySpec
 from das_tune.tasks import build_task
 from das_tune.tasks.base import Task
 

@@ -23,9 +23,9 @@ from torch import nn
 
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError
-from das_tune.portable import TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, read_config, rebuild_backbone
-from das_tune.predict import Prediction, task_inputs
-from das_tune.run_folder import RunFolder, build_run_task, is_run_folder, pretrained_backbone, read_run_folder
+from das_tune.subnet.portable import TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, read_config, rebuild_backbone
+from das_tune.subnet.predict import Prediction, task_inputs
+from das_tune.subnet.run_folder import RunFolder, build_run_task, is_run_folder, pretrained_backbone, read_run_folder
 from das_tune.tasks.base import Task
 
 NOT_A_FOLDER = "{path}: not a das-tune run folder (study.yaml, subnet.json, ...) or exported subnet (config.json, model.safetensors)"

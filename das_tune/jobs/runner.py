@@ -1,8 +1,8 @@
 """The jobs as a Python API: search which layers to skip, choose, retrain, write artifacts; or retrain
 a given subnet. The CLI only parses and prints around these.
 
-    from das_tune.runner import run
-    from das_tune.study import load_study_spec
+    from das_tune.jobs.runner import run
+    from das_tune.spec.study import load_study_spec
     done = run(load_study_spec("easyvqa_minilm"))  # done.metrics, done.artifacts
 """
 
@@ -20,21 +20,21 @@ import optuna
 from optuna.trial import TrialState
 
 from das_tune.backbones.flops import CostModel
-from das_tune.checks import check_resumable, check_study, check_writable_folder
-from das_tune.components import Components, build_components
+from das_tune.jobs.checks import check_resumable, check_study, check_writable_folder
+from das_tune.training.components import Components, build_components
 from das_tune.errors import RunFailure
-from das_tune.lease import StudyLease, folder_lock
+from das_tune.storage.lease import StudyLease, folder_lock
 from das_tune.progress import Reporter
-from das_tune.results import FoundBy, RetrainMetrics
-from das_tune.retrain import (
+from das_tune.artifacts.results import FoundBy, RetrainMetrics
+from das_tune.training.retrain import (
     METRICS_FILE, artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, read_metrics, read_run, retrain, save_spec,
 )
 from das_tune.samplers import SkipPolicy, sampler_from_record, sampler_record, skip_policy
 from das_tune.search import get_executor
 from das_tune.search.base import SearchRun
-from das_tune.storage import open_storage, open_study, shown_url
-from das_tune.study import StudySpec, load_study_spec, override_spec
-from das_tune.training import seed_everything
+from das_tune.storage.opener import open_storage, open_study, shown_url
+from das_tune.spec.study import StudySpec, load_study_spec, override_spec
+from das_tune.training.loop import seed_everything
 
 GIVEN_BY_SKIP = "given by --skip"
 
@@ -59,7 +59,7 @@ class Retrained:
 
 @contextmanager
 def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> Iterator[optuna.storages.BaseStorage]:
-    """Inside, this process is the only writer of the run folder and of the study (``das_tune.lease``);
+    """Inside, this process is the only writer of the run folder and of the study (``das_tune.storage.lease``);
     yields the opened storage (``storage``, the opened ``spec.storage``, if given). The folder is
     locked first, so that a second run there is refused before it touches any storage."""
     with folder_lock(spec.run_dir):
@@ -165,7 +165,7 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
                 reporter.log(f"{spec.run_dir} holds the retrain of another budget or subnet (kept); this one goes to {folder}")
             metrics = retrain(spec, parts, found.chosen, found.found_by, reporter, out_dir=folder)
         # imported here: optuna_dashboard imports optuna.importance (seconds), which retrain and bench never need
-        from das_tune.dashboard import save_study_report
+        from das_tune.report.dashboard import save_study_report
 
         save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
     return Retrained(metrics, folder)

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from das_tune import atomic
+from das_tune.artifacts import atomic
 
 Result = TypeVar("Result", bound="_Result")
 

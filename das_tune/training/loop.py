@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.study import OptimSpec
+from das_tune.spec.study import OptimSpec
 from das_tune.tasks.base import Batch, Task
 
 

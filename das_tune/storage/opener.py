@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from das_tune.errors import UserError
 from das_tune.samplers import SAMPLER_ATTR
-from das_tune.spaces import SkipSpace
+from das_tune.spec.spaces import SkipSpace
 
 DEFAULT_STORAGE = "sqlite:///das_tune.db"
 
@@ -117,7 +117,7 @@ def open_study(
 ) -> optuna.Study:
     """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
 
-    Call it holding the study's lease (``das_tune.lease``). Trials a dead process left RUNNING are the
+    Call it holding the study's lease (``das_tune.storage.lease``). Trials a dead process left RUNNING are the
     executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
     ``url`` names the storage in messages.
     """

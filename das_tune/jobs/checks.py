@@ -16,12 +16,12 @@ from pathlib import Path
 
 import optuna
 
-from das_tune import training
-from das_tune.components import Components
+from das_tune.training import loop
+from das_tune.training.components import Components
 from das_tune.errors import UserError
 from das_tune.samplers import sampler_from_record, sampler_record
 from das_tune.search.supernet import CHECKPOINT, checkpoint_workers, checkpoint_workers_message, load_checkpoint
-from das_tune.study import StudySpec
+from das_tune.spec.study import StudySpec
 
 
 def check_study(spec: StudySpec, parts: Components) -> None:
@@ -41,7 +41,7 @@ def check_rounds(spec: StudySpec, parts: Components) -> None:
         )
     if search.executor_name not in ("oneshot", "data_parallel"):  # Ray Tune trials do not observe
         return
-    steps = training.steps_per_epoch(parts.task, search.batch_size, search.max_steps_per_epoch)
+    steps = loop.steps_per_epoch(parts.task, search.batch_size, search.max_steps_per_epoch)
     warmup, total = steps * search.warmup_epochs, steps * (search.warmup_epochs + search.search_epochs)
     rounds = total // search.observe_every - warmup // search.observe_every
     if rounds < 1:

@@ -10,11 +10,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from das_tune import config, resources
+from das_tune.spec import resources, yaml_reader
 from das_tune.errors import UserError
 from das_tune.search import EXECUTORS
-from das_tune.spaces import SkipSpace, load_space, parse_num_skip, size_label
-from das_tune.storage import DEFAULT_STORAGE
+from das_tune.spec.spaces import SkipSpace, load_space, parse_num_skip, size_label
+from das_tune.storage.opener import DEFAULT_STORAGE
 
 # The fields that name local files or folders, listed once: checked before a run, made absolute for
 # Ray workers, dropped in tiny mode (a tiny model and its data need no files).
@@ -263,7 +263,7 @@ def read_study_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A study file's fields; ``extends: STUDY`` (a built-in name or a path relative to the file) starts
     from that study's fields and replaces the ones this file declares (sections merge key by key), so a
     variant such as a sublayer study stays in step with the study it varies."""
-    data = config.read_yaml(path)
+    data = yaml_reader.read_yaml(path)
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
@@ -300,7 +300,7 @@ def _apply(data: dict[str, Any], overrides: dict[str, Any], source: str, *, tiny
         _make_tiny(data, backbone=_get_dotted(final, "backbone.name"), task=_get_dotted(final, "task.name"))
     for key, value in overrides.items():
         _set_dotted(data, key, value)
-    return config.parse(StudySpec, data, source)
+    return yaml_reader.parse(StudySpec, data, source)
 
 
 def _make_tiny(data: dict[str, Any], *, backbone: str | None, task: str | None) -> None:
@@ -361,7 +361,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected FIELD=VALUE, e.g. search.warmup_epochs=2")
         try:
-            overrides[key.strip()] = config.load_yaml_text(raw) if raw else None
+            overrides[key.strip()] = yaml_reader.load_yaml_text(raw) if raw else None
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err)
             raise UserError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it for a string") from None

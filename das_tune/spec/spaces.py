@@ -44,7 +44,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from das_tune import config, resources
+from das_tune.spec import resources, yaml_reader
 from das_tune.errors import UserError
 
 PARAM_PREFIX = "skip."
@@ -289,10 +289,10 @@ def load_space(name_or_path: str | Path, num_skip: Any = None) -> SkipSpace:
     if path is None:
         known = ", ".join(resources.builtin_names("search_spaces"))
         raise UserError(f"unknown search space {str(name_or_path)!r}: expected a YAML file path or one of {known}")
-    data = config.read_yaml(path)
+    data = yaml_reader.read_yaml(path)
     data.setdefault("name", path.stem)
     source = str(path)
     if num_skip is not None:
         data["num_skip"] = num_skip
         source = f"{path} with num_skip {num_skip}"
-    return config.parse(SkipSpace, data, source)
+    return yaml_reader.parse(SkipSpace, data, source)

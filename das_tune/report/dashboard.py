@@ -45,10 +45,10 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
 from das_tune.errors import UserError
-from das_tune.results import FrontFile
+from das_tune.artifacts.results import FrontFile
 from das_tune.samplers import SAMPLER_ATTR, SkipPolicy, study_policy
-from das_tune.spaces import SkipSpace
-from das_tune.storage import open_storage, shown_url
+from das_tune.spec.spaces import SkipSpace
+from das_tune.storage.opener import open_storage, shown_url
 
 MAX_POINTS = 200  # rounds per plotted line: keeps each saved plot a few kB at any study size
 PLOT_IDS = {"layers": "das-tune-layers", "loss": "das-tune-loss", "result": "das-tune-result"}
@@ -102,7 +102,7 @@ def save_front_report(
 ) -> None:
     """A range's report: the layer and loss plots, Optuna's Pareto-front plot of the observations
     (observed loss vs additional GMACs), the retrained front, and a note with the front's table."""
-    from das_tune.front import markdown  # the front imports this module
+    from das_tune.jobs.front import markdown  # the front imports this module
 
     policy = policy or study_policy(study, space)
     study.set_metric_names(list(OBJECTIVE_NAMES))  # the dashboard names the two objectives

@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from das_tune import training
+from das_tune.training import loop
 from das_tune.errors import UserError
-from das_tune.run_folder import build_run_task, read_run_folder
-from das_tune.subnet import load_run
+from das_tune.subnet.run_folder import build_run_task, read_run_folder
+from das_tune.subnet.load import load_run
 
 SPLITS = ("val", "test")
 
@@ -31,7 +31,7 @@ def evaluate(path: str | Path, split: str = "test", overrides: dict[str, Any] | 
     run = read_run_folder(path, overrides)
     task = build_run_task(run.spec)
     model = load_run(run, task)
-    metrics = training.evaluate(model.backbone, task, split, run.spec.retrain.batch_size)
+    metrics = loop.evaluate(model.backbone, task, split, run.spec.retrain.batch_size)
     recorded = run.metrics.get("value") if split == "test" else run.metrics.get("val", {}).get(task.metric)
     return Evaluation(
         split=split, metric=task.metric, value=metrics[task.metric], metrics=metrics,

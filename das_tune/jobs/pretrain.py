@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from torch import nn
 
-from das_tune import atomic, training
+from das_tune.artifacts import atomic
+from das_tune.training import loop
 from das_tune.backbones.bert import load_encoder, masked_mean
 from das_tune.backbones.layered import additive_mask
 from das_tune.backbones.processing import load_tokenizer, minilm_path
@@ -372,7 +373,7 @@ class Pretraining:
             "spec": self.spec.model_dump(), "step": self.step, "seconds": self.seconds, "log": self.log,
             "running": self.running, "model": {k: v for k, v in self.model.state_dict().items() if _trains(self.model, k)},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "cuda_rng": training.cuda_rng_state(),
+            "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "cuda_rng": loop.cuda_rng_state(),
         }
         atomic.write_with(self.out_dir / STATE, lambda tmp: torch.save(state, tmp))
         log = {"spec": self.spec.model_dump(), "images": len(self.data.train_ids), "eval_images": len(self.data.eval_ids),
@@ -394,7 +395,7 @@ class Pretraining:
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        training.set_cuda_rng_state(state.get("cuda_rng"))
+        loop.set_cuda_rng_state(state.get("cuda_rng"))
         self.step, self.seconds, self.log, self.running = state["step"], state["seconds"], state["log"], state["running"]
         if state["spec"]["steps"] != self.spec.steps:  # the learning-rate decay now ends at the new last step
             self.log.append({"step": self.step, "steps_changed": [state["spec"]["steps"], self.spec.steps]})

@@ -1,0 +1,1 @@
+"""What runs write: typed result files, atomic writes, checkpoints and the run folder."""

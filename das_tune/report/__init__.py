@@ -1,0 +1,1 @@
+"""Reports: dashboard notes and plots saved into a study, rendered tables."""

@@ -1,0 +1,1 @@
+"""Declarative study and space files: reading, validation, built-in resources."""

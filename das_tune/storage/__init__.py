@@ -1,0 +1,1 @@
+"""Optuna storages: one opener for every URL, and the per-study lease."""

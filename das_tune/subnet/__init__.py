@@ -1,0 +1,1 @@
+"""Using a found subnet: load, evaluate, predict, export."""

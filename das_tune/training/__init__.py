@@ -1,0 +1,1 @@
+"""Training a skippable model: the trainer, the components of a study, the retrain."""
