@@ -21,10 +21,10 @@ STUDY = "easyvqa_minilm"
 
 
 def search_seconds(workers: int, steps: int, args: argparse.Namespace) -> float:
-    from das_tune.training.components import build_components
-    from das_tune.progress import Reporter
     from das_tune.jobs.runner import search
+    from das_tune.progress import Reporter
     from das_tune.spec.study import load_study_spec
+    from das_tune.training.components import build_components
     from das_tune.training.loop import seed_everything
 
     out = Path(tempfile.mkdtemp())

@@ -24,8 +24,8 @@ from safetensors.torch import save_model
 
 from das_tune.errors import UserError
 from das_tune.subnet.export import ONNX_FILE, export_subnet, median_seconds, onnx_session, subnet_config
-from das_tune.subnet.portable import WEIGHTS_FILE, rebuild_backbone
 from das_tune.subnet.load import load_subnet
+from das_tune.subnet.portable import WEIGHTS_FILE, rebuild_backbone
 
 MAIN_JOB = Path("runs/easyvqa_minilm-das-seed0")
 BATCH_SIZES = (1, 32)

@@ -15,16 +15,15 @@ import tempfile
 import time
 
 import optuna
+import ray  # noqa: E402  after das_tune.search, which keeps Ray's node address on 127.0.0.1
 import torch
 import transformers
 
-from das_tune.training.components import build_components
 from das_tune.progress import Reporter
-from das_tune.jobs.runner import prepare_search
+from das_tune.search.prepare import prepare_search
 from das_tune.search.ray_tune import RaySearch
 from das_tune.spec.study import load_study_spec
-
-import ray  # noqa: E402  after das_tune.search, which keeps Ray's node address on 127.0.0.1
+from das_tune.training.components import build_components
 
 
 def trials_per_hour(args: argparse.Namespace, concurrent: int, folder: str) -> float:

@@ -18,12 +18,12 @@ import statistics
 
 import torch
 
-from das_tune.training import loop
 from das_tune.bench.stats import kendall_tau
-from das_tune.training.components import build_components
 from das_tune.progress import Reporter
 from das_tune.search.supernet import warm_up
 from das_tune.spec.study import load_study_spec
+from das_tune.training import loop
+from das_tune.training.components import build_components
 
 
 def main() -> None:

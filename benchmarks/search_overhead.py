@@ -28,12 +28,12 @@ STUDY = "easyvqa_minilm"
 def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, float]:
     import optuna
 
+    from das_tune.progress import Reporter
+    from das_tune.search import oneshot
+    from das_tune.search.prepare import prepare_search
+    from das_tune.spec.study import load_study_spec
     from das_tune.training import loop
     from das_tune.training.components import build_components
-    from das_tune.progress import Reporter
-    from das_tune.jobs.runner import prepare_search
-    from das_tune.search import oneshot
-    from das_tune.spec.study import load_study_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(tempfile.mkdtemp())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # typer's own copy of click
 
 from das_tune.errors import RunFailure, UserError
-from das_tune.storage.opener import DEFAULT_STORAGE
+from das_tune.spec.study import DEFAULT_STORAGE
 
 
 class _App(typer.Typer):
@@ -53,11 +53,11 @@ out = Console()
 err = Console(stderr=True)
 
 # Options every command shares.
-Storage = Annotated[Optional[str], typer.Option(help=f"Optuna storage URL or journal file (default: the study's, {DEFAULT_STORAGE})")]
+Storage = Annotated[str | None, typer.Option(help=f"Optuna storage URL or journal file (default: the study's, {DEFAULT_STORAGE})")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; print only the result path.")]
-Seed = Annotated[Optional[int], typer.Option(help="Seed of the sampler, the data order and the adapters.")]
+Seed = Annotated[int | None, typer.Option(help="Seed of the sampler, the data order and the adapters.")]
 Tiny = Annotated[bool, typer.Option(help="Tiny random backbone of the same family and a few batches of data.")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any study field: --set search.warmup_epochs=2")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any study field: --set search.warmup_epochs=2")]
 
 
 def _quiet_libraries() -> None:
@@ -123,16 +123,16 @@ def _load_spec(study: str | None, space: str | None, overrides: dict[str, Any]):
 @app.command()
 @exits_cleanly
 def run(
-    study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="das, random, tpe, cmaes, qmc, gp, nsga2")] = None,
-    num_skip: Annotated[Optional[str], typer.Option(help="How many layers to skip: a number, or a range (1-3, 2,4,6,8) for one search of every size and the accuracy-GMACs front.")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="oneshot (supernet, the paper) or ray (Ray Tune trials).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,
+    study: Annotated[str | None, typer.Option(help="A built-in study name or a study YAML file.")] = None,
+    space: Annotated[str | None, typer.Option(help="A search space; its built-in study is used.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="das, random, tpe, cmaes, qmc, gp, nsga2")] = None,
+    num_skip: Annotated[str | None, typer.Option(help="How many layers to skip: a number, or a range (1-3, 2,4,6,8) for one search of every size and the accuracy-GMACs front.")] = None,
+    executor: Annotated[str | None, typer.Option(help="oneshot (supernet, the paper) or ray (Ray Tune trials).")] = None,
+    address: Annotated[str | None, typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,
     fresh: Annotated[bool, typer.Option(help="Delete the study and its run folder's progress and start again.")] = False,
-    target: Annotated[Optional[str], typer.Option(help="With a num_skip range: pick the cheapest retrained subnet meeting e.g. 'accuracy>=full-0.01' (exit 1 if none).")] = None,
-    max_gmacs: Annotated[Optional[float], typer.Option(help="With a num_skip range: the pick has at most this many additional GMACs (negative: cheaper than the original model).")] = None,
+    target: Annotated[str | None, typer.Option(help="With a num_skip range: pick the cheapest retrained subnet meeting e.g. 'accuracy>=full-0.01' (exit 1 if none).")] = None,
+    max_gmacs: Annotated[float | None, typer.Option(help="With a num_skip range: the pick has at most this many additional GMACs (negative: cheaper than the original model).")] = None,
     storage: Storage = None,
     seed: Seed = None,
     tiny: Tiny = False,
@@ -143,9 +143,9 @@ def run(
 
     With a range of --num-skip: one search for every size, each size's pick and the full model
     retrained, the front in front.json / front.png / front.md, and --target / --max-gmacs applied."""
-    from das_tune.progress import reporter
     from das_tune.jobs.runner import run as run_study
     from das_tune.jobs.target import parse_target
+    from das_tune.progress import reporter
 
     overrides = _overrides(storage, seed, tiny, set_, num_skip=num_skip)
     if sampler is not None:
@@ -169,8 +169,9 @@ def run(
 
 
 def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
-    from das_tune.jobs.front import FRONT_JSON, FRONT_PNG, run_front
+    from das_tune.jobs.front import run_front
     from das_tune.progress import reporter
+    from das_tune.report.front import FRONT_JSON, FRONT_PNG
 
     with reporter(quiet) as progress:
         front = run_front(spec, fresh=fresh, reporter=progress, target=rule)
@@ -197,9 +198,9 @@ def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
 @app.command()
 @exits_cleanly
 def retrain(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="A run folder written by `das-tune run`.")] = None,
-    study: Annotated[Optional[str], typer.Option(help="A study (with --skip) instead of a run folder.")] = None,
-    skip: Annotated[Optional[str], typer.Option(help="Comma-separated layers to skip, e.g. FL2,FV0; 'none' keeps every layer.")] = None,
+    run_dir: Annotated[Path | None, typer.Argument(help="A run folder written by `das-tune run`.")] = None,
+    study: Annotated[str | None, typer.Option(help="A study (with --skip) instead of a run folder.")] = None,
+    skip: Annotated[str | None, typer.Option(help="Comma-separated layers to skip, e.g. FL2,FV0; 'none' keeps every layer.")] = None,
     storage: Storage = None,
     seed: Seed = None,
     tiny: Tiny = False,
@@ -210,8 +211,8 @@ def retrain(
 
     The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
     folder RUN_DIR/retrain-<subnet>-<budget hash> (the same budget and subnet again: the existing result)."""
-    from das_tune.progress import reporter
     from das_tune.jobs.runner import retrain_run, retrain_subset
+    from das_tune.progress import reporter
 
     overrides = _overrides(storage, seed, tiny, set_)
     layers = _skip_list(skip) if skip is not None else None
@@ -232,17 +233,17 @@ def _skip_list(skip: str) -> list[str]:
 @app.command()
 @exits_cleanly
 def bench(
-    space: Annotated[Optional[str], typer.Option(help="A search space; its built-in study is used.")] = None,
-    study: Annotated[Optional[str], typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    num_skip: Annotated[Optional[str], typer.Option(help="How many layers to skip (default: the space's); a range (1-3) compares one search of the range with das_per_size, DAS searching each size on its own.")] = None,
+    space: Annotated[str | None, typer.Option(help="A search space; its built-in study is used.")] = None,
+    study: Annotated[str | None, typer.Option(help="A built-in study name or a study YAML file.")] = None,
+    num_skip: Annotated[str | None, typer.Option(help="How many layers to skip (default: the space's); a range (1-3) compares one search of the range with das_per_size, DAS searching each size on its own.")] = None,
     samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp; with a range also nsga2 and das_per_size.")] = "das,das_std,random,tpe",
     methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
     seeds: Annotated[str, typer.Option(help="Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results.")] = "5",
     retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; its result is the mean.")] = 2,
     ground_truth: Annotated[bool, typer.Option(help="Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ.")] = False,
     reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
     quiet: Quiet = False,
     set_: Sets = None,
@@ -291,8 +292,8 @@ def evaluate_command(
     set_: Sets = None,
 ) -> None:
     """Evaluate a run's subnet again: on its own data, or on other data with --set task.data_dir=PATH."""
-    from das_tune.subnet.evaluation import evaluate
     from das_tune.spec.study import parse_overrides
+    from das_tune.subnet.evaluation import evaluate
 
     overrides = parse_overrides(set_ or [])
     with _status(quiet, f"evaluating {run_dir} on {split}"):
@@ -313,24 +314,24 @@ def evaluate_command(
 @exits_cleanly
 def predict_command(
     run_dir: RunDir,
-    question: Annotated[Optional[str], typer.Option(help="VQA: the question.")] = None,
-    image: Annotated[Optional[Path], typer.Option(help="Vision-language tasks: the image file.")] = None,
-    image2: Annotated[Optional[Path], typer.Option(help="NLVR2: the second image file.")] = None,
-    sentence: Annotated[Optional[str], typer.Option(help="SST-2, NLVR2: the sentence.")] = None,
-    premise: Annotated[Optional[str], typer.Option(help="MNLI: the premise.")] = None,
-    hypothesis: Annotated[Optional[str], typer.Option(help="MNLI: the hypothesis.")] = None,
-    caption: Annotated[Optional[str], typer.Option(help="Flickr30K: the caption to match with --image.")] = None,
-    jsonl: Annotated[Optional[Path], typer.Option(help="Batch: a JSON object of inputs per line (image paths relative to the file).")] = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Batch: write the predictions here as JSON lines (default: stdout).")] = None,
+    question: Annotated[str | None, typer.Option(help="VQA: the question.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Vision-language tasks: the image file.")] = None,
+    image2: Annotated[Path | None, typer.Option(help="NLVR2: the second image file.")] = None,
+    sentence: Annotated[str | None, typer.Option(help="SST-2, NLVR2: the sentence.")] = None,
+    premise: Annotated[str | None, typer.Option(help="MNLI: the premise.")] = None,
+    hypothesis: Annotated[str | None, typer.Option(help="MNLI: the hypothesis.")] = None,
+    caption: Annotated[str | None, typer.Option(help="Flickr30K: the caption to match with --image.")] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="Batch: a JSON object of inputs per line (image paths relative to the file).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Batch: write the predictions here as JSON lines (default: stdout).")] = None,
     top: Annotated[int, typer.Option(min=1, help="How many labels to list, best first.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch: inputs per forward pass.")] = 32,
     quiet: Quiet = False,
     set_: Sets = None,
 ) -> None:
     """Answer with a run's subnet: one input from flags, or a JSONL file of them (--jsonl)."""
-    from das_tune.subnet.predict import task_inputs
     from das_tune.spec.study import parse_overrides
     from das_tune.subnet.load import load_subnet, summarize
+    from das_tune.subnet.predict import task_inputs
 
     given = {"question": question, "image": image, "image2": image2, "sentence": sentence,
              "premise": premise, "hypothesis": hypothesis, "caption": caption}
@@ -421,8 +422,8 @@ def export_command(
     set_: Sets = None,
 ) -> None:
     """Write a run's subnet as a self-contained folder, without the skipped layers' weights."""
-    from das_tune.subnet.export import export_subnet
     from das_tune.spec.study import parse_overrides
+    from das_tune.subnet.export import export_subnet
 
     _quiet_transformers()
     with _status(quiet, f"exporting {run_dir} as {format}") as status:
@@ -463,20 +464,21 @@ def _quiet_transformers() -> None:
 def pretrain(
     backbone: Annotated[str, typer.Argument(help="The backbone to pre-train: minilm_vl.")] = "minilm_vl",
     out: Annotated[Path, typer.Option(help="Folder for the checkpoint, the log and the weights.")] = Path("pretrain/minilm_vl"),
-    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (half matching, half masked words).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate of the stem and the LoRA deltas.")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints (and log entries).")] = None,
-    align_steps: Annotated[Optional[int], typer.Option(help="First steps: the stem alone, aligned to its caption words.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step (half matching, half masked words).")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate of the stem and the LoRA deltas.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (and log entries).")] = None,
+    align_steps: Annotated[int | None, typer.Option(help="First steps: the stem alone, aligned to its caption words.")] = None,
     fresh: Annotated[bool, typer.Option(help="Discard the folder's checkpoint and start again.")] = False,
     seed: Seed = None,
     tiny: Tiny = False,
     quiet: Quiet = False,
 ) -> None:
     """Vision-language pre-training of minilm_vl on easy-VQA's training images (resumable: run it again)."""
-    from das_tune.spec import yaml_reader
-    from das_tune.jobs.pretrain import PretrainSpec, pretrain as run_pretraining
+    from das_tune.jobs.pretrain import PretrainSpec
+    from das_tune.jobs.pretrain import pretrain as run_pretraining
     from das_tune.progress import reporter
+    from das_tune.spec import yaml_reader
 
     if backbone != "minilm_vl":
         raise UserError(f"pretrain: unknown backbone {backbone!r}; expected minilm_vl")

@@ -11,9 +11,9 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import kill_worker
 import torch.distributed as dist
 
-import kill_worker
 from das_tune.search.data_parallel import run_rank
 from das_tune.spec.study import load_study_spec
 

@@ -25,8 +25,8 @@ import optuna
 
 from das_tune import cli
 from das_tune.artifacts import atomic
-from das_tune.training import loop
 from das_tune.search import data_parallel, ray_tune
+from das_tune.training import loop
 
 EVENTS = [
     (optuna.Study, "ask"),

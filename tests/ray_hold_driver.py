@@ -9,12 +9,12 @@ import sys
 
 import yaml
 
-from das_tune.training.components import build_components
 from das_tune.progress import Reporter
-from das_tune.jobs.runner import prepare_search
+from das_tune.search.prepare import prepare_search
 from das_tune.search.ray_trainable import TrialHold
 from das_tune.search.ray_tune import RaySearch
 from das_tune.spec.study import default_study_for_space, load_study_spec
+from das_tune.training.components import build_components
 
 
 def main(node_id: str, folder: str, *settings: str) -> None:

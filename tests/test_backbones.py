@@ -14,7 +14,8 @@ from PIL import Image
 from das_tune.backbones import build_backbone
 from das_tune.backbones.adapters import SkippableLayer
 from das_tune.backbones.flops import CUSTOM, CostModel, count_flops
-from das_tune.backbones.meter import MeterCore, TINY as METER_TINY
+from das_tune.backbones.meter import TINY as METER_TINY
+from das_tune.backbones.meter import MeterCore
 from das_tune.backbones.meter_checkpoint import load_meter_checkpoint
 from das_tune.backbones.processing import minilm_vocab_size
 from das_tune.errors import UserError

@@ -18,16 +18,16 @@ import optuna
 import pytest
 import torch
 
+from das_tune.artifacts.results import SearchRecord
 from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
 from das_tune.bench.runs import ground_truth_order
 from das_tune.errors import UserError
-from das_tune.storage.lease import folder_lock
 from das_tune.progress import Reporter
-from das_tune.artifacts.results import SearchRecord
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spec.spaces import SkipSpace
+from das_tune.storage.lease import folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -400,8 +400,8 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
 
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
-    from das_tune.bench import plots
     from das_tune.artifacts.results import BenchResults, GroundTruth, Retrained
+    from das_tune.bench import plots
 
     truth = {f"En{i},En{j}": 0.5 + 0.01 * (i + 2 * j) for i in range(6) for j in range(i + 1, 6)}
     subsets = {k: Retrained(metric="accuracy", values={"0": v - 0.01, "1": v + 0.01}, mean=v, std=0.01,

@@ -7,11 +7,10 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
+from study_worker import SPACE, objective
 
 from das_tune import DASSampler, SkipSpace, chosen_skip, make_sampler
 from das_tune.samplers import SAMPLERS
-
-from study_worker import SPACE, objective
 
 WORKER = Path(__file__).with_name("study_worker.py")
 

@@ -11,8 +11,8 @@ import numpy as np
 import optuna
 import pytest
 
-from das_tune.report import dashboard
 from das_tune.errors import UserError
+from das_tune.report import dashboard
 from das_tune.samplers import SAMPLER_ATTR, make_sampler
 from das_tune.spec.spaces import SkipSpace
 

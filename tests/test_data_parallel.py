@@ -15,17 +15,17 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from data_parallel_rank import OVERRIDES
 
-from das_tune.training.components import build_components
 from das_tune.errors import RunFailure
-from das_tune.progress import Reporter
 from das_tune.jobs.runner import search
+from das_tune.progress import Reporter
 from das_tune.samplers.das import DASSampler
 from das_tune.search.data_parallel import rows_of
 from das_tune.search.ray_cluster import ray_session
 from das_tune.spec.study import RaySpec, load_study_spec
+from das_tune.training.components import build_components
 from das_tune.training.loop import seed_everything
-from data_parallel_rank import OVERRIDES
 
 RANK = Path(__file__).parent / "data_parallel_rank.py"
 

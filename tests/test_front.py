@@ -5,10 +5,10 @@ import json
 import optuna
 import pytest
 
-from das_tune.errors import UserError
-from das_tune.jobs.front import FRONT_JSON, FRONT_MD, FRONT_PNG
 from das_tune.artifacts.results import FrontFile, FrontPoint, RetrainMetrics
+from das_tune.errors import UserError
 from das_tune.jobs.target import choose, parse_target
+from das_tune.report.front import FRONT_JSON, FRONT_MD, FRONT_PNG
 
 STUDY = "easyvqa_minilm-das-skip1-3-seed0"
 
@@ -121,7 +121,7 @@ def test_dashboard_shows_the_studys_pareto_front_and_the_retrained_front(tmp_pat
     import urllib.request
 
     from das_tune import DASSampler, SkipSpace, dashboard
-    from das_tune.jobs.front import markdown
+    from das_tune.report.front import markdown
 
     space = SkipSpace(candidates=["A", "B", "C", "D"], num_skip="1-3", name="toy")
     url = f"sqlite:///{tmp_path / 'front.db'}"

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import LOOPBACK, run_cli
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import torch
 from safetensors import safe_open
 
 from das_tune.backbones import build_backbone
-from das_tune.backbones.vl_bert import PACKAGED_WEIGHTS
 from das_tune.backbones.bert import load_encoder
-from das_tune.jobs.pretrain import COLOURS, SHAPES, CaptionSampler, PretrainModel, PretrainSpec, Pretraining, Scene, scene_attributes
+from das_tune.backbones.vl_bert import PACKAGED_WEIGHTS
+from das_tune.jobs.pretrain import COLOURS, SHAPES, CaptionSampler, Pretraining, PretrainModel, PretrainSpec, Scene, scene_attributes
 from das_tune.progress import Reporter
 
 # two steps of the stem alone, then two of everything: the resume below crosses the change

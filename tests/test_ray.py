@@ -19,11 +19,11 @@ import ray.tune
 from conftest import LOOPBACK
 from optuna.trial import TrialState
 
-from das_tune.training.components import build_components
 from das_tune.progress import Reporter
-from das_tune.jobs.runner import prepare_search
+from das_tune.search.prepare import prepare_search
 from das_tune.search.ray_tune import RaySearch, SkipSearcher, SuggestSkip, trial_outcome
 from das_tune.spec.study import load_study_spec
+from das_tune.training.components import build_components
 
 pytestmark = pytest.mark.slow
 

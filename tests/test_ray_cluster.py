@@ -13,9 +13,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import LOOPBACK
 from optuna.trial import TrialState
 
-from conftest import LOOPBACK
 from das_tune.search.ray_trainable import WARMUP_FILE
 
 pytestmark = pytest.mark.slow

@@ -10,18 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from das_tune.training import loop
 from das_tune.backbones import build_backbone
 from das_tune.backbones.adapters import Adapter
-from das_tune.training.components import build_components
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
-from das_tune.jobs.runner import prepare_search
 from das_tune.search import oneshot
+from das_tune.search.prepare import prepare_search
 from das_tune.spec.study import OBSERVATION_PRESETS, load_study_spec
 from das_tune.tasks import build_task
 from das_tune.tasks.f30k import retrieval_loss
 from das_tune.tasks.heads import RetrievalHead
+from das_tune.training import loop
+from das_tune.training.components import build_components
 
 
 @pytest.fixture(scope="module", autouse=True)

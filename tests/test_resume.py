@@ -16,9 +16,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import FINISHED_RUN as RUN
+from conftest import FINISHED_STUDY as STUDY
 from optuna.trial import TrialState
-
-from conftest import FINISHED_RUN as RUN, FINISHED_STUDY as STUDY
 
 from das_tune.storage.opener import open_storage
 
@@ -165,7 +165,7 @@ def test_four_seeds_started_at_once_on_a_new_storage(tmp_path):
 
 
 def test_fresh_clears_every_checkpoint_and_artifact_but_leaves_other_files(tmp_path):
-    from das_tune.training.retrain import clear_run_folder
+    from das_tune.artifacts.run_folder import clear_run_folder
 
     names = ["search_state.pt", "warmup_state.pt", "metrics.json", "subnet.json", "adapters.safetensors", "study.yaml"]
     for name in [*names, "notes.txt", "retrain-En1-abc/metrics.json", "ray_train/run/checkpoint_000001/state.pt"]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
+from das_tune.artifacts.results import FoundBy, RetrainMetrics
+from das_tune.artifacts.run_folder import METRICS_FILE, WEIGHTS_FILE
+from das_tune.progress import Reporter
+from das_tune.spec.study import load_study_spec
 from das_tune.training import loop
 from das_tune.training.components import build_components
-from das_tune.progress import Reporter
-from das_tune.artifacts.results import FoundBy, RetrainMetrics
-from das_tune.training.retrain import METRICS_FILE, WEIGHTS_FILE, retrain
-from das_tune.spec.study import load_study_spec
+from das_tune.training.retrain import retrain
 
 
 def tiny_spec(tmp_path, **retrain_fields):

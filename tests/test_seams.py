@@ -9,12 +9,12 @@ import optuna
 import pytest
 import yaml
 
-from das_tune.spec import resources
-from das_tune.training.components import build_components
 from das_tune.errors import UserError
 from das_tune.samplers import SkipPolicy, make_sampler, skip_policy, study_policy
+from das_tune.spec import resources
 from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import load_study_spec
+from das_tune.training.components import build_components
 
 PACKAGE = Path(__file__).resolve().parents[1] / "das_tune"
 SPACE = SkipSpace(candidates=[f"En{i}" for i in range(6)], num_skip=2, name="seams")
@@ -58,8 +58,8 @@ def test_other_samplers_get_the_uniform_best_trial_policy(name):
 
 def test_a_stored_study_gets_its_recorded_samplers_policy(tmp_path):
     from das_tune.progress import Reporter
-    from das_tune.jobs.runner import open_spec_study
     from das_tune.samplers.das import DASPolicy
+    from das_tune.search.prepare import open_spec_study
 
     spec = load_study_spec("easyvqa_minilm", {"tiny": True, "storage": f"sqlite:///{tmp_path}/s.db"})
     parts = build_components(spec)
@@ -140,3 +140,114 @@ def test_local_paths_are_listed_once_and_made_absolute_for_ray_workers(tmp_path,
     assert load_study_spec("easyvqa_minilm", {"tiny": True, "backbone.options.tokenizer": "tok"}).local_paths() == {
         "backbone.options.tokenizer": "tok"  # explicit, so it wins over tiny mode
     }
+
+
+# The house, top floor first: a module may import its own package and the floors below it, nothing above and
+# nothing beside it. `das_tune/__init__.py` is the public facade over all of them and stands outside.
+LAYERS = (
+    ("cli",),
+    ("bench",),
+    ("jobs",),
+    ("subnet", "report"),
+    ("search",),
+    ("training",),
+    ("samplers", "storage", "artifacts"),
+    ("spec",),
+    ("tasks",),
+    ("backbones",),
+    ("errors", "progress"),
+)
+FLOOR = {room: floor for floor, rooms in enumerate(reversed(LAYERS)) for room in rooms}
+
+
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """Every das_tune module ``path`` imports, at the top or inside a function (a lazy import is still a
+    dependency); ``from das_tune.x import name`` counts as ``das_tune.x.name`` when that is a module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names)
+    return {name for name in found if name in modules}
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    paths = {module_name(p, package): p for p in package.rglob("*.py")}
+    return {name: imported_modules(path, set(paths)) for name, path in paths.items() if name != "das_tune"}
+
+
+def room(module: str) -> str:
+    return module.split(".")[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a room to one on the same floor or higher (its own room excepted), and imports of the facade."""
+    bad = []
+    for module, imports in graph.items():
+        for target in imports:
+            if target == "das_tune" or room(target) != room(module) and FLOOR[room(target)] >= FLOOR[room(module)]:
+                bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import graph's strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_room_has_a_floor():
+    assert {room(m) for m in import_graph()} <= set(FLOOR)
+
+
+def test_imports_run_one_way_down_the_floors():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+    assert circles(graph) == []
+
+
+def test_the_structure_check_sees_a_circle_and_an_upward_import(tmp_path):
+    package = tmp_path / "das_tune"
+    for path, source in {
+        "spec/study.py": "from das_tune.search import base\n",
+        "search/__init__.py": "",
+        "search/base.py": "def f():\n    from das_tune.search import oneshot\n",
+        "search/oneshot.py": "import das_tune.search.base\n",
+        "spec/__init__.py": "",
+    }.items():
+        (package / path).parent.mkdir(parents=True, exist_ok=True)
+        (package / path).write_text(source)
+    graph = import_graph(package)
+    assert upward_imports(graph) == ["das_tune.spec.study -> das_tune.search.base"]
+    assert circles(graph) == [["das_tune.search.base", "das_tune.search.oneshot"]]

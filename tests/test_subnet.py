@@ -14,13 +14,14 @@ from safetensors.torch import load_file
 
 import das_tune
 import das_tune.training.retrain as retrain_module
-from das_tune.training.components import build_components
+from das_tune.artifacts.results import FoundBy
+from das_tune.artifacts.run_folder import save_spec
 from das_tune.errors import UserError
+from das_tune.progress import Reporter
+from das_tune.spec.study import load_study_spec
 from das_tune.subnet.export import full_weight_bytes
 from das_tune.subnet.portable import read_config
-from das_tune.progress import Reporter
-from das_tune.artifacts.results import FoundBy
-from das_tune.spec.study import load_study_spec
+from das_tune.training.components import build_components
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +45,19 @@ def retrain_in_process(study, overrides, skipped):
     """Retrain ``skipped`` as ``das-tune retrain`` does; returns the run folder and the trained subnet."""
     spec = load_study_spec(study, overrides)
     parts = build_components(spec)
-    retrain_module.save_spec(spec)
+    save_spec(spec)
     trained = {}
-    write = retrain_module.write_artifacts
+    train = retrain_module._train
 
-    def keep_model(spec, subnet, *args):
+    def keep_model(spec, parts, subnet, *args):
         trained["model"] = subnet
-        return write(spec, subnet, *args)
+        return train(spec, parts, subnet, *args)
 
-    retrain_module.write_artifacts = keep_model
+    retrain_module._train = keep_model
     try:
         retrain_module.retrain(spec, parts, frozenset(skipped), FoundBy(sampler="given by the test"), Reporter())
     finally:
-        retrain_module.write_artifacts = write
+        retrain_module._train = train
     return spec.run_dir, trained["model"].eval(), parts.task
 
 

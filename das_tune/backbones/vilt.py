@@ -15,10 +15,16 @@ from torch import nn
 
 from das_tune.backbones.adapters import Adapter, SkippableLayer, add_lora
 from das_tune.backbones.layered import LayerSkipBackbone, additive_mask, check_petl, extend_rows
-from das_tune.backbones.sublayers import check_granularity, sublayer_width, vilt_sublayers
 from das_tune.backbones.processing import (
-    example_text, images_to_tensor, load_tokenizer, minilm_path, minilm_vocab_size, require_folder, tokenize,
+    example_text,
+    images_to_tensor,
+    load_tokenizer,
+    minilm_path,
+    minilm_vocab_size,
+    require_folder,
+    tokenize,
 )
+from das_tune.backbones.sublayers import check_granularity, sublayer_width, vilt_sublayers
 from das_tune.errors import UserError
 
 MEAN = STD = (0.5, 0.5, 0.5)

@@ -12,14 +12,11 @@ is shared between runs. With a range of num_skip (``--num-skip 1-3``) the benchm
 
 from __future__ import annotations
 
-from das_tune.artifacts import atomic
+from das_tune.artifacts.results import BenchResults, LadderResults
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
 from das_tune.progress import Reporter
-from das_tune.artifacts.results import BenchFiles, BenchResults, LadderResults, write_json
 from das_tune.spec.study import load_study_spec
-
-RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
 
 def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchResults | LadderResults:
@@ -35,9 +32,7 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     runs.execute(p, reporter)
     results = report.collect(p)
     names = plots.write_plots(results, p.out)
-    results.files = BenchFiles(out=str(p.out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=names)
-    write_json(results, p.out / RESULTS_JSON)
-    atomic.write_text(p.out / RESULTS_MD, report.markdown(results, names))
+    report.save(results, p.out, report.markdown(results, names), names)
     return results
 
 

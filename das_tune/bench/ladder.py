@@ -27,27 +27,46 @@ from pathlib import Path
 
 import optuna
 
-from das_tune.storage.opener import open_storage
-from das_tune.artifacts import atomic
-from das_tune.jobs import runner
-from das_tune.training import loop
+from das_tune.artifacts.results import (
+    CostRatio,
+    LadderPick,
+    LadderRecord,
+    LadderResults,
+    LadderRun,
+    LadderSummary,
+    PairedTest,
+    Retrained,
+    Warmup,
+    write_json,
+)
+from das_tune.artifacts.run_folder import save_spec
 from das_tune.bench import stats
 from das_tune.bench.baselines import METHODS
 from das_tune.bench.plots import plot_ladder
-from das_tune.bench.report import fmt, markdown_lines, retrained_lookup, spread
+from das_tune.bench.report import fmt, markdown_lines, retrained_lookup, save, spread
 from das_tune.bench.runs import (
-    BenchConfig, Plan, check_not_foreign, check_plan_file, observation_rounds, reference_subsets, retrained,
-    run_seed_once, sampler_of, seed_supernet, shared_warm_up, warm_layer_scores,
+    BenchConfig,
+    Plan,
+    check_not_foreign,
+    check_plan_file,
+    observation_rounds,
+    reference_subsets,
+    retrained,
+    run_seed_once,
+    sampler_of,
+    seed_supernet,
+    shared_warm_up,
+    warm_layer_scores,
 )
-from das_tune.training.components import Components, build_components, build_spec_task
 from das_tune.errors import UserError
+from das_tune.jobs import runner
 from das_tune.progress import Reporter
-from das_tune.artifacts.results import (
-    BenchFiles, CostRatio, LadderPick, LadderRecord, LadderResults, LadderRun, LadderSummary, PairedTest, Retrained, Warmup, write_json,
-)
-from das_tune.training.retrain import save_spec
 from das_tune.samplers import SINGLE_OBJECTIVE
+from das_tune.search import ONESHOT
 from das_tune.spec.study import StudySpec, load_study_spec
+from das_tune.storage.opener import open_storage
+from das_tune.training import loop
+from das_tune.training.components import Components, build_components, build_spec_task
 
 PER_SIZE = "das_per_size"  # DAS searching each size of the range on its own (the paper's procedure)
 
@@ -70,7 +89,7 @@ def plan_ladder(config: BenchConfig) -> Plan:
         raise UserError("nothing to compare: give --samplers and/or --methods")
     if config.retrain_seeds < 1:
         raise UserError(f"--retrain-seeds: expected at least 1, got {config.retrain_seeds}")
-    if base.search.executor != "oneshot" or base.search.warmup_epochs < 1:
+    if base.search.executor != ONESHOT or base.search.warmup_epochs < 1:
         raise UserError("a ladder benchmark shares one warm-up per seed on the oneshot executor: expected "
                         "search.executor = oneshot and search.warmup_epochs ≥ 1")
     task = build_spec_task(base)
@@ -312,16 +331,12 @@ def markdown(results: LadderResults) -> str:
 
 
 def run_ladder(config: BenchConfig, reporter: Reporter | None = None) -> LadderResults:
-    from das_tune.bench import RESULTS_JSON, RESULTS_MD
-
     p = plan_ladder(config)
     reporter = reporter or Reporter()
     execute(p, reporter)
     results = collect(p)
     names = [plot_ladder(results, p.out)] if results.runs else []
-    results.files = BenchFiles(out=str(p.out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=names)
-    write_json(results, p.out / RESULTS_JSON)
-    atomic.write_text(p.out / RESULTS_MD, markdown(results))
+    save(results, p.out, markdown(results), names)
     return results
 
 

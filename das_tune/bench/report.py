@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from statistics import mean, median, pstdev
 from typing import Any
 
@@ -17,11 +18,34 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from das_tune.bench import stats
+from das_tune.artifacts import atomic
 from das_tune.artifacts.results import (
-    BenchResults, RetrainMetrics, Budget, GroundTruth, MethodSummary, PairedTest, Ranking, Retrained, RunResult, SearchRecord, Spread,
+    BenchFiles,
+    BenchResults,
+    Budget,
+    GroundTruth,
+    LadderResults,
+    MethodSummary,
+    PairedTest,
+    Ranking,
+    Retrained,
+    RetrainMetrics,
+    RunResult,
+    SearchRecord,
+    Spread,
+    write_json,
 )
+from das_tune.bench import stats
 from das_tune.bench.runs import REFERENCE_SEED, Plan, retrained_values, saved_records, saved_warmups, subset_key
+
+RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+
+
+def save(results: BenchResults | LadderResults, out: Path, markdown_text: str, plots: list[str]) -> None:
+    """``results.json`` (naming its files) and ``results.md`` into ``out``, each atomically."""
+    results.files = BenchFiles(out=str(out), json_name=RESULTS_JSON, markdown=RESULTS_MD, plots=plots)
+    write_json(results, out / RESULTS_JSON)
+    atomic.write_text(out / RESULTS_MD, markdown_text)
 
 
 def fmt(value: Any) -> str:

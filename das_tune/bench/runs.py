@@ -41,21 +41,23 @@ import optuna
 import torch
 import yaml
 
-from das_tune.storage.opener import open_storage, study_exists
 from das_tune.artifacts import atomic
-from das_tune.jobs import runner
-from das_tune.training import loop
-from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
-from das_tune.training.components import Components, build_components, build_spec_task
-from das_tune.errors import FolderInUse, UserError
-from das_tune.storage.lease import folder_lock
-from das_tune.progress import Reporter
 from das_tune.artifacts.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
-from das_tune.training.retrain import finished_metrics, retrain, save_spec
+from das_tune.artifacts.run_folder import CHECKPOINT, finished_metrics, save_spec
+from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
+from das_tune.errors import FolderInUse, UserError
+from das_tune.jobs import runner
+from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLERS
-from das_tune.search.supernet import CHECKPOINT, warm_up
+from das_tune.search import ONESHOT
+from das_tune.search.supernet import warm_up
 from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import SearchSpec, StudySpec, load_study_spec
+from das_tune.storage.lease import folder_lock
+from das_tune.storage.opener import open_storage, study_exists
+from das_tune.training import loop
+from das_tune.training.components import Components, build_components, build_spec_task
+from das_tune.training.retrain import retrain
 
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
@@ -162,7 +164,7 @@ def plan(config: BenchConfig) -> Plan:
         raise UserError("--seeds: expected at least one seed")
     if config.retrain_seeds < 1 or (config.ground_truth and config.retrain_seeds < 2):
         raise UserError(f"--retrain-seeds: expected at least 2 with --ground-truth (its noise is measured), got {config.retrain_seeds}")
-    if base.search.executor != "oneshot":
+    if base.search.executor != ONESHOT:
         raise UserError("bench compares samplers on one weight-sharing supernet: expected search.executor = oneshot")
     if space.is_range:
         raise UserError(f"plan() is for one num_skip, not a range ({space.num_skip_label}): see das_tune.bench.ladder")

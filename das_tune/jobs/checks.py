@@ -16,15 +16,17 @@ from pathlib import Path
 
 import optuna
 
-from das_tune.training import loop
-from das_tune.training.components import Components
+from das_tune.artifacts.run_folder import CHECKPOINT, checkpoint_workers, checkpoint_workers_message, load_checkpoint
 from das_tune.errors import UserError
 from das_tune.samplers import sampler_from_record, sampler_record
-from das_tune.search.supernet import CHECKPOINT, checkpoint_workers, checkpoint_workers_message, load_checkpoint
+from das_tune.search import check_executor, executor_entry
 from das_tune.spec.study import StudySpec
+from das_tune.training import loop
+from das_tune.training.components import Components
 
 
 def check_study(spec: StudySpec, parts: Components) -> None:
+    check_executor(spec.search)
     check_rounds(spec, parts)
     check_sampler(spec, parts)
     check_writable_folder(Path(spec.output_dir), "output_dir")
@@ -39,7 +41,7 @@ def check_rounds(spec: StudySpec, parts: Components) -> None:
             f"search.round_size = {search.round_size}: a round scores distinct subsets and space {space.label} "
             f"with num_skip {space.num_skip_label} has only {subsets}; expected at most {subsets}"
         )
-    if search.executor_name not in ("oneshot", "data_parallel"):  # Ray Tune trials do not observe
+    if not executor_entry(search).one_shot:  # Ray Tune trials do not observe
         return
     steps = loop.steps_per_epoch(parts.task, search.batch_size, search.max_steps_per_epoch)
     warmup, total = steps * search.warmup_epochs, steps * (search.warmup_epochs + search.search_epochs)

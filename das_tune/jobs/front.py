@@ -18,24 +18,23 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
-from das_tune.artifacts import atomic
-from das_tune.jobs.checks import check_resumable, check_study
-from das_tune.training.components import Components, build_components
-from das_tune.report.dashboard import save_front_report
+from das_tune.artifacts.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics
+from das_tune.artifacts.run_folder import artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, save_spec
 from das_tune.errors import UserError
-from das_tune.progress import Reporter
-from das_tune.artifacts.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics, write_json
-from das_tune.training.retrain import artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, retrain, save_spec
+from das_tune.jobs.checks import check_resumable, check_study
 from das_tune.jobs.runner import Searched, exclusive, search
-from das_tune.samplers import SINGLE_OBJECTIVE
-from das_tune.spec.spaces import size_label
-from das_tune.spec.study import StudySpec
 from das_tune.jobs.target import Target, choose
+from das_tune.progress import Reporter
+from das_tune.report.dashboard import save_front_report
+from das_tune.report.front import FRONT_JSON, FRONT_MD, FRONT_PNG, write_front
+from das_tune.samplers import SINGLE_OBJECTIVE
+from das_tune.search import ONESHOT, executor_name
+from das_tune.spec.study import StudySpec
+from das_tune.training.components import Components, build_components
 from das_tune.training.loop import seed_everything
+from das_tune.training.retrain import retrain
 
-FRONT_JSON, FRONT_PNG, FRONT_MD, FRONT_DIR = "front.json", "front.png", "front.md", "front"
+FRONT_DIR = "front"
 FULL = "full"
 
 
@@ -77,7 +76,7 @@ def _front(
     return FrontFile(
         study_name=found.study.study_name, storage=found.found_by.storage or spec.storage, space=parts.space.name,
         candidates=list(parts.space.candidates), num_skip=list(parts.space.sizes), sampler=spec.sampler.name,
-        executor=spec.search.executor_name, observations=found.found_by.observations, search_seconds=found.found_by.search_seconds,
+        executor=executor_name(spec.search), observations=found.found_by.observations, search_seconds=found.found_by.search_seconds,
         pareto_observations=len(found.study.best_trials), metric=parts.task.metric, full=full, ladder=ladder,
         missing=[m for m in parts.space.sizes if m > 0 and m not in picks],
         target=choose(target, full, ladder) if target is not None else None,
@@ -89,8 +88,8 @@ def check_front(spec: StudySpec, parts: Components, target: Target | None) -> No
     space = parts.space
     if not space.is_range:
         raise UserError(f"a front needs a range of num_skip (e.g. --num-skip 1-3); space {space.label} skips {space.num_skip}")
-    if spec.search.executor_name != "oneshot":
-        raise UserError(f"a range of num_skip runs on the oneshot executor with one worker, not {spec.search.executor_name!r}")
+    if executor_name(spec.search) != ONESHOT:
+        raise UserError(f"a range of num_skip runs on the oneshot executor with one worker, not {executor_name(spec.search)!r}")
     if spec.sampler.name in SINGLE_OBJECTIVE:
         raise UserError(f"sampler {spec.sampler.name!r} cannot search two objectives (observed loss, additional GMACs); "
                         "use das, random, tpe (multi-objective TPE), nsga2, qmc or gp")
@@ -161,56 +160,3 @@ def _mark_pareto(full: FrontPoint, ladder: list[FrontPoint]) -> list[FrontPoint]
 
     full.pareto = not dominated(full)
     return [p.model_copy(update={"pareto": not dominated(p)}) for p in ladder]
-
-
-# -- the files ------------------------------------------------------------------------------------
-def write_front(front: FrontFile, run_dir: Path) -> None:
-    """Each file atomically; front.json last."""
-    atomic.write_text(run_dir / FRONT_MD, markdown(front))
-    plot_front(front, run_dir / FRONT_PNG)
-    write_json(front, run_dir / FRONT_JSON)
-
-
-def markdown(front: FrontFile) -> str:
-    """The front as a markdown table (what README sections and notes show), and the target's verdict."""
-    lines = [
-        f"| subnet | skipped | chosen by | test {front.metric} | additional GMACs | FLOPs saved | latency (ms) | speedup | Pareto |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p in [front.full, *front.ladder]:
-        lines.append(
-            f"| {p.name} | {', '.join(p.skipped) or '—'} | {p.chosen_by} | {p.value:.4f} | {p.additional_gmacs:+.4f} | "
-            f"{p.flops_saved:.1%} | {p.latency_subnet_ms:.2f} | {p.speedup:.2f}× | {'yes' if p.pareto else ''} |"
-        )
-    if front.missing:
-        lines += ["", f"No pick for num_skip {', '.join(map(str, front.missing))}: the search never observed a subset of that size."]
-    if front.target is not None:
-        lines += ["", f"**Target** {front.target.rule}: {front.target.reason}."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_front(front: FrontFile, path: Path) -> None:
-    """Retrained metric vs additional GMACs: the ladder (each point labelled by its size), the Pareto
-    points joined, the full model marked, the target's pick circled."""
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.subplots()
-    ladder = front.ladder
-    ax.scatter([p.additional_gmacs for p in ladder], [p.value for p in ladder], s=40, color="tab:blue", label="each size's pick", zorder=3)
-    for p in ladder:
-        ax.annotate(f"skip {p.num_skip}", (p.additional_gmacs, p.value), textcoords="offset points", xytext=(5, 5), fontsize="small")
-    pareto = sorted([p for p in [front.full, *ladder] if p.pareto], key=lambda p: p.additional_gmacs)
-    ax.plot([p.additional_gmacs for p in pareto], [p.value for p in pareto], color="tab:blue", alpha=0.5, zorder=2, label="retrained Pareto front")
-    ax.scatter([front.full.additional_gmacs], [front.full.value], marker="*", s=180, color="tab:red", label="full model", zorder=4)
-    ax.axhline(front.full.value, color="tab:red", linestyle=":", linewidth=1)
-    target = front.target
-    if target is not None and target.pick is not None:
-        picked = next(p for p in [front.full, *ladder] if p.name == target.pick)
-        ax.scatter([picked.additional_gmacs], [picked.value], s=320, facecolors="none", edgecolors="tab:green", linewidths=2,
-                   label=f"target: {target.rule}", zorder=5)
-    ax.ticklabel_format(axis="x", useOffset=False)
-    ax.set_xlabel("additional GMACs vs the original model (negative: cheaper)")
-    ax.set_ylabel(f"retrained test {front.metric}")
-    ax.set_title(f"{front.study_name}: one search, num_skip {size_label(front.num_skip)}")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

@@ -42,13 +42,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from das_tune.artifacts import atomic
-from das_tune.training import loop
 from das_tune.backbones.bert import load_encoder, masked_mean
 from das_tune.backbones.layered import additive_mask
 from das_tune.backbones.processing import load_tokenizer, minilm_path
 from das_tune.backbones.vl_bert import MEAN, STD, ImageTokens, joint_sequence
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
+from das_tune.training import loop
 
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")

@@ -19,22 +19,29 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from das_tune.backbones.flops import CostModel
-from das_tune.jobs.checks import check_resumable, check_study, check_writable_folder
-from das_tune.training.components import Components, build_components
-from das_tune.errors import RunFailure
-from das_tune.storage.lease import StudyLease, folder_lock
-from das_tune.progress import Reporter
 from das_tune.artifacts.results import FoundBy, RetrainMetrics
-from das_tune.training.retrain import (
-    METRICS_FILE, artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, read_metrics, read_run, retrain, save_spec,
+from das_tune.artifacts.run_folder import (
+    METRICS_FILE,
+    artifacts_folder,
+    check_run_folder,
+    clear_run_folder,
+    finished_metrics,
+    read_metrics,
+    read_run,
+    save_spec,
 )
-from das_tune.samplers import SkipPolicy, sampler_from_record, sampler_record, skip_policy
-from das_tune.search import get_executor
-from das_tune.search.base import SearchRun
-from das_tune.storage.opener import open_storage, open_study, shown_url
+from das_tune.errors import RunFailure
+from das_tune.jobs.checks import check_resumable, check_study, check_writable_folder
+from das_tune.progress import Reporter
+from das_tune.samplers import SkipPolicy
+from das_tune.search import executor_entry, executor_name, get_executor
+from das_tune.search.prepare import prepare_search
 from das_tune.spec.study import StudySpec, load_study_spec, override_spec
+from das_tune.storage.lease import StudyLease, folder_lock
+from das_tune.storage.opener import open_storage, shown_url
+from das_tune.training.components import Components, build_components
 from das_tune.training.loop import seed_everything
+from das_tune.training.retrain import retrain
 
 GIVEN_BY_SKIP = "given by --skip"
 
@@ -68,49 +75,16 @@ def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = Non
             yield storage
 
 
-def open_spec_study(
-    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None = None
-) -> optuna.Study:
-    """The spec's study in ``storage`` (default: opened from ``spec.storage``), created or resumed."""
-    return _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)[0]
-
-
-def _open_study(
-    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None
-) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
-    record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
-    sampler = sampler_from_record(record, parts.space)  # a bad sampler name or option fails before the storage is opened
-    storage = storage or open_storage(spec.storage)
-    study = open_study(storage, spec.resolved_study_name, sampler, record, parts.space, url=spec.storage, fresh=fresh, log=reporter.log)
-    return study, storage
-
-
-def prepare_search(
-    spec: StudySpec,
-    parts: Components,
-    *,
-    fresh: bool = False,
-    reporter: Reporter,
-    storage: optuna.storages.BaseStorage | None = None,
-    warmup_checkpoint: Path | None = None,
-) -> SearchRun:
-    """The spec's study opened (``storage``: the opened ``spec.storage``, opened here if not given),
-    its sampler's skip policy and the cost model: what an executor runs."""
-    study, storage = _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
-    policy = skip_policy(study.sampler, parts.space, spec.search.round_size)
-    return SearchRun(spec, parts, study, storage, policy, CostModel(parts.model), reporter, warmup_checkpoint)
-
-
 def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options: Any) -> Searched:
     """Run (or resume) the search with the spec's executor (``options``: see :func:`prepare_search`;
     one-shot searches start from ``warmup_checkpoint`` if given). Call it inside ``exclusive(spec)``."""
     run = prepare_search(spec, parts, reporter=reporter, **options)
     start = time.perf_counter()
-    get_executor(spec.search.executor_name)(run)
+    get_executor(executor_name(spec.search))(run)
     study, policy = run.study, run.policy
     _check_observed(study)
     found_by = FoundBy(
-        sampler=spec.sampler.name, executor=spec.search.executor_name, workers=spec.search.workers,
+        sampler=spec.sampler.name, executor=executor_name(spec.search), workers=spec.search.workers,
         study_name=study.study_name, storage=shown_url(spec.storage),
         observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=policy.probabilities(study),
     )
@@ -143,7 +117,7 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     seed_everything(spec.seed)
     parts = build_components(spec)  # bad input fails here, before the storage is touched
     check_study(spec, parts)
-    if spec.ray.address and spec.search.executor_name != "oneshot":  # so does a Ray cluster that does not answer
+    if spec.ray.address and executor_entry(spec.search).uses_ray:  # so does a Ray cluster that does not answer
         from das_tune.search.ray_cluster import check_reachable
 
         check_reachable(spec.ray.address)

@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from das_tune.errors import UserError
 from das_tune.artifacts.results import FrontPoint, TargetResult
+from das_tune.errors import UserError
 
 _RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|>|<)\s*(?:(full)\s*(?:([+-])\s*(\d+(?:\.\d*)?|\.\d+))?|([+-]?(?:\d+(?:\.\d*)?|\.\d+)))\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}

@@ -35,7 +35,8 @@ from collections import defaultdict
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as _wsgi_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import make_server as _wsgi_server
 
 import numpy as np
 import optuna
@@ -44,8 +45,9 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel
 
-from das_tune.errors import UserError
 from das_tune.artifacts.results import FrontFile
+from das_tune.errors import UserError
+from das_tune.report.front import markdown
 from das_tune.samplers import SAMPLER_ATTR, SkipPolicy, study_policy
 from das_tune.spec.spaces import SkipSpace
 from das_tune.storage.opener import open_storage, shown_url
@@ -102,7 +104,6 @@ def save_front_report(
 ) -> None:
     """A range's report: the layer and loss plots, Optuna's Pareto-front plot of the observations
     (observed loss vs additional GMACs), the retrained front, and a note with the front's table."""
-    from das_tune.jobs.front import markdown  # the front imports this module
 
     policy = policy or study_policy(study, space)
     study.set_metric_names(list(OBJECTIVE_NAMES))  # the dashboard names the two objectives

@@ -9,10 +9,10 @@ from pathlib import Path
 import optuna
 
 from das_tune.backbones.flops import CostModel
-from das_tune.training.components import Components
 from das_tune.progress import Reporter
 from das_tune.samplers import SkipPolicy
 from das_tune.spec.study import StudySpec
+from das_tune.training.components import Components
 
 
 @dataclass

@@ -39,18 +39,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from das_tune.training import loop
-from das_tune.training.components import Components
+from das_tune.artifacts.run_folder import CHECKPOINT, RANKS_KEY, RAY_TRAIN_FOLDER, write_checkpoint
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
 from das_tune.search.base import SearchRun
 from das_tune.search.oneshot import OneShotSearch
-from das_tune.search.supernet import (
-    CHECKPOINT, RAY_TRAIN_FOLDER, RANKS_KEY, Supernet, warm_up, write_checkpoint,
-)
+from das_tune.search.supernet import Supernet, warm_up
 from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
+from das_tune.training import loop
+from das_tune.training.components import Components
 
 
 def rows_of(batch: Batch, rank: int, workers: int) -> tuple[Batch, int, int]:
@@ -247,8 +246,8 @@ def _worker(config: dict[str, Any]) -> None:
 def run_rank(spec: StudySpec, rank: int, workers: int, warmup_checkpoint: Path | None, device: str | None = None) -> None:
     """Rank ``rank`` of the warm-up and the search (rank 0 with the study), in a process group that is
     already initialised (Ray Train's, or a test's)."""
+    from das_tune.search.prepare import prepare_search
     from das_tune.training.components import build_components
-    from das_tune.jobs.runner import prepare_search
 
     loop.seed_everything(spec.seed)
     parts = build_components(spec)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import optuna
 
-from das_tune.training import loop
 from das_tune.errors import RunFailure, UserError
 from das_tune.search.base import SearchRun
 from das_tune.search.supernet import Supernet, warm_up
 from das_tune.tasks.base import Batch
+from das_tune.training import loop
 
 PHASE = "search"
 

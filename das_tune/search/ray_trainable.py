@@ -32,11 +32,11 @@ import pyarrow.fs
 import torch
 from ray import tune
 
-from das_tune.training import loop
-from das_tune.training.components import Components, build_components
 from das_tune.search.ray_cluster import current_node
 from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
+from das_tune.training import loop
+from das_tune.training.components import Components, build_components
 
 _STATE = "state.pt"
 WARMUP_FILE = "warmup_state.pt"

@@ -76,8 +76,8 @@ from das_tune.search.ray_cluster import ray_session
 from das_tune.search.ray_trainable import WARMUP_FILE, TrialHold, train_subnet
 from das_tune.search.supernet import warm_up
 from das_tune.spec.spaces import SkipSpace
-from das_tune.storage.opener import fail_running
 from das_tune.spec.study import RaySpec, StudySpec
+from das_tune.storage.opener import fail_running
 
 METRIC, MODE = "loss", "min"
 PHASE = "ray"

@@ -16,17 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from das_tune.artifacts import atomic
-from das_tune.training import loop
-from das_tune.training.components import Components
+from das_tune.artifacts.run_folder import (
+    CHECKPOINT,
+    CHECKPOINT_KEYS,
+    WARMUP_CHECKPOINT,
+    checkpoint_workers,
+    checkpoint_workers_message,
+    load_checkpoint,
+    write_checkpoint,
+)
 from das_tune.errors import RunFailure, UserError
 from das_tune.progress import Reporter
 from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
-
-CHECKPOINT = "search_state.pt"
-WARMUP_CHECKPOINT = "warmup_state.pt"  # the supernet after the warm-up: shareable by other searches
-RAY_TRAIN_FOLDER = "ray_train"  # the data-parallel executor's Ray Train storage (its own checkpoints)
+from das_tune.training import loop
+from das_tune.training.components import Components
 
 
 @dataclass
@@ -112,7 +116,7 @@ class Supernet:
             if fallback is None:
                 return False
             state = load_checkpoint(fallback)
-        self.restored_extra = {k: v for k, v in state.items() if k not in _CHECKPOINT_KEYS} if restored_own else {}
+        self.restored_extra = {k: v for k, v in state.items() if k not in CHECKPOINT_KEYS} if restored_own else {}
         self.model.load_state_dict(state["model"], strict=False)
         self.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
@@ -123,40 +127,6 @@ class Supernet:
         if restored_own and not self.position.finished and written != self.workers:  # `run` refuses it before writing
             raise UserError(checkpoint_workers_message(own, written, self.workers))
         return restored_own
-
-
-_CHECKPOINT_KEYS = {"position", "model", "trainer", "rng", "torch_rng", "cuda_rng", "study_name"}
-
-
-RANKS_KEY = "ranks"  # a data-parallel checkpoint's per-rank states; its length is the number of workers
-
-
-def checkpoint_workers(state: dict[str, Any]) -> int:
-    """How many workers wrote a search checkpoint (1: one process)."""
-    return len(state.get(RANKS_KEY) or [None])
-
-
-def checkpoint_workers_message(path: Path, written: int, workers: int) -> str:
-    by = "one process" if written == 1 else f"{written} data-parallel workers"
-    return (
-        f"{path}: the search was checkpointed by {by}, so it resumes exactly only with search.workers={written} "
-        f"(not {workers}); pass --workers {written}, or --fresh to start again"
-    )
-
-
-def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic.write_with(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A supernet checkpoint, or a one-line error naming the file if it is truncated or not one."""
-    try:
-        state = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as err:
-        raise UserError(f"{path}: not a readable search checkpoint ({type(err).__name__}); remove it or pass --fresh") from None
-    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
-        raise UserError(f"{path}: not a das-tune search checkpoint; remove it or pass --fresh")
-    return state
 
 
 def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Supernet | None = None) -> Path | None:

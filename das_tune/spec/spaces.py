@@ -44,8 +44,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from das_tune.spec import resources, yaml_reader
 from das_tune.errors import UserError
+from das_tune.spec import resources, yaml_reader
 
 PARAM_PREFIX = "skip."
 SIZE_PARAM = "num_skip"  # a range's size parameter (no "skip." prefix: it cannot clash with a layer's key)

@@ -10,14 +10,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from das_tune.spec import resources, yaml_reader
 from das_tune.errors import UserError
-from das_tune.search import EXECUTORS
+from das_tune.spec import resources, yaml_reader
 from das_tune.spec.spaces import SkipSpace, load_space, parse_num_skip, size_label
-from das_tune.storage.opener import DEFAULT_STORAGE
 
 # The fields that name local files or folders, listed once: checked before a run, made absolute for
 # Ray workers, dropped in tiny mode (a tiny model and its data need no files).
+DEFAULT_STORAGE = "sqlite:///das_tune.db"
 LOCAL_PATHS = ("backbone.checkpoint", "backbone.options.tokenizer", "task.data_dir")
 
 
@@ -88,7 +87,7 @@ OBSERVATION_PRESETS = {
 
 
 class SearchSpec(OptimSpec):
-    executor: str = Field(default="oneshot", description="a search executor by name (das_tune.search.EXECUTORS)")
+    executor: str = Field(default="oneshot", description="a search executor by name (das_tune.search.EXECUTORS; checked with the study)")
     warmup_epochs: int = Field(default=1, ge=0, description="epochs of uniformly random subnets")
     search_epochs: int = Field(default=2, ge=1, description="epochs with redundancy observations")
     observe_every: int = Field(default=10, gt=0, description="training micro-batches between observation rounds (das_turn)")
@@ -102,23 +101,9 @@ class SearchSpec(OptimSpec):
 
     @model_validator(mode="after")
     def _workers_fit(self) -> SearchSpec:
-        if self.workers > 1 and self.executor not in ("oneshot", "data_parallel"):
-            raise ValueError(f"workers: data-parallel training is for the one-shot executor; executor {self.executor!r} runs one trial per worker")
         if self.workers > self.batch_size:
             raise ValueError(f"workers: expected at most batch_size ({self.batch_size}) workers, each takes a share of every batch; got {self.workers}")
         return self
-
-    @property
-    def executor_name(self) -> str:
-        """The executor that runs the search: the data-parallel one-shot one when ``workers > 1``."""
-        return "data_parallel" if self.workers > 1 else self.executor
-
-    @field_validator("executor")
-    @classmethod
-    def _known_executor(cls, name: str) -> str:
-        if name not in EXECUTORS:
-            raise ValueError(f"expected one of {', '.join(EXECUTORS)}, got {name!r}")
-        return name
 
     @field_validator("observation", mode="before")
     @classmethod

@@ -16,10 +16,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from das_tune.errors import UserError
-from das_tune.samplers import SAMPLER_ATTR
-from das_tune.spec.spaces import SkipSpace
-
-DEFAULT_STORAGE = "sqlite:///das_tune.db"
+from das_tune.spec.study import DEFAULT_STORAGE
 
 SQLITE_TIMEOUT_S = 60  # several processes on one SQLite file wait for each other's writes
 _CREATE_ATTEMPTS = 20
@@ -102,51 +99,3 @@ def fail_running(study: optuna.Study, phase: str | None = None) -> int:
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
-
-
-def open_study(
-    storage: optuna.storages.BaseStorage,
-    name: str,
-    sampler: optuna.samplers.BaseSampler,
-    sampler_record: dict,
-    space: SkipSpace,
-    *,
-    url: str,
-    fresh: bool = False,
-    log=print,
-) -> optuna.Study:
-    """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
-
-    Call it holding the study's lease (``das_tune.storage.lease``). Trials a dead process left RUNNING are the
-    executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
-    ``url`` names the storage in messages.
-    """
-    if study_exists(storage, name):
-        if fresh:
-            count = len(optuna.load_study(study_name=name, storage=storage).trials)
-            optuna.delete_study(study_name=name, storage=storage)
-            log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
-        else:
-            return _resume(storage, url, name, sampler, sampler_record, space, log)
-    directions = ["minimize", "minimize"] if space.is_range else ["minimize"]  # a range: (observed loss, additional GMACs)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
-    storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, sampler_record)
-    study.set_user_attr("space", space.name)
-    study.set_user_attr("candidates", list(space.candidates))
-    study.set_user_attr("num_skip", space.recorded_num_skip)
-    return study
-
-
-def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: SkipSpace, log) -> optuna.Study:
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-    recorded = storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
-    if recorded is not None and recorded != sampler_record:
-        raise UserError(
-            f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
-            "pass --fresh to start it again or --set study_name=NEW for a new study"
-        )
-    if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.recorded_num_skip):
-        raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {running} interrupted" if running else ""))
-    return study

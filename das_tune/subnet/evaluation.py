@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from das_tune.training import loop
+from das_tune.artifacts.run_folder import read_run_folder
 from das_tune.errors import UserError
-from das_tune.subnet.run_folder import build_run_task, read_run_folder
 from das_tune.subnet.load import load_run
+from das_tune.training import loop
+from das_tune.training.components import build_spec_task
 
 SPLITS = ("val", "test")
 
@@ -29,10 +30,10 @@ def evaluate(path: str | Path, split: str = "test", overrides: dict[str, Any] | 
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     run = read_run_folder(path, overrides)
-    task = build_run_task(run.spec)
+    task = build_spec_task(run.spec)
     model = load_run(run, task)
     metrics = loop.evaluate(model.backbone, task, split, run.spec.retrain.batch_size)
-    recorded = run.metrics.get("value") if split == "test" else run.metrics.get("val", {}).get(task.metric)
+    recorded = run.metrics.value if split == "test" else run.metrics.val.get(task.metric)
     return Evaluation(
         split=split, metric=task.metric, value=metrics[task.metric], metrics=metrics,
         examples=len(task.examples(split)), recorded=recorded,

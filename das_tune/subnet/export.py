@@ -27,17 +27,24 @@ from pydantic import BaseModel
 from safetensors.torch import save_file, save_model
 from torch import nn
 
+from das_tune.artifacts.run_folder import read_run_folder
 from das_tune.backbones.adapters import ParallelAdapter
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.processing import load_tokenizer
 from das_tune.errors import UserError
-from das_tune.subnet.portable import (
-    CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, SubnetConfig, describe_backbone, describe_head, is_export_folder,
-    read_config, rebuild_backbone,
-)
-from das_tune.subnet.run_folder import read_run_folder
-from das_tune.subnet.predict import task_inputs
 from das_tune.subnet.load import FolderSummary, Subnet, load_subnet, summarize
+from das_tune.subnet.portable import (
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    SubnetConfig,
+    describe_backbone,
+    describe_head,
+    is_export_folder,
+    read_config,
+    rebuild_backbone,
+)
+from das_tune.subnet.predict import task_inputs
 
 Format = Literal["safetensors", "onnx", "hf"]
 FORMATS: tuple[str, ...] = ("safetensors", "onnx", "hf")
@@ -111,7 +118,7 @@ def subnet_config(model: Subnet, source: str | Path) -> SubnetConfig:
         metric, value, source = earlier.metric, earlier.value, earlier.source
     else:
         metrics = read_run_folder(source).metrics
-        metric, value = metrics.get("metric"), metrics.get("value")
+        metric, value = metrics.metric, metrics.value
     return SubnetConfig(
         backbone=name, tiny=tiny, options=options, architecture=architecture, skipped=model.skipped,
         head=describe_head(model.backbone.task_head), task=model.task, labels=model.labels,

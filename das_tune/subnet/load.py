@@ -21,12 +21,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model
 from torch import nn
 
+from das_tune.artifacts.run_folder import RunFolder, is_run_folder, read_run_folder
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError
 from das_tune.subnet.portable import TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, read_config, rebuild_backbone
 from das_tune.subnet.predict import Prediction, task_inputs
-from das_tune.subnet.run_folder import RunFolder, build_run_task, is_run_folder, pretrained_backbone, read_run_folder
 from das_tune.tasks.base import Task
+from das_tune.training.components import build_spec_task, pretrained_backbone
 
 NOT_A_FOLDER = "{path}: not a das-tune run folder (study.yaml, subnet.json, ...) or exported subnet (config.json, model.safetensors)"
 
@@ -108,7 +109,7 @@ def load_subnet(path: str | Path, overrides: dict[str, Any] | None = None) -> Su
 
 def load_run(run: RunFolder, task: Task | None = None) -> Subnet:
     """A run's subnet: its checkpoint's kept layers and its trained weights; ``task`` if already built."""
-    task = task or build_run_task(run.spec, labels_only=True)
+    task = task or build_spec_task(run.spec, labels_only=True)
     backbone = pretrained_backbone(run.spec).export(run.skipped)
     backbone.task_head = task.build_head(backbone.feature_dim)
     _load_trained(backbone, run.weights)

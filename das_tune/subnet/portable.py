@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.spec.yaml_reader import validation_message
 from das_tune.errors import UserError
+from das_tune.spec.yaml_reader import validation_message
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 FORMAT = "das-tune-subnet"

@@ -12,6 +12,7 @@ from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import StudySpec
 from das_tune.tasks import build_task
 from das_tune.tasks.base import Task
+from das_tune.training.loop import seed_everything
 
 
 @dataclass
@@ -52,9 +53,21 @@ def _backbone(spec: StudySpec, space: SkipSpace) -> SkippableBackbone:
     return build_backbone(spec.backbone.name, checkpoint=spec.backbone.checkpoint, tiny=spec.tiny, **options)
 
 
-def build_spec_task(spec: StudySpec) -> Task:
-    """The study's task alone (data, head, loss, metric), without a model."""
-    return _task(_with_local_paths(spec))
+def pretrained_backbone(spec: StudySpec) -> SkippableBackbone:
+    """The backbone a retrain starts from: the checkpoint's weights (a tiny run's random weights,
+    replayed from its seed as the retrain drew them), fresh adapters, no head."""
+    spec = _with_local_paths(spec)
+    seed_everything(spec.seed)
+    return _backbone(spec, spec.load_space())
+
+
+def build_spec_task(spec: StudySpec, *, labels_only: bool = False) -> Task:
+    """The study's task alone (data, head, loss, metric), without a model; ``labels_only`` reads one
+    example per split (enough for the head and labels)."""
+    spec = _with_local_paths(spec)
+    if labels_only:
+        spec = spec.model_copy(update={"task": spec.task.model_copy(update={"options": {**spec.task.options, "train_limit": 1, "val_limit": 1, "test_limit": 1}})})
+    return _task(spec)
 
 
 def _task(spec: StudySpec) -> Task:

@@ -1,0 +1,100 @@
+"""What builds a search: the spec's study opened in its storage (created, resumed or started again), its
+sampler's skip policy and the cost model, gathered into the :class:`SearchRun` an executor runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from das_tune.backbones.flops import CostModel
+from das_tune.errors import UserError
+from das_tune.progress import Reporter
+from das_tune.samplers import SAMPLER_ATTR, sampler_from_record, sampler_record, skip_policy
+from das_tune.search.base import SearchRun
+from das_tune.spec.spaces import SkipSpace
+from das_tune.spec.study import StudySpec
+from das_tune.storage.opener import open_storage, shown_url, study_exists
+from das_tune.training.components import Components
+
+
+def open_spec_study(
+    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None = None
+) -> optuna.Study:
+    """The spec's study in ``storage`` (default: opened from ``spec.storage``), created or resumed."""
+    return _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)[0]
+
+
+def _open_study(
+    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
+    sampler = sampler_from_record(record, parts.space)  # a bad sampler name or option fails before the storage is opened
+    storage = storage or open_storage(spec.storage)
+    study = open_study(storage, spec.resolved_study_name, sampler, record, parts.space, url=spec.storage, fresh=fresh, log=reporter.log)
+    return study, storage
+
+
+def prepare_search(
+    spec: StudySpec,
+    parts: Components,
+    *,
+    fresh: bool = False,
+    reporter: Reporter,
+    storage: optuna.storages.BaseStorage | None = None,
+    warmup_checkpoint: Path | None = None,
+) -> SearchRun:
+    """The spec's study opened (``storage``: the opened ``spec.storage``, opened here if not given),
+    its sampler's skip policy and the cost model: what an executor runs."""
+    study, storage = _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+    policy = skip_policy(study.sampler, parts.space, spec.search.round_size)
+    return SearchRun(spec, parts, study, storage, policy, CostModel(parts.model), reporter, warmup_checkpoint)
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    sampler_record: dict,
+    space: SkipSpace,
+    *,
+    url: str,
+    fresh: bool = False,
+    log=print,
+) -> optuna.Study:
+    """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
+
+    Call it holding the study's lease (``das_tune.storage.lease``). Trials a dead process left RUNNING are the
+    executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
+    ``url`` names the storage in messages.
+    """
+    if study_exists(storage, name):
+        if fresh:
+            count = len(optuna.load_study(study_name=name, storage=storage).trials)
+            optuna.delete_study(study_name=name, storage=storage)
+            log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
+        else:
+            return _resume(storage, url, name, sampler, sampler_record, space, log)
+    directions = ["minimize", "minimize"] if space.is_range else ["minimize"]  # a range: (observed loss, additional GMACs)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
+    storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, sampler_record)
+    study.set_user_attr("space", space.name)
+    study.set_user_attr("candidates", list(space.candidates))
+    study.set_user_attr("num_skip", space.recorded_num_skip)
+    return study
+
+
+def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: SkipSpace, log) -> optuna.Study:
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    recorded = storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
+    if recorded is not None and recorded != sampler_record:
+        raise UserError(
+            f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
+            "pass --fresh to start it again or --set study_name=NEW for a new study"
+        )
+    if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.recorded_num_skip):
+        raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {running} interrupted" if running else ""))
+    return study
