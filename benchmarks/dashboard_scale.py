@@ -135,7 +135,8 @@ def main() -> None:
             cold = {}
             for label, (name, space, n) in studies.items():
                 cold[label], warm, size = trial_list(base, ids[name])
-                print(f"GET /api/studies/<id>?after=0, {label}: cold {cold[label]:.2f} s, warm {warm:.2f} s, {size / 1e6:.1f} MB ({size / n:.0f} B/trial)")
+                print(f"GET /api/studies/<id>?after=0, {label}: cold {cold[label]:.2f} s, warm {warm:.2f} s, "
+                      f"{size / 1e6:.1f} MB ({size / n:.0f} B/trial)")
             large = optuna.load_study(study_name="global-large", storage=url)
             start = time.perf_counter()
             policy = skip_policy(sampler_from_record(SAMPLER, global_space), global_space)
@@ -143,7 +144,8 @@ def main() -> None:
             print(f"save_study_report on {args.trials} trials: {time.perf_counter() - start:.1f} s")
             time.sleep(10.5)  # let the dashboard's trial cache expire, so that this one is cold too
             report, warm, size = trial_list(base, ids["global-large"])
-            print(f"GET /api/studies/<id>?after=0, {args.trials} trials, 24 keys, with the report: refetch {report:.2f} s, warm {warm:.2f} s, {size / 1e6:.1f} MB")
+            print(f"GET /api/studies/<id>?after=0, {args.trials} trials, 24 keys, with the report: "
+                  f"refetch {report:.2f} s, warm {warm:.2f} s, {size / 1e6:.1f} MB")
             poll, _ = timed_get(f"{base}/api/studies/{ids['global-large']}?after={args.trials - 10}")
             print(f"GET /api/studies/<id>?after={args.trials - 10} (the page's refresh): {poll:.2f} s")
         finally:

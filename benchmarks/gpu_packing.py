@@ -55,7 +55,8 @@ def main() -> None:
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
-    ray.init(address="local", num_cpus=int(4 * args.cpus_per_trial), num_gpus=1, _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    ray.init(address="local", num_cpus=int(4 * args.cpus_per_trial), num_gpus=1, _node_ip_address="127.0.0.1",
+             log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     with tempfile.TemporaryDirectory() as folder:
         one = trials_per_hour(args, 1, folder)
         four = trials_per_hour(args, 4, folder)

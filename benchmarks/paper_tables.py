@@ -14,7 +14,8 @@ main job's search chose (its row is the bench's retrains of that subset, seed 0 
 until the ground truth reaches it, the main job's retrain alone).
 Each row: test accuracy (mean and spread over retrain seeds), additional GMACs, FLOPs saved, CPU latency
 at batch 1 (the full model's and DAS's pick's from the main job, which ran alone; the bench's from its
-retrains, which may have shared the machine: each row says which). README's Table B is checked against the JSON this writes (tests/test_main_job_readme.py).
+retrains, which may have shared the machine: each row says which). README's Table B is checked against
+the JSON this writes (tests/test_main_job_readme.py).
 
 For a space the main job does not search (the sublayer space), ``--das-seed S`` takes DAS's pick from the
 bench's search record of seed S (``records/das-seedS.json``) and ``--others N`` shows the first N subsets of

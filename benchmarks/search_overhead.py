@@ -55,7 +55,8 @@ def measure(mode: str, epochs: int, train_limit: int, device: str) -> dict[str, 
         steps = loop.steps_per_epoch(parts.task, spec.search.batch_size, None)
         trainer = loop.Trainer(parts.model, spec.search, steps, epochs)
         for epoch in range(epochs):
-            for step, batch in enumerate(loop.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None)):
+            batches = loop.epoch_batches(parts.task, parts.model, spec.search.batch_size, seed=0, epoch=epoch, max_steps=None)
+            for step, batch in enumerate(batches):
                 trainer.train(parts.task, batch, step)
     if device == "cuda":
         torch.cuda.synchronize()

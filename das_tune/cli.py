@@ -18,6 +18,8 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # typer's own copy of click
 
 from das_tune.errors import RunFailure, UserError
+from das_tune.samplers import SAMPLERS
+from das_tune.search import EXECUTORS
 from das_tune.spec.study import DEFAULT_STORAGE
 
 
@@ -120,19 +122,38 @@ def _load_spec(study: str | None, space: str | None, overrides: dict[str, Any]):
     return load_study_spec(study, overrides)
 
 
+NUM_SKIP_HELP = "How many layers to skip: a number, or a range (1-3, 2,4,6,8) for one search of every size and the accuracy-GMACs front."
+EXECUTOR_HELP = "; ".join(f"{name}: {entry.about}" for name, entry in EXECUTORS.items()) + " (chosen when --workers > 1)."
+TARGET_HELP = "With a num_skip range: pick the cheapest retrained subnet meeting e.g. 'accuracy>=full-0.01' (exit 1 if none)."
+MAX_GMACS_HELP = "With a num_skip range: the pick has at most this many additional GMACs (negative: cheaper than the original model)."
+BENCH_NUM_SKIP_HELP = (
+    "How many layers to skip (default: the space's); a range (1-3) compares one search of the range with das_per_size, "
+    "DAS searching each size on its own."
+)
+BENCH_SAMPLERS_HELP = (
+    f"Comma-separated samplers (searches on one supernet): {', '.join(SAMPLERS)}, or das_std (DAS with standardised advantages; "
+    "das is the reference rule); with a range also das_per_size."
+)
+BENCH_METHODS_HELP = "Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none)."
+BENCH_SEEDS_HELP = "Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results."
+GROUND_TRUTH_HELP = (
+    "Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ."
+)
+
+
 @app.command()
 @exits_cleanly
 def run(
     study: Annotated[str | None, typer.Option(help="A built-in study name or a study YAML file.")] = None,
     space: Annotated[str | None, typer.Option(help="A search space; its built-in study is used.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="das, random, tpe, cmaes, qmc, gp, nsga2")] = None,
-    num_skip: Annotated[str | None, typer.Option(help="How many layers to skip: a number, or a range (1-3, 2,4,6,8) for one search of every size and the accuracy-GMACs front.")] = None,
-    executor: Annotated[str | None, typer.Option(help="oneshot (supernet, the paper) or ray (Ray Tune trials).")] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"One of {', '.join(SAMPLERS)}.")] = None,
+    num_skip: Annotated[str | None, typer.Option(help=NUM_SKIP_HELP)] = None,
+    executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP)] = None,
     address: Annotated[str | None, typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-parallel workers of the one-shot search (DDP; 1: one process).")] = None,
     fresh: Annotated[bool, typer.Option(help="Delete the study and its run folder's progress and start again.")] = False,
-    target: Annotated[str | None, typer.Option(help="With a num_skip range: pick the cheapest retrained subnet meeting e.g. 'accuracy>=full-0.01' (exit 1 if none).")] = None,
-    max_gmacs: Annotated[float | None, typer.Option(help="With a num_skip range: the pick has at most this many additional GMACs (negative: cheaper than the original model).")] = None,
+    target: Annotated[str | None, typer.Option(help=TARGET_HELP)] = None,
+    max_gmacs: Annotated[float | None, typer.Option(help=MAX_GMACS_HELP)] = None,
     storage: Storage = None,
     seed: Seed = None,
     tiny: Tiny = False,
@@ -235,12 +256,12 @@ def _skip_list(skip: str) -> list[str]:
 def bench(
     space: Annotated[str | None, typer.Option(help="A search space; its built-in study is used.")] = None,
     study: Annotated[str | None, typer.Option(help="A built-in study name or a study YAML file.")] = None,
-    num_skip: Annotated[str | None, typer.Option(help="How many layers to skip (default: the space's); a range (1-3) compares one search of the range with das_per_size, DAS searching each size on its own.")] = None,
-    samplers: Annotated[str, typer.Option(help="Comma-separated samplers (searches on one supernet): das (reference rule), das_std (standardised advantages), random, tpe, cmaes, qmc, gp; with a range also nsga2 and das_per_size.")] = "das,das_std,random,tpe",
-    methods: Annotated[str, typer.Option(help="Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none).")] = "block_influence,angular,last_k,first_k",
-    seeds: Annotated[str, typer.Option(help="Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results.")] = "5",
-    retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; its result is the mean.")] = 2,
-    ground_truth: Annotated[bool, typer.Option(help="Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ.")] = False,
+    num_skip: Annotated[str | None, typer.Option(help=BENCH_NUM_SKIP_HELP)] = None,
+    samplers: Annotated[str, typer.Option(help=BENCH_SAMPLERS_HELP)] = "das,das_std,random,tpe",
+    methods: Annotated[str, typer.Option(help=BENCH_METHODS_HELP)] = "block_influence,angular,last_k,first_k",
+    seeds: Annotated[str, typer.Option(help=BENCH_SEEDS_HELP)] = "5",
+    retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; the mean counts.")] = 2,
+    ground_truth: Annotated[bool, typer.Option(help=GROUND_TRUTH_HELP)] = False,
     reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
@@ -322,7 +343,9 @@ def predict_command(
     hypothesis: Annotated[str | None, typer.Option(help="MNLI: the hypothesis.")] = None,
     caption: Annotated[str | None, typer.Option(help="Flickr30K: the caption to match with --image.")] = None,
     jsonl: Annotated[Path | None, typer.Option(help="Batch: a JSON object of inputs per line (image paths relative to the file).")] = None,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Batch: write the predictions here as JSON lines (default: stdout).")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Batch: write the predictions here as JSON lines (default: stdout).")
+    ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many labels to list, best first.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch: inputs per forward pass.")] = 32,
     quiet: Quiet = False,
@@ -417,7 +440,9 @@ def _write_atomically(path: Path, text: str) -> None:
 def export_command(
     run_dir: RunDir,
     out_dir: Annotated[Path, typer.Option("--out", help="A new folder to write.")],
-    format: Annotated[str, typer.Option("--format", help="safetensors (load_subnet loads it), onnx, or hf (BERT-family, plain layer removal).")] = "safetensors",
+    format: Annotated[
+        str, typer.Option("--format", help="safetensors (load_subnet loads it), onnx, or hf (BERT-family, plain layer removal).")
+    ] = "safetensors",
     quiet: Quiet = False,
     set_: Sets = None,
 ) -> None:
@@ -434,11 +459,13 @@ def export_command(
     table = Table(title=f"das-tune export: {result.out} ({result.format})", show_header=False)
     for name, size in result.files.items():
         table.add_row(name, _megabytes(size))
-    table.add_row("weights: subnet / full model", f"{_megabytes(result.subnet_weight_bytes)} / {_megabytes(result.full_weight_bytes)} ({result.weight_ratio:.1%})")
+    sizes = f"{_megabytes(result.subnet_weight_bytes)} / {_megabytes(result.full_weight_bytes)} ({result.weight_ratio:.1%})"
+    table.add_row("weights: subnet / full model", sizes)
     if result.onnx is not None:
         check = result.onnx
         table.add_row("ONNX vs PyTorch, largest difference", f"{check.max_abs_diff:.2e} (tolerance {check.tolerance:g})")
-        table.add_row(f"latency batch {check.batch_sizes[0]}, CPU: PyTorch / onnxruntime", f"{check.torch_ms:.2f} ms / {check.onnxruntime_ms:.2f} ms")
+        latency = f"{check.torch_ms:.2f} ms / {check.onnxruntime_ms:.2f} ms"
+        table.add_row(f"latency batch {check.batch_sizes[0]}, CPU: PyTorch / onnxruntime", latency)
     out.print(table)
 
 
@@ -516,7 +543,8 @@ def spaces() -> None:
     table = Table("space", "candidates", "num_skip", "description")
     for name in builtin_names("search_spaces"):
         space = load_space(name)
-        table.add_row(name, f"{len(space.candidates)} ({space.candidates[0]}…{space.candidates[-1]})", space.num_skip_label, space.description)
+        candidates = f"{len(space.candidates)} ({space.candidates[0]}…{space.candidates[-1]})"
+        table.add_row(name, candidates, space.num_skip_label, space.description)
     out.print(table)
 
 
@@ -545,7 +573,8 @@ def _report(spec, done, quiet: bool) -> None:
     table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")
     table.add_row("FLOPs saved vs full model with adapters", f"{metrics.flops_saved:.1%}")
     table.add_row("trainable params", f"{metrics.trainable_params:,}")
-    table.add_row("latency full → subnet (batch 1)", f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)")
+    latency = f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)"
+    table.add_row("latency full → subnet (batch 1)", latency)
     if metrics.search_seconds is not None:
         table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
     table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")

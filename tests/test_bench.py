@@ -187,7 +187,8 @@ def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_pa
     assert len({(r["seed"], r["warmup_seconds"]) for r in runs}) == 2
     # the training-free methods score the warm-up supernet, which is what its ranking measures
     for r in by_kind["training-free"]:
-        assert r["supernet_losses"] == json.loads((out / "runs" / f"easyvqa_minilm-warmup-seed{r['seed']}" / "warmup.json").read_text())["supernet_losses"]
+        warmup = json.loads((out / "runs" / f"easyvqa_minilm-warmup-seed{r['seed']}" / "warmup.json").read_text())
+        assert r["supernet_losses"] == warmup["supernet_losses"]
     assert {tuple(r["chosen"]) for r in runs if r["method"] == "last_k"} == {("En5",)}
     assert all(r["layer_scores"] is None for r in runs if r["method"] in ("random", "tpe"))
     assert all(set(r["layer_scores"]) == set(results["candidates"]) for r in runs if r["method"] in ("das", "das_std"))

@@ -210,7 +210,8 @@ def test_a_killed_range_search_resumes_to_the_same_trials_and_front(tmp_path):
     run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True)
     # events counted from each process's start: in the first round, later in the search, near the retrains
     for point, must_land in ((23, True), (90, True), (170, False)):
-        result = subprocess.run([sys.executable, str(worker), f"kill:{point}", *RANGE_RUN], cwd=killed, capture_output=True, text=True, timeout=1200)
+        command = [sys.executable, str(worker), f"kill:{point}", *RANGE_RUN]
+        result = subprocess.run(command, cwd=killed, capture_output=True, text=True, timeout=1200)
         assert result.returncode == -signal.SIGKILL or not must_land and result.returncode == 0, result.stderr[-2000:]
     run_cli(*RANGE_RUN, cwd=killed, timeout=1200, check=True)
     assert range_outcome(killed) == range_outcome(whole)

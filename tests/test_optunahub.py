@@ -1,9 +1,14 @@
 """The OptunaHub package: loads with optunahub, runs its example, needs no das-tune, and draws the very
 same trials as das-tune's own DASSampler (so the two editions cannot drift apart unnoticed)."""
 
+import ast
+import importlib
+import inspect
 import math
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import optuna
@@ -74,3 +79,67 @@ def test_space_encodes_like_das_tunes(hub):
         assert theirs.decode(ours.encode(subset)) == subset
     with pytest.raises(ValueError, match="num_skip"):
         hub.SkipSpace(candidates=LAYERS, num_skip=6)
+
+
+# -- "Copied from": the package's copied functions are the very code of das-tune's (as Hugging Face checks
+# its model files); the parts that differ by design (a single num_skip, single-objective) are marked nothing
+# and kept equal in behaviour by the tests above.
+COPIED = re.compile(r"^(\s*)# Copied from (das_tune(?:\.\w+)+)(?: with (.+))?$")
+MUST_BE_MARKED = {
+    "_default_reward", "_sigmoid", "random_log_keys", "DASSampler.__init__", "DASSampler._apply_round", "DASSampler._keys_for",
+}
+
+
+def copied_functions(source: str) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
+    """(qualified name in the package, its source, the das-tune original's dotted path, replacements) per marker."""
+    tree = ast.parse(source)
+    defs = {node.lineno: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    owners = {id(f): c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body}
+    found = []
+    lines = source.splitlines()
+    for number, line in enumerate(lines, start=1):
+        match = COPIED.match(line)
+        if match:
+            node = defs[number + 1]
+            name = f"{owners[id(node)]}.{node.name}" if id(node) in owners else node.name
+            replacements = [tuple(part.strip().split("->")) for part in (match.group(3) or "").split(",") if part.strip()]
+            found.append((name, textwrap.dedent(ast.get_source_segment(source, node, padded=True)), match.group(2), replacements))
+    return found
+
+
+def original_source(dotted: str) -> str:
+    """The source of ``das_tune.<modules>.<name>[.<method>]``: the longest importable prefix is the module."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for part in parts[split:]:
+            obj = getattr(obj, part)
+        return textwrap.dedent(inspect.getsource(obj))
+    raise ModuleNotFoundError(dotted)
+
+
+def copy_mismatches(source: str) -> list[str]:
+    bad = []
+    for name, copied, dotted, replacements in copied_functions(source):
+        expected = original_source(dotted)
+        for old, new in replacements:
+            expected = expected.replace(old, new)
+        if copied.strip() != expected.strip():
+            bad.append(f"{name} differs from {dotted}")
+    return bad
+
+
+def test_copied_functions_are_das_tunes_own_code():
+    source = (PACKAGE / "sampler.py").read_text()
+    assert {name for name, *_ in copied_functions(source)} >= MUST_BE_MARKED
+    assert copy_mismatches(source) == []
+
+
+def test_the_copy_check_sees_an_edited_copy():
+    source = (PACKAGE / "sampler.py").read_text()
+    edited = source.replace("gates += self.lr * delta * p * (1.0 - p)", "gates += 2 * self.lr * delta * p * (1.0 - p)")
+    assert edited != source
+    assert copy_mismatches(edited) == ["DASSampler._apply_round differs from das_tune.samplers.das.DASSampler._apply_round"]

@@ -23,7 +23,9 @@ def oneshot_url(postgresql, tmp_path_factory):
     """Four one-shot studies (seeds 0-3) run at the same time on one fresh database."""
     url = postgresql.create_database("oneshot")
     work = tmp_path_factory.mktemp("oneshot")
-    run = lambda seed: run_cli("run", "--space", "minilm_vqa", "--tiny", "--seed", str(seed), "--storage", url, "--quiet", cwd=work, timeout=500)  # noqa: E731
+    run = lambda seed: run_cli(  # noqa: E731
+        "run", "--space", "minilm_vqa", "--tiny", "--seed", str(seed), "--storage", url, "--quiet", cwd=work, timeout=500
+    )
     with ThreadPoolExecutor(len(SEEDS)) as pool:
         results = list(pool.map(run, SEEDS))
     for result in results:

@@ -96,7 +96,8 @@ def ray_session():
     """A local Ray on 127.0.0.1; the environment is put back afterwards (``ray.init`` writes e.g.
     ``RAY_AUTH_MODE=token``, which would reach the multi-node tests' cluster nodes and driver)."""
     environment = dict(os.environ)
-    ray.init(address="local", num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, _node_ip_address=LOOPBACK, log_to_driver=False, logging_level=logging.WARNING,
+             include_dashboard=False)
     yield
     ray.shutdown()
     os.environ.clear()

@@ -71,7 +71,8 @@ def experiment(ray_cluster, tmp_path_factory) -> Experiment:
     nodes = {ray_cluster.head_node.node_id: "node_a", doomed.node_id: "node_c"}
     nodes.update({n.node_id: "node_b" for n in ray_cluster.worker_nodes if n is not doomed})
     with log.open("w") as out:
-        run = subprocess.Popen(run_command(ray_cluster.address, db, shared, doomed.node_id, pause), cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        command = run_command(ray_cluster.address, db, shared, doomed.node_id, pause)
+        run = subprocess.Popen(command, cwd=work, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         killed = wait_for_pause(pause, db, run, log, shared)
         ray_cluster.remove_node(doomed, allow_graceful=False)  # its raylet and the trial's worker die

@@ -306,7 +306,8 @@ def test_rank_output_starts_from_the_itm_match_row():
 
 # -- the built-in studies -------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("study", "micro", "accumulate", "lr", "head"), [("meter_fusion", 32, 16, 2.5e-5, 50), ("meter_global", 32, 16, 2.5e-5, 50), ("vilt_global", 64, 4, 1e-4, 10)]
+    ("study", "micro", "accumulate", "lr", "head"),
+    [("meter_fusion", 32, 16, 2.5e-5, 50), ("meter_global", 32, 16, 2.5e-5, 50), ("vilt_global", 64, 4, 1e-4, 10)],
 )
 def test_builtin_studies_state_the_reference_settings(study, micro, accumulate, lr, head):
     spec = load_study_spec(study)

@@ -93,7 +93,8 @@ def snapshot(folder: Path, db: Path) -> tuple:
 @pytest.mark.timeout(1800)
 def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
     release = tmp_path / "go"
-    args = ["run", "--space", "minilm_vqa", "--tiny", "--quiet", "--set", "search.search_epochs=1", "--set", "retrain.max_steps_per_epoch=1"]
+    args = ["run", "--space", "minilm_vqa", "--tiny", "--quiet", "--set", "search.search_epochs=1",
+            "--set", "retrain.max_steps_per_epoch=1"]
     first = subprocess.Popen(
         [sys.executable, str(WORKER), f"pause:5:file={release}:only=tell", *args], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -379,7 +379,9 @@ class LadderResults(_Result):
     steps_per_epoch: int
     retrain_seeds: list[int]
     full: Retrained | None
-    hypervolume_reference: float | None = Field(description="the reference point's metric: the lowest retrained metric of any point (at 0 additional GMACs)")
+    hypervolume_reference: float | None = Field(
+        description="the reference point's metric: the lowest retrained metric of any point (at 0 additional GMACs)"
+    )
     ground_truth_sizes: list[int] = Field(description="sizes whose every subset is retrained: their picks have percentiles")
     summary: dict[str, LadderSummary]
     paired_tests: dict[str, dict[str, PairedTest]] = Field(description="method → size (or 'hypervolume') → das − method, paired by seed")

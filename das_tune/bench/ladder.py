@@ -149,7 +149,9 @@ def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: War
     )
 
 
-def _range_search(p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: optuna.storages.BaseStorage, reporter: Reporter) -> LadderRecord:
+def _range_search(
+    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: optuna.storages.BaseStorage, reporter: Reporter
+) -> LadderRecord:
     """One sampler's search of the whole range from the seed's shared warm-up (resumed if interrupted)."""
     spec = p.spec(seed, sampler)
     found = _search(spec, parts, opened, reporter, Path(warm.checkpoint))
@@ -177,7 +179,9 @@ def _size_search(p: Plan, seed: int, size: int, opened: optuna.storages.BaseStor
     )
 
 
-def _search(spec: StudySpec, parts: Components, opened: optuna.storages.BaseStorage, reporter: Reporter, warm_checkpoint: Path) -> runner.Searched:
+def _search(
+    spec: StudySpec, parts: Components, opened: optuna.storages.BaseStorage, reporter: Reporter, warm_checkpoint: Path
+) -> runner.Searched:
     with runner.exclusive(spec, opened):
         check_not_foreign(spec, opened)
         save_spec(spec)
@@ -288,7 +292,9 @@ def _paired_tests(p: Plan, runs: list[LadderRun], methods: list[str]) -> dict[st
             pairs = [(_value(by[ref, s], size), _value(by[method, s], size)) for s in seeds]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
             per[str(size)] = PairedTest(**stats.paired_test([a for a, _ in pairs], [b for _, b in pairs]))
-        per["hypervolume"] = PairedTest(**stats.paired_test([by[ref, s].hypervolume for s in seeds], [by[method, s].hypervolume for s in seeds]))
+        per["hypervolume"] = PairedTest(
+            **stats.paired_test([by[ref, s].hypervolume for s in seeds], [by[method, s].hypervolume for s in seeds])
+        )
         tests[method] = per
     return tests
 

@@ -69,7 +69,8 @@ def collect(p: Plan) -> BenchResults:
     seeds = sorted({r.seed for r in runs})
     return BenchResults(
         study=p.base.name, space=p.space.label, candidates=list(p.space.candidates), num_candidates=len(p.space.candidates),
-        num_skip=p.space.num_skip, num_subsets=p.space.num_subsets, top_percent=stats.TOP_PERCENT, metric=runs[0].metric if runs else (next(iter(truth.subsets.values())).metric if truth else ""),
+        num_skip=p.space.num_skip, num_subsets=p.space.num_subsets, top_percent=stats.TOP_PERCENT,
+        metric=runs[0].metric if runs else (next(iter(truth.subsets.values())).metric if truth else ""),
         seeds=seeds, samplers=[m for m in p.config.samplers if m in methods], methods=[m for m in p.config.methods if m in methods],
         reference=reference, storage=p.storage, tiny=p.base.tiny, budget=_budget(p), warnings=warnings,
         summary={m: _summary([r for r in runs if r.method == m]) for m in methods},
@@ -223,7 +224,8 @@ def summary_table(results: BenchResults, compact: bool = False) -> tuple[list[st
     top = fmt(results.top_percent)
     columns = [("value", f"test {results.metric}", results.metric), ("additional_gmacs", "additional GMACs", "GMACs")]
     if truth:
-        columns += [("regret", "regret", "regret"), ("percentile", "percentile", "pct"), ("top10_share", f"top {top} % share", f"top {top} %"),
+        columns += [("regret", "regret", "regret"), ("percentile", "percentile", "pct"),
+                    ("top10_share", f"top {top} % share", f"top {top} %"),
                     ("kendall_tau", "Kendall τ (layer scores)", "τ"), ("supernet_kendall_tau", "Kendall τ (supernet loss)", "τ net")]
     columns += [("cost_seconds", "wall-clock s", "wall s")] if compact else [
         ("observations", "observations", ""), ("cost_steps", "training steps", ""), ("cost_seconds", "wall-clock s", "")]
@@ -300,7 +302,8 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                   f"(median std over retrain seeds) {fmt(gt.noise_std)}.", ""]
         if results.warmup_ranking:
             lines += ["Warm-up supernet's loss against the ground truth, per seed: " + "; ".join(
-                f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}" for s, r in results.warmup_ranking.items()) + ".", ""]
+                f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}"
+                for s, r in results.warmup_ranking.items()) + ".", ""]
         lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)

@@ -244,7 +244,8 @@ def execute(p: Plan, reporter: Reporter) -> None:
     if p.config.ground_truth:
         parts = parts or build_components(p.spec(p.config.seeds[0]))
         subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
-        reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, {len(subsets)} subsets to go")
+        reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, "
+                     f"{len(subsets)} subsets to go")
         busy = sum(retrained(p, r, parts, subset, reporter) is None for subset in subsets for r in p.retrain_seeds)
         if busy:
             reporter.log(f"ground truth: {busy} retrains were running in other processes; re-run when they end to collect them")
@@ -420,7 +421,9 @@ def saved_warmups(p: Plan, seeds: list[int]) -> dict[int, Warmup]:
 def retrain_spec(p: Plan, seed: int, skipped: frozenset[str]) -> StudySpec:
     """``retrain/seed<r>/<subset>`` (the full model: ``none``); a range's retrain is of one size."""
     fields = {"num_skip": len(skipped) or min(p.space.sizes)} if p.space.is_range else {}
-    return p.spec(seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)) or "none", **fields)
+    return p.spec(
+        seed, output_dir=str(p.out / "retrain" / f"seed{seed}"), study_name="+".join(p.space.ordered(skipped)) or "none", **fields
+    )
 
 
 def _retrain_metrics(p: Plan, seed: int, skipped: frozenset[str]) -> RetrainMetrics | None:

@@ -21,7 +21,8 @@ def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
     if not len(data):
         return {"median": None, "q25": None, "q75": None, "min": None, "max": None, "n": 0}
     q25, median, q75 = np.percentile(data, [25, 50, 75])
-    return {"median": float(median), "q25": float(q25), "q75": float(q75), "min": float(data.min()), "max": float(data.max()), "n": len(data)}
+    return {"median": float(median), "q25": float(q25), "q75": float(q75),
+            "min": float(data.min()), "max": float(data.max()), "n": len(data)}
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | str]:

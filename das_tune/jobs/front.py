@@ -16,22 +16,21 @@ model once as the reference, is retrained from the pre-trained weights into its 
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 from das_tune.artifacts.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics
-from das_tune.artifacts.run_folder import artifacts_folder, check_run_folder, clear_run_folder, finished_metrics, save_spec
+from das_tune.artifacts.run_folder import artifacts_folder, finished_metrics, save_spec
 from das_tune.errors import UserError
-from das_tune.jobs.checks import check_resumable, check_study
-from das_tune.jobs.runner import Searched, exclusive, search
+from das_tune.jobs.runner import Searched, opening, search
 from das_tune.jobs.target import Target, choose
 from das_tune.progress import Reporter
 from das_tune.report.dashboard import save_front_report
 from das_tune.report.front import FRONT_JSON, FRONT_MD, FRONT_PNG, write_front
-from das_tune.samplers import SINGLE_OBJECTIVE
+from das_tune.samplers import SAMPLERS, SINGLE_OBJECTIVE
 from das_tune.search import ONESHOT, executor_name
 from das_tune.spec.study import StudySpec
-from das_tune.training.components import Components, build_components
-from das_tune.training.loop import seed_everything
+from das_tune.training.components import Components
 from das_tune.training.retrain import retrain
 
 FRONT_DIR = "front"
@@ -41,19 +40,9 @@ FULL = "full"
 def run_front(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None, target: Target | None = None) -> FrontFile:
     """Search the range, retrain every size's pick and the full model, write the front; apply ``target``."""
     reporter = reporter or Reporter()
-    seed_everything(spec.seed)
-    parts = build_components(spec)  # bad input fails here, before anything is written
-    check_front(spec, parts, target)
-    check_study(spec, parts)
-    if not fresh:
-        for folder in (spec.run_dir, *sorted((spec.run_dir / FRONT_DIR).glob("*"))):
-            check_run_folder(folder)
-        check_resumable(spec)
-    with exclusive(spec) as storage:  # the only writer of the run folder and the study
-        if fresh:
-            removed = clear_run_folder(spec.run_dir) + _clear_front(spec.run_dir)
-            if removed:
-                reporter.log(f"--fresh: removed {', '.join(removed)} from {spec.run_dir}")
+    rungs = sorted((spec.run_dir / FRONT_DIR).glob("*"))
+    check = partial(check_front, spec, target=target)
+    with opening(spec, fresh=fresh, reporter=reporter, folders=rungs, check=check, clear=_clear_front) as (parts, storage):
         save_spec(spec)
         found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
         picks = found.policy.picks(found.study)
@@ -91,8 +80,9 @@ def check_front(spec: StudySpec, parts: Components, target: Target | None) -> No
     if executor_name(spec.search) != ONESHOT:
         raise UserError(f"a range of num_skip runs on the oneshot executor with one worker, not {executor_name(spec.search)!r}")
     if spec.sampler.name in SINGLE_OBJECTIVE:
+        others = ", ".join(name for name in SAMPLERS if name not in SINGLE_OBJECTIVE)
         raise UserError(f"sampler {spec.sampler.name!r} cannot search two objectives (observed loss, additional GMACs); "
-                        "use das, random, tpe (multi-objective TPE), nsga2, qmc or gp")
+                        f"use one of {others} (tpe: multi-objective TPE)")
     if target is not None:
         target.check_metric(parts.task.metric)
 

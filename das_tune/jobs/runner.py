@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +75,41 @@ def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = Non
             yield storage
 
 
+@contextmanager
+def opening(
+    spec: StudySpec,
+    *,
+    fresh: bool,
+    reporter: Reporter,
+    folders: Sequence[Path] = (),
+    check: Callable[[Components], None] | None = None,
+    clear: Callable[[Path], list[str]] | None = None,
+) -> Iterator[tuple[Components, optuna.storages.BaseStorage]]:
+    """How every search job opens: its run folder (and ``folders``) checked before the model is built,
+    the components built and checked (``check``: the job's own needs), a Ray cluster reached — all before
+    anything is written — then ``exclusive``; with ``fresh`` the run folder is cleared (``clear``: the
+    job's own files too). Yields the components and the opened storage."""
+    if not fresh:  # a damaged run folder is refused before the model is built
+        for folder in (spec.run_dir, *folders):
+            check_run_folder(folder)
+        check_resumable(spec)
+    seed_everything(spec.seed)
+    parts = build_components(spec)  # bad input fails here, before the storage is touched
+    if check is not None:
+        check(parts)
+    check_study(spec, parts)
+    if spec.ray.address and executor_entry(spec.search).uses_ray:  # so does a Ray cluster that does not answer
+        from das_tune.search.ray_cluster import check_reachable
+
+        check_reachable(spec.ray.address)
+    with exclusive(spec) as storage:
+        if fresh:
+            removed = clear_run_folder(spec.run_dir) + (clear(spec.run_dir) if clear else [])
+            if removed:
+                reporter.log(f"--fresh: removed {', '.join(removed)} from {spec.run_dir}")
+        yield parts, storage
+
+
 def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options: Any) -> Searched:
     """Run (or resume) the search with the spec's executor (``options``: see :func:`prepare_search`;
     one-shot searches start from ``warmup_checkpoint`` if given). Call it inside ``exclusive(spec)``."""
@@ -111,21 +146,7 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
     ``fresh``, which deletes the study and the run folder's progress and artifacts first.
     """
     reporter = reporter or Reporter()
-    if not fresh:  # a damaged run folder is refused before the model is built
-        check_run_folder(spec.run_dir)
-        check_resumable(spec)
-    seed_everything(spec.seed)
-    parts = build_components(spec)  # bad input fails here, before the storage is touched
-    check_study(spec, parts)
-    if spec.ray.address and executor_entry(spec.search).uses_ray:  # so does a Ray cluster that does not answer
-        from das_tune.search.ray_cluster import check_reachable
-
-        check_reachable(spec.ray.address)
-    with exclusive(spec) as storage:
-        if fresh:
-            removed = clear_run_folder(spec.run_dir)
-            if removed:
-                reporter.log(f"--fresh: removed {', '.join(removed)} from {spec.run_dir}")
+    with opening(spec, fresh=fresh, reporter=reporter) as (parts, storage):
         if read_metrics(spec.run_dir) is None:  # a finished run's study.yaml describes its artifacts: kept
             save_spec(spec)
         found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from das_tune.artifacts.results import FrontPoint, TargetResult
 from das_tune.errors import UserError
 
-_RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|>|<)\s*(?:(full)\s*(?:([+-])\s*(\d+(?:\.\d*)?|\.\d+))?|([+-]?(?:\d+(?:\.\d*)?|\.\d+)))\s*$")
+_NUMBER = r"\d+(?:\.\d*)?|\.\d+"
+_RULE = re.compile(
+    rf"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|>|<)\s*(?:(full)\s*(?:([+-])\s*({_NUMBER}))?|([+-]?(?:{_NUMBER})))\s*$"
+)
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 

@@ -117,7 +117,8 @@ def save_front_report(
     lines = [
         f"## {study.study_name}", "",
         f"- **space**: {space.label} — skip {space.num_skip_label} of {len(space.candidates)} layers, one search (two objectives)",
-        f"- **sampler**: {front.sampler}; **observations**: {len(trials)} completed trials, {front.pareto_observations} on their Pareto front",
+        f"- **sampler**: {front.sampler}; **observations**: {len(trials)} completed trials, "
+        f"{front.pareto_observations} on their Pareto front",
     ]
     if artifacts_dir is not None:
         lines.append(f"- **artifacts**: `{Path(artifacts_dir)}` (front.json, front.png, front.md)")

@@ -49,7 +49,8 @@ def plot_front(front: FrontFile, path: Path) -> None:
     for p in ladder:
         ax.annotate(f"skip {p.num_skip}", (p.additional_gmacs, p.value), textcoords="offset points", xytext=(5, 5), fontsize="small")
     pareto = sorted([p for p in [front.full, *ladder] if p.pareto], key=lambda p: p.additional_gmacs)
-    ax.plot([p.additional_gmacs for p in pareto], [p.value for p in pareto], color="tab:blue", alpha=0.5, zorder=2, label="retrained Pareto front")
+    ax.plot([p.additional_gmacs for p in pareto], [p.value for p in pareto], color="tab:blue", alpha=0.5, zorder=2,
+            label="retrained Pareto front")
     ax.scatter([front.full.additional_gmacs], [front.full.value], marker="*", s=180, color="tab:red", label="full model", zorder=4)
     ax.axhline(front.full.value, color="tab:red", linestyle=":", linewidth=1)
     target = front.target

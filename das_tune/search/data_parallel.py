@@ -125,7 +125,8 @@ class DataParallelSupernet(Supernet):
         """Rank 0 writes the checkpoint, with every rank's own part of the state: its torch generator
         (dropout draws differ per rank) and an open accumulation window's gradients (its rows' share)."""
         state = self.state()
-        mine = {"torch_rng": state["torch_rng"], "cuda_rng": state["cuda_rng"], "grads": {n: g.cpu() for n, g in state["trainer"]["grads"].items()}}
+        mine = {"torch_rng": state["torch_rng"], "cuda_rng": state["cuda_rng"],
+                "grads": {n: g.cpu() for n, g in state["trainer"]["grads"].items()}}
         ranks = [None] * self.workers if self.rank == 0 else None
         dist.gather_object(mine, ranks, dst=0)
         if self.rank == 0:
@@ -174,7 +175,8 @@ class DataParallelSearch(OneShotSearch):
         shared = [self.probabilities]
         dist.broadcast_object_list(shared, src=0)
         self.probabilities = shared[0]
-        digest = hashlib.sha256(json.dumps([self.probabilities, str(self.net.rng.bit_generator.state)], sort_keys=True).encode()).hexdigest()
+        policy = json.dumps([self.probabilities, str(self.net.rng.bit_generator.state)], sort_keys=True)
+        digest = hashlib.sha256(policy.encode()).hexdigest()
         digests: list[str | None] = [None] * self.workers
         dist.all_gather_object(digests, digest)
         if len(set(digests)) != 1:

@@ -93,7 +93,10 @@ def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: 
             f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
             "pass --fresh to start it again or --set study_name=NEW for a new study"
         )
-    if study.user_attrs.get("candidates") not in (None, list(space.candidates)) or study.user_attrs.get("num_skip") not in (None, space.recorded_num_skip):
+    if (
+        study.user_attrs.get("candidates") not in (None, list(space.candidates))
+        or study.user_attrs.get("num_skip") not in (None, space.recorded_num_skip)
+    ):
         raise UserError(f"study {name!r} was run on another space; pass --fresh or --set study_name=NEW")
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     log(f"resuming study {name!r}: {len(study.trials)} trials" + (f", {running} interrupted" if running else ""))

@@ -49,7 +49,9 @@ def check_reachable(address: str) -> None:
         socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}); start one with `ray start --head` or fix the address") from None
+        raise UserError(
+            f"--address {address}: no Ray cluster answers there ({reason}); start one with `ray start --head` or fix the address"
+        ) from None
 
 
 def driver_ip(address: str | None) -> str | None:

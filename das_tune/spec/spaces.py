@@ -134,7 +134,9 @@ class SkipSpace(BaseModel):
         if isinstance(num_skip, tuple):
             bad = [m for m in num_skip if not 0 <= m < n]
             if bad:
-                raise ValueError(f"range {size_label(num_skip)}: expected sizes from 0 to {n - 1} (fewer than the {n} candidates), got {bad}")
+                raise ValueError(
+                    f"range {size_label(num_skip)}: expected sizes from 0 to {n - 1} (fewer than the {n} candidates), got {bad}"
+                )
         return num_skip
 
     @field_validator("groups")

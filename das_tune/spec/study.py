@@ -102,7 +102,9 @@ class SearchSpec(OptimSpec):
     @model_validator(mode="after")
     def _workers_fit(self) -> SearchSpec:
         if self.workers > self.batch_size:
-            raise ValueError(f"workers: expected at most batch_size ({self.batch_size}) workers, each takes a share of every batch; got {self.workers}")
+            raise ValueError(
+                f"workers: expected at most batch_size ({self.batch_size}) workers, each takes a share of every batch; got {self.workers}"
+            )
         return self
 
     @field_validator("observation", mode="before")

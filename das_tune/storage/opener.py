@@ -34,7 +34,9 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
     Errors are one line, with the URL's password hidden."""
     path = local_file(url)
     if path is not None and must_exist and not path.is_file():
-        raise UserError(f"storage {shown_url(url)!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})")
+        raise UserError(
+            f"storage {shown_url(url)!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})"
+        )
     try:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,9 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         return _rdb(url)
     except ImportError:
-        raise UserError(f"storage {shown_url(url)}: its database driver is not installed (PostgreSQL: pip install 'das-tune[postgresql]')") from None
+        raise UserError(
+            f"storage {shown_url(url)}: its database driver is not installed (PostgreSQL: pip install 'das-tune[postgresql]')"
+        ) from None
     except Exception as err:  # a bad URL, an unreachable server, a refused password, an unwritable folder
         raise UserError(f"storage {shown_url(url)} cannot be opened: {_first_line(err)}") from None
 

@@ -65,9 +65,8 @@ def build_spec_task(spec: StudySpec, *, labels_only: bool = False) -> Task:
     """The study's task alone (data, head, loss, metric), without a model; ``labels_only`` reads one
     example per split (enough for the head and labels)."""
     spec = _with_local_paths(spec)
-    if labels_only:
-        spec = spec.model_copy(update={"task": spec.task.model_copy(update={"options": {**spec.task.options, "train_limit": 1, "val_limit": 1, "test_limit": 1}})})
-    return _task(spec)
+    options = {**spec.task.options, **({"train_limit": 1, "val_limit": 1, "test_limit": 1} if labels_only else {})}
+    return build_task(spec.task.name, data_dir=spec.task.data_dir, tiny=spec.tiny, **options)
 
 
 def _task(spec: StudySpec) -> Task:

@@ -144,7 +144,9 @@ class Trainer:
             param.grad = None if grad is None else grad.to(param.device)
 
 
-def epoch_batches(task: Task, model: SkippableBackbone, batch_size: int, *, seed: int, epoch: int, max_steps: int | None) -> Iterator[Batch]:
+def epoch_batches(
+    task: Task, model: SkippableBackbone, batch_size: int, *, seed: int, epoch: int, max_steps: int | None
+) -> Iterator[Batch]:
     """One epoch of shuffled training batches; the order depends only on (seed, epoch)."""
     loader = task.loader("train", model, batch_size, shuffle=True, seed=seed * 1000 + epoch)
     return itertools.islice(iter(loader), max_steps)

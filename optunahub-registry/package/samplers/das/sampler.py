@@ -101,16 +101,19 @@ _UNSETTLED = (TrialState.RUNNING, TrialState.WAITING)
 _MAX_REDRAWS = 100
 
 
+# Copied from das_tune.samplers.das._default_reward
 def _default_reward(direction: StudyDirection) -> Reward:
     if direction == StudyDirection.MINIMIZE:
         return lambda value: math.exp(-value)
     return lambda value: value
 
 
+# Copied from das_tune.samplers.das._sigmoid
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+# Copied from das_tune.samplers.policy.random_log_keys
 def random_log_keys(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """log of Efraimidis–Spirakis keys U^(1/w), w ∝ p: their top-m is a draw without replacement ∝ p."""
     weights = p / p.max()
@@ -142,6 +145,7 @@ class DASSampler(BaseSampler):
             same seed; independent because it keeps the per-trial overhead flat in long studies).
     """
 
+    # Copied from das_tune.samplers.das.DASSampler.__init__
     def __init__(
         self,
         space: SkipSpace,
@@ -164,17 +168,20 @@ class DASSampler(BaseSampler):
         self.fallback = fallback if fallback is not None else TPESampler(seed=self.seed, multivariate=False)
         self._cache: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
 
+    # Copied from das_tune.samplers.das.DASSampler.__getstate__
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = {}
         return state
 
     # -- the policy, public -----------------------------------------------------------------------
+    # Copied from das_tune.samplers.das.DASSampler.gates
     def gates(self, study: Study) -> np.ndarray:
         """The gates after every settled round of ``study``, in candidate order."""
         trials = study._get_trials(deepcopy=False, use_cache=False)
         return self._replay(study, trials)
 
+    # Copied from das_tune.samplers.das.DASSampler.probabilities
     def probabilities(self, study: Study) -> dict[str, float]:
         """``{layer: p}``: the current probability weight of skipping each layer."""
         p = _sigmoid(self.gates(study))
@@ -230,14 +237,17 @@ class DASSampler(BaseSampler):
         self._raise_error_if_multi_objective(study)
         return self.fallback.sample_independent(study, trial, param_name, param_distribution)
 
+    # Copied from das_tune.samplers.das.DASSampler.before_trial
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self.fallback.before_trial(study, trial)
 
+    # Copied from das_tune.samplers.das.DASSampler.after_trial
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         self.fallback.after_trial(study, trial, state, values)
 
+    # Copied from das_tune.samplers.das.DASSampler.reseed_rng
     def reseed_rng(self) -> None:
         # Skip draws are seeded per trial number; only the fallback has a stream to reseed.
         self.fallback.reseed_rng()
@@ -256,6 +266,7 @@ class DASSampler(BaseSampler):
                 return keys
         return keys  # near-deterministic gates left no distinct subset: accept a repeat
 
+    # Copied from das_tune.samplers.das.DASSampler._keys_for
     def _keys_for(self, p: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
         log_keys = random_log_keys(p, rng)
         # exp() may underflow to 0 for layers with a tiny weight; a rank-ordered floor keeps the
@@ -265,6 +276,7 @@ class DASSampler(BaseSampler):
         values = np.maximum(np.exp(log_keys), 1e-12 * (len(p) - rank) / len(p))
         return {name: float(v) for name, v in zip(self.space.param_names, values)}
 
+    # Copied from das_tune.samplers.das.DASSampler._taken_in_round
     def _taken_in_round(self, trials: list[FrozenTrial], number: int) -> set[frozenset[str]]:
         first = number - number % self.round_size
         taken = set()
@@ -293,6 +305,7 @@ class DASSampler(BaseSampler):
                 self._cache[cache_key] = (done, gates.copy())
         return gates
 
+    # Copied from das_tune.samplers.das.DASSampler._apply_round with t.values[0]->t.value
     def _apply_round(self, gates: np.ndarray, members: list[FrozenTrial], reward: Reward) -> None:
         observed = []
         for t in members:
