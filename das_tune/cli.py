@@ -386,7 +386,9 @@ def predict_command(
     if out_file is None:
         print(lines, end="")
         return
-    _write_atomically(out_file, lines)
+    from das_tune.artifacts import atomic
+
+    atomic.write_text(out_file, lines)
     if not quiet:
         err.print(f"{len(predictions)} predictions written to {out_file}")
 
@@ -426,13 +428,6 @@ def _print_prediction(prediction, quiet: bool) -> None:
     for entry in prediction.top:
         table.add_row(entry.label, f"{entry.score:.4f}")
     out.print(table)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 @app.command("export")

@@ -39,8 +39,8 @@ def write_text(path: Path, text: str) -> None:
     write_with(path, lambda tmp: tmp.write_text(text))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """JSON without NaN/inf (which is not JSON)."""
+def write_json_data(data: Any, path: Path) -> None:
+    """Plain data as JSON, without NaN/inf (which is not JSON); typed results: ``results.write_json``."""
     check_finite(data, Path(path).name)
     write_text(path, json.dumps(data, indent=2) + "\n")
 

@@ -31,6 +31,21 @@ def write_json(result: BaseModel, path: Path) -> None:
     atomic.write_text(path, result.model_dump_json(indent=2, by_alias=True) + "\n")
 
 
+# -- what every retrained subnet reports ----------------------------------------------------------------
+class SubnetCost(_Result):
+    """A subnet's cost against the original model: the paper's "FLOPs" (additional GMACs) and the share saved."""
+
+    additional_gmacs: float
+    flops_saved: float
+
+
+class Outcome(SubnetCost):
+    """A retrained subnet's test metric and cost."""
+
+    metric: str
+    value: float
+
+
 # -- a run --------------------------------------------------------------------------------------------
 class FoundBy(_Result):
     """How a subnet was found: one shape whether a search, ``--skip`` or the bench chose it."""
@@ -60,11 +75,9 @@ class SubnetFile(FoundBy):
         return FoundBy.model_validate(self.model_dump(include=set(FoundBy.model_fields)))
 
 
-class RetrainMetrics(_Result):
+class RetrainMetrics(Outcome):
     """``metrics.json``: the retrained subnet's test metric (at its best val epoch), costs, latency and wall-clock."""
 
-    metric: str
-    value: float
     test: dict[str, float]
     val: dict[str, float]
     skipped: list[str]
@@ -74,8 +87,6 @@ class RetrainMetrics(_Result):
     additional_flops: int
     params: int
     trainable_params: int
-    additional_gmacs: float
-    flops_saved: float
     latency_full_ms: float
     latency_subnet_ms: float
     speedup: float
@@ -149,27 +160,22 @@ class SearchRecord(_Result):
     )
 
 
-class Retrained(_Result):
+class Retrained(SubnetCost):
     """One subset's retrains at every retrain seed."""
 
     metric: str
     values: dict[str, float] = Field(description="retrain seed → test metric")
     mean: float
     std: float
-    additional_gmacs: float
-    flops_saved: float
     steps: int = Field(description="training steps of one retrain")
     seconds: float = Field(description="mean wall-clock of one retrain")
 
 
-class RunResult(SearchRecord):
-    """A search record with its pick's retrained result and how it compares with the ground truth."""
+class RunResult(SearchRecord, Outcome):
+    """A search record with its pick's retrained result (``value``: the mean over the retrain seeds) and how it
+    compares with the ground truth."""
 
-    metric: str
-    value: float = Field(description="the pick's test metric, mean over the retrain seeds")
     retrained: dict[str, float]
-    additional_gmacs: float
-    flops_saved: float
     retrain_steps: int
     retrain_seconds: float
     cost_steps: int = Field(description="warm-up + search + one retrain: what finding and training the pick costs")
@@ -266,7 +272,7 @@ class BenchResults(_Result):
 
 
 # -- a front (a range of num_skip) ----------------------------------------------------------------------
-class FrontPoint(_Result):
+class FrontPoint(Outcome):
     """One retrained subnet of a front: the full model (the reference) or one size's pick."""
 
     name: str = Field(description="'full' or 'skip<m>'")
@@ -274,10 +280,6 @@ class FrontPoint(_Result):
     skipped: list[str]
     chosen_by: str = Field(description="how the search picked it for its size")
     observed_loss: float | None = Field(description="its best observed supernet loss in the search (None: never observed)")
-    metric: str
-    value: float = Field(description="the retrained test metric (best val epoch)")
-    additional_gmacs: float
-    flops_saved: float
     trainable_params: int
     latency_subnet_ms: float
     speedup: float
@@ -330,13 +332,11 @@ class LadderRecord(_Result):
     seconds: float = Field(description="wall-clock of the warm-up(s) and search(es)")
 
 
-class LadderPick(_Result):
+class LadderPick(SubnetCost):
     num_skip: int
     skipped: list[str]
     value: float = Field(description="the retrained test metric, mean over the retrain seeds")
     retrained: dict[str, float]
-    additional_gmacs: float
-    flops_saved: float
     percentile: float | None = Field(description="among every subset of its size, where all are retrained")
 
 

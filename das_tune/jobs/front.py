@@ -129,12 +129,9 @@ def _point(name: str, size: int, retrained: tuple[RetrainMetrics, Path], found: 
         t.values[0] for t in found.study.get_trials(deepcopy=False)
         if t.values is not None and space.subset_of(t) == frozenset(metrics.skipped)
     ]
-    return FrontPoint(
-        name=name, num_skip=size, skipped=metrics.skipped, chosen_by=chosen_by, observed_loss=min(observed) if observed else None,
-        metric=metrics.metric, value=metrics.value, additional_gmacs=metrics.additional_gmacs, flops_saved=metrics.flops_saved,
-        trainable_params=metrics.trainable_params, latency_subnet_ms=metrics.latency_subnet_ms, speedup=metrics.speedup,
-        folder=str(folder),
-    )
+    retrain_fields = metrics.model_dump(include=set(FrontPoint.model_fields) & set(RetrainMetrics.model_fields))
+    observed_loss = min(observed) if observed else None
+    return FrontPoint(name=name, num_skip=size, chosen_by=chosen_by, observed_loss=observed_loss, folder=str(folder), **retrain_fields)
 
 
 def _mark_pareto(full: FrontPoint, ladder: list[FrontPoint]) -> list[FrontPoint]:

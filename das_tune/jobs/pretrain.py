@@ -378,7 +378,7 @@ class Pretraining:
         atomic.write_with(self.out_dir / STATE, lambda tmp: torch.save(state, tmp))
         log = {"spec": self.spec.model_dump(), "images": len(self.data.train_ids), "eval_images": len(self.data.eval_ids),
                "entries": self.log}
-        atomic.write_json(self.out_dir / LOG, log)
+        atomic.write_json_data(log, self.out_dir / LOG)
 
     def _restore(self) -> None:
         path = self.out_dir / STATE

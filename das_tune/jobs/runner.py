@@ -57,7 +57,7 @@ class Searched:
 
 
 @dataclass
-class Retrained:
+class FinishedRetrain:
     """A retrain's metrics (as metrics.json holds them) and the folder that holds its artifacts."""
 
     metrics: RetrainMetrics
@@ -137,7 +137,7 @@ def _check_observed(study: optuna.Study) -> None:
         )
 
 
-def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None) -> Retrained:
+def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = None) -> FinishedRetrain:
     """Search, choose and retrain as ``spec`` declares; returns the metrics written to metrics.json and
     the folder that holds them.
 
@@ -163,12 +163,12 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
         from das_tune.report.dashboard import save_study_report
 
         save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
-    return Retrained(metrics, folder)
+    return FinishedRetrain(metrics, folder)
 
 
 def retrain_run(
     run_dir: Path, *, skip: list[str] | None = None, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
-) -> tuple[StudySpec, Retrained]:
+) -> tuple[StudySpec, FinishedRetrain]:
     """Retrain a run folder's subnet (or ``skip`` instead) with its resolved study and ``overrides``.
     The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
     folder ``RUN_DIR/retrain-<subnet>-<budget hash>`` (the same budget and subnet again: the existing result)."""
@@ -181,7 +181,7 @@ def retrain_run(
 
 def retrain_subset(
     study: str | Path, skip: list[str], *, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
-) -> tuple[StudySpec, Retrained]:
+) -> tuple[StudySpec, FinishedRetrain]:
     """Retrain the subnet that skips ``skip`` (``[]``: the full model with adapters) without a search,
     into its own folder ``<study>-skip-<layers>-seed<k>`` unless ``study_name`` is set."""
     spec = load_study_spec(study, overrides)
@@ -195,7 +195,7 @@ def retrain_subset(
 
 def _retrain(
     spec: StudySpec, layers: list[str], found_by: FoundBy, reporter: Reporter | None, *, run_dir: Path | None = None
-) -> Retrained:
+) -> FinishedRetrain:
     """Into ``run_dir`` (a run's folder) or, if None, the spec's own folder; see ``artifacts_folder``."""
     reporter = reporter or Reporter()
     parts = build_components(spec)
@@ -210,4 +210,4 @@ def _retrain(
             reporter.log(f"this subnet was already retrained with this budget: {folder / METRICS_FILE}")
         else:
             metrics = retrain(spec, parts, skipped, found_by, reporter, out_dir=folder)
-    return Retrained(metrics, folder)
+    return FinishedRetrain(metrics, folder)

@@ -77,7 +77,7 @@ from das_tune.search.ray_trainable import WARMUP_FILE, TrialHold, train_subnet
 from das_tune.search.supernet import warm_up
 from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import RaySpec, StudySpec
-from das_tune.storage.opener import fail_running
+from das_tune.storage.opener import absolute_url, fail_running
 
 METRIC, MODE = "loss", "min"
 PHASE = "ray"
@@ -257,7 +257,7 @@ class StudyProgress:
 
     def __init__(self, study: optuna.Study, reporter: Reporter, interval: float = 0.5) -> None:
         self.study, self.reporter, self.interval = study, reporter, interval
-        self.seen = self._finished()
+        self.seen = set(self._finished())
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -270,19 +270,21 @@ class StudyProgress:
         self.thread.join()
         self._update()
 
-    def _finished(self) -> set[int]:
+    def _finished(self) -> dict[int, optuna.trial.FrozenTrial]:
+        """The finished Ray trials, from one read of the storage (two reads could disagree on a trial
+        that finished between them)."""
         trials = self.study.get_trials(deepcopy=False, states=_FINISHED)
-        return {t.number for t in trials if t.user_attrs.get("phase") == PHASE}
+        return {t.number: t for t in trials if t.user_attrs.get("phase") == PHASE}
 
     def _poll(self) -> None:
         while not self.stop.wait(self.interval):
             self._update()
 
     def _update(self) -> None:
-        trials = {t.number: t for t in self.study.get_trials(deepcopy=False, states=_FINISHED)}
-        for number in sorted(self._finished() - self.seen):
+        finished = self._finished()
+        for number in sorted(finished.keys() - self.seen):
             self.seen.add(number)
-            self.reporter.advance(trials[number].value)
+            self.reporter.advance(finished[number].value)
 
 
 # -- the executor ----------------------------------------------------------------------------------
@@ -431,9 +433,4 @@ def absolute_paths(spec: StudySpec) -> StudySpec:
     """Workers may run elsewhere (another folder, another node): local paths, the output folder and a
     local storage made absolute."""
     spec = spec.with_paths({field: str(Path(path).resolve()) for field, path in spec.local_paths().items() if Path(path).exists()})
-    storage = spec.storage
-    if storage.startswith("sqlite:///"):
-        storage = "sqlite:///" + str(Path(storage.removeprefix("sqlite:///")).expanduser().resolve())
-    elif "://" not in storage:  # a journal file
-        storage = str(Path(storage).expanduser().resolve())
-    return spec.model_copy(update={"output_dir": str(Path(spec.output_dir).resolve()), "storage": storage})
+    return spec.model_copy(update={"output_dir": str(Path(spec.output_dir).resolve()), "storage": absolute_url(spec.storage)})

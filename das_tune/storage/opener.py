@@ -29,6 +29,14 @@ def local_file(url: str) -> Path | None:
     return None if "://" in url else Path(url).expanduser()
 
 
+def absolute_url(url: str) -> str:
+    """``url`` with a local file's path made absolute, for workers that may run in another folder."""
+    path = local_file(url)
+    if path is None:
+        return url
+    return "sqlite:///" + str(path.resolve()) if url.startswith("sqlite:///") else str(path.resolve())
+
+
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """The storage at ``url``, created unless ``must_exist`` (then a missing file is a UserError).
     Errors are one line, with the URL's password hidden."""

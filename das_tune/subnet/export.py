@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -46,7 +46,6 @@ from das_tune.subnet.portable import (
 )
 from das_tune.subnet.predict import task_inputs
 
-Format = Literal["safetensors", "onnx", "hf"]
 FORMATS: tuple[str, ...] = ("safetensors", "onnx", "hf")
 ONNX_FILE, HF_HEAD_CONFIG, HF_HEAD_WEIGHTS = "model.onnx", "das_tune_head.json", "das_tune_head.safetensors"
 ONNX_TOLERANCE = 1e-4
