@@ -110,15 +110,16 @@ class Spread(_Result):
 
 
 class PairedTest(_Result):
-    """``reference − method`` on the retrained metric, paired by seed."""
+    """``reference − method`` on the retrained metric: paired by seed, or, against a deterministic method (one
+    pick at every seed), unpaired against that pick's retrain values (``test`` says which)."""
 
     test: str
     n: int
     mean_diff: float | None
-    median_diff: float | None
-    wins: int
-    ties: int
-    losses: int
+    median_diff: float | None = None
+    wins: int | None = None
+    ties: int | None = None
+    losses: int | None = None
     p_value: float | None
 
 
@@ -128,6 +129,9 @@ class Ranking(_Result):
     kendall_tau: float | None
     spearman_rho: float | None
     n: int
+    sparse_kendall_tau: float | None = Field(default=None, description="τ over the pairs the truth orders beyond the retrain noise")
+    separation_auc: float | None = Field(default=None, description="chance a good-set subset ranks above one outside it")
+    top3_recall: float | None = Field(default=None, description="share of the 3 best-ranked among the 3 truly best")
 
 
 class Warmup(_Result):
@@ -183,6 +187,7 @@ class RunResult(SearchRecord, Outcome):
     regret: float | None = None
     percentile: float | None = None
     top10: bool | None = None
+    good: bool | None = Field(default=None, description="the pick is in the ground truth's good set")
     kendall_tau: float | None = Field(default=None, description="subset scores (sums of layer scores) vs ground truth")
     supernet_ranking: Ranking | None = None
 
@@ -196,6 +201,10 @@ class GroundTruth(_Result):
     subsets: dict[str, Retrained]
     noise_std: float = Field(description="median over subsets of the std of the metric across retrain seeds")
     best: float
+    median: float | None = None
+    rankable: float | None = Field(default=None, description="(best − median) / noise_std: how far the space is from flat")
+    good_set: list[str] | None = Field(default=None, description="subsets within 2 noise sd of the best")
+    collapses: int | None = Field(default=None, description="retrains more than 0.05 below the same subset's best retrain seed")
     top10_threshold: float = Field(description="a pick is in the top 10 % when fewer than 10 % of the subsets beat it")
     retrains: int
     retrain_seconds: float
@@ -207,8 +216,11 @@ class MethodSummary(_Result):
     regret: Spread
     percentile: Spread
     top10_share: float | None = Field(description="share of seeds whose pick is in the top 10 %")
+    good_share: float | None = Field(default=None, description="share of seeds whose pick is in the good set")
     kendall_tau: Spread
     supernet_kendall_tau: Spread
+    supernet_sparse_tau: Spread | None = None
+    supernet_auc: Spread | None = None
     observations: Spread
     cost_steps: Spread
     cost_seconds: Spread

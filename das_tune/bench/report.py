@@ -39,6 +39,7 @@ from das_tune.bench import stats
 from das_tune.bench.runs import REFERENCE_SEED, Plan, retrained_values, saved_records, saved_warmups, subset_key
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+RANKABLE = 5.0  # a space is rankable when its best subset is this many retrain-noise sd above its median one
 
 
 def save(results: BenchResults | LadderResults, out: Path, markdown_text: str, plots: list[str]) -> None:
@@ -123,10 +124,15 @@ def _ground_truth(p: Plan, subsets: dict[str, Retrained | None]) -> GroundTruth 
     if any(r is None for r in subsets.values()):
         return None
     values = [r.mean for r in subsets.values()]
+    noise = median(r.std for r in subsets.values())
     return GroundTruth(
         kind=p.reference_kind, retrain_seeds=list(p.retrain_seeds),
         sample_seed=REFERENCE_SEED if p.reference_kind == "sample" else None, subsets=subsets,
-        noise_std=median(r.std for r in subsets.values()), best=max(values), top10_threshold=stats.top10_threshold(values),
+        noise_std=noise, best=max(values), median=median(values),
+        rankable=(max(values) - median(values)) / noise if noise > 0 else None,
+        good_set=sorted(stats.good_set({k: r.mean for k, r in subsets.items()}, noise)),
+        collapses=sum(stats.collapses(list(r.values.values())) for r in subsets.values()),
+        top10_threshold=stats.top10_threshold(values),
         retrains=len(subsets) * len(p.retrain_seeds), retrain_seconds=sum(r.seconds * len(r.values) for r in subsets.values()),
     )
 
@@ -137,7 +143,7 @@ def _run_result(record: SearchRecord, pick: Retrained, truth: GroundTruth | None
         reference = [r.mean for r in truth.subsets.values()]
         fields = {
             "regret": stats.regret(reference, pick.mean), "percentile": stats.percentile(reference, pick.mean),
-            "top10": stats.in_top10(reference, pick.mean),
+            "top10": stats.in_top10(reference, pick.mean), "good": pick.mean >= truth.best - 2 * truth.noise_std,
             "kendall_tau": _layer_score_tau(record, truth), "supernet_ranking": supernet_ranking(record.supernet_losses, truth),
         }
     return RunResult(
@@ -164,7 +170,12 @@ def supernet_ranking(losses: dict[str, float], truth: GroundTruth | None) -> Ran
     if len(keys) < 2:
         return None
     scores, values = [-losses[k] for k in keys], [truth.subsets[k].mean for k in keys]
-    return Ranking(kendall_tau=stats.kendall_tau(scores, values), spearman_rho=stats.spearman_rho(scores, values), n=len(keys))
+    good = stats.good_set(dict(zip(keys, values)), truth.noise_std)
+    return Ranking(
+        kendall_tau=stats.kendall_tau(scores, values), spearman_rho=stats.spearman_rho(scores, values), n=len(keys),
+        sparse_kendall_tau=stats.sparse_kendall_tau(scores, values, tie=2 * truth.noise_std),
+        separation_auc=stats.separation_auc(scores, [k in good for k in keys]), top3_recall=stats.top_k_recall(scores, values, 3),
+    )
 
 
 def _warmup_ranking(p: Plan, seeds: list[int], truth: GroundTruth | None) -> dict[str, Ranking]:
@@ -187,7 +198,12 @@ def spread(values: list[float | None]) -> Spread:
 
 def _summary(runs: list[RunResult]) -> MethodSummary:
     judged = [r.top10 for r in runs if r.top10 is not None]
+    good = [r.good for r in runs if r.good is not None]
+    nets = [r.supernet_ranking for r in runs]
     return MethodSummary(
+        good_share=sum(good) / len(good) if good else None,
+        supernet_sparse_tau=spread([n.sparse_kendall_tau if n else None for n in nets]),
+        supernet_auc=spread([n.separation_auc if n else None for n in nets]),
         value=spread([r.value for r in runs]), additional_gmacs=spread([r.additional_gmacs for r in runs]),
         regret=spread([r.regret for r in runs]), percentile=spread([r.percentile for r in runs]),
         top10_share=sum(judged) / len(judged) if judged else None,
@@ -200,11 +216,14 @@ def _summary(runs: list[RunResult]) -> MethodSummary:
 
 
 def _paired(runs: list[RunResult], reference: str, other: str) -> PairedTest:
-    """``reference`` − ``other`` on the retrained metric, paired by seed."""
+    """``reference`` − ``other`` on the retrained metric, paired by seed; a deterministic ``other`` (one pick at
+    every seed) through its pick's retrain values instead, as ten copies of one pair would overstate."""
     ref = {r.seed: r.value for r in runs if r.method == reference}
-    oth = {r.seed: r.value for r in runs if r.method == other}
+    oth = {r.seed: r for r in runs if r.method == other}
     seeds = sorted(ref.keys() & oth.keys())
-    return PairedTest(**stats.paired_test([ref[s] for s in seeds], [oth[s] for s in seeds]))
+    if len(seeds) > 1 and len({tuple(oth[s].chosen) for s in seeds}) == 1:
+        return PairedTest(**stats.unpaired_test([ref[s] for s in seeds], list(oth[seeds[0]].retrained.values())))
+    return PairedTest(**stats.paired_test([ref[s] for s in seeds], [oth[s].value for s in seeds]))
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -225,8 +244,9 @@ def summary_table(results: BenchResults, compact: bool = False) -> tuple[list[st
     columns = [("value", f"test {results.metric}", results.metric), ("additional_gmacs", "additional GMACs", "GMACs")]
     if truth:
         columns += [("regret", "regret", "regret"), ("percentile", "percentile", "pct"),
-                    ("top10_share", f"top {top} % share", f"top {top} %"),
-                    ("kendall_tau", "Kendall τ (layer scores)", "τ"), ("supernet_kendall_tau", "Kendall τ (supernet loss)", "τ net")]
+                    ("top10_share", f"top {top} % share", f"top {top} %"), ("good_share", "good-set share", "good"),
+                    ("kendall_tau", "Kendall τ (layer scores)", "τ"), ("supernet_kendall_tau", "Kendall τ (supernet loss)", "τ net"),
+                    ("supernet_sparse_tau", "sparse τ (supernet loss)", "sτ net"), ("supernet_auc", "AUC (supernet loss)", "AUC net")]
     columns += [("cost_seconds", "wall-clock s", "wall s")] if compact else [
         ("observations", "observations", ""), ("cost_steps", "training steps", ""), ("cost_seconds", "wall-clock s", "")]
     ref = results.reference
@@ -299,7 +319,8 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
     if gt is not None:
         lines += ["", "## Ground truth", "",
                   f"{fmt(gt.retrains)} retrains, {fmt(gt.retrain_seconds)} s of retraining in all; retrain noise "
-                  f"(median std over retrain seeds) {fmt(gt.noise_std)}.", ""]
+                  f"(median std over retrain seeds) {fmt(gt.noise_std)}; collapsed retrains (more than 0.05 below the same "
+                  f"subset's best seed): {fmt(gt.collapses)}.", "", _rankable_line(gt), ""]
         if results.warmup_ranking:
             lines += ["Warm-up supernet's loss against the ground truth, per seed: " + "; ".join(
                 f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}"
@@ -307,6 +328,16 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
         lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)
+
+
+def _rankable_line(gt: GroundTruth) -> str:
+    """The check that the space can tell methods apart at all: its best subset far above its median one."""
+    if gt.rankable is None:
+        return "Rankable: — (no retrain noise measured)."
+    verdict = "rankable" if gt.rankable >= RANKABLE else "**flat: no method can be told apart here**"
+    return (f"Rankable check: the best reference subset is {fmt(gt.rankable)} retrain-noise sd above the median one "
+            f"(best {fmt(gt.best)}, median {fmt(gt.median)}; goal ≥ {fmt(RANKABLE)}): {verdict}. Good set (within 2 sd of "
+            f"the best): {fmt(len(gt.good_set or []))} of {fmt(len(gt.subsets))} subsets.")
 
 
 def markdown_lines(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -2,7 +2,10 @@
 among the reference subsets (regret, percentile, top 10 %).
 
 A pick's value is compared with the values of the reference subsets (every subset, or a random sample
-of them); higher is better. ``percentile`` is the share of reference subsets the pick is at least as
+of them); higher is better. A *ranking* (scores, higher = predicted better, e.g. a supernet's negated loss)
+is judged against the retrained truth with the retrain noise in mind: pairs whose true values lie within
+the noise are ties nobody can be asked to order (``sparse_kendall_tau``); the *good set* is every subset
+within two noise sd of the best one. ``percentile`` is the share of reference subsets the pick is at least as
 good as (the best subset: 100), and a pick is in the top 10 % when fewer than 10 % of the reference
 subsets are strictly better than it — equivalently, its percentile is above 90."""
 
@@ -55,6 +58,72 @@ def spearman_rho(scores: Sequence[float], truth: Sequence[float]) -> float | Non
     if len(set(scores)) < 2 or len(set(truth)) < 2:
         return None
     return float(stats.spearmanr(scores, truth).statistic)
+
+
+def sparse_kendall_tau(scores: Sequence[float], truth: Sequence[float], tie: float) -> float | None:
+    """Kendall's τ over the pairs the truth orders: pairs whose true values differ by ``tie`` or less (the
+    retrain noise) count neither way. (C − D) / (pairs ranked by the truth): a tied score is neither
+    concordant nor discordant. None when the truth orders no pair."""
+    concordant = discordant = ranked = 0
+    for i in range(len(truth)):
+        for j in range(i + 1, len(truth)):
+            true_diff, score_diff = truth[i] - truth[j], scores[i] - scores[j]
+            if abs(true_diff) <= tie:
+                continue
+            ranked += 1
+            concordant += true_diff * score_diff > 0
+            discordant += true_diff * score_diff < 0
+    return (concordant - discordant) / ranked if ranked else None
+
+
+def good_set(truth: dict[str, float], noise: float, width: float = 2.0) -> set[str]:
+    """The subsets within ``width`` noise sd of the best one: those a search may pick without regret."""
+    best = max(truth.values())
+    return {key for key, value in truth.items() if value >= best - width * noise}
+
+
+def separation_auc(scores: Sequence[float], good: Sequence[bool]) -> float | None:
+    """The chance that a good subset scores higher than a bad one (ties: one half); 0.5 is chance. With a
+    supernet's negated loss as the score: the chance that a bad subset gets the higher loss. None without
+    both kinds."""
+    ups = [s for s, g in zip(scores, good) if g]
+    downs = [s for s, g in zip(scores, good) if not g]
+    if not ups or not downs:
+        return None
+    wins = sum((u > d) + 0.5 * (u == d) for u in ups for d in downs)
+    return wins / (len(ups) * len(downs))
+
+
+def top_k_recall(scores: Sequence[float], truth: Sequence[float], k: int = 3) -> float:
+    """The share of the ``k`` best-scored subsets that are among the true ``k`` best (a subset tied with the
+    true k-th best counts as among them)."""
+    k = min(k, len(scores))
+    threshold = sorted(truth, reverse=True)[k - 1]
+    picked = sorted(range(len(scores)), key=lambda i: -scores[i])[:k]
+    return sum(truth[i] >= threshold for i in picked) / k
+
+
+def unpaired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | str]:
+    """Two-sided exact permutation test of mean(a) = mean(b) for independent samples: how a method is
+    compared with a deterministic one (first_k, last_k), whose every seed picks the same subset, so that
+    its spread is its pick's retrain distribution, not ten copies of one number."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    result = {"test": "exact permutation (two-sided, difference of means, unpaired)", "n": len(a) + len(b),
+              "mean_diff": float(a.mean() - b.mean()) if len(a) and len(b) else None}
+    if len(a) < 1 or len(b) < 1 or np.concatenate([a, b]).std() == 0:
+        return {**result, "p_value": 1.0 if len(a) and len(b) else None}
+    test = stats.permutation_test(
+        (a, b), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent", n_resamples=np.inf, alternative="two-sided"
+    )
+    return {**result, "p_value": float(min(1.0, test.pvalue))}
+
+
+COLLAPSE = 0.05
+
+
+def collapses(values: Sequence[float]) -> int:
+    """One subset's retrains (one per retrain seed) that ended more than ``COLLAPSE`` below its best one."""
+    return sum(v < max(values) - COLLAPSE for v in values) if values else 0
 
 
 def regret(reference: Sequence[float], value: float) -> float:

@@ -1,0 +1,45 @@
+"""The verdict's statistics on hand-made numbers, each checked against a value worked out by hand."""
+
+import pytest
+
+from das_tune.bench import stats
+
+
+def test_sparse_kendall_tau_leaves_out_the_pairs_the_retrain_noise_cannot_order():
+    truth = [0.995, 0.994, 0.90, 0.80]  # the first two are within the noise (0.002) of each other
+    scores = [1.0, 2.0, 3.0, 0.0]
+    # the 5 ordered pairs: (0,2) D, (0,3) C, (1,2) D, (1,3) C, (2,3) C -> (3 - 2) / 5
+    assert stats.sparse_kendall_tau(scores, truth, tie=0.002) == pytest.approx(0.2)
+    # with no noise the tied pair counts too, and is discordant: (3 - 3) / 6
+    assert stats.sparse_kendall_tau(scores, truth, tie=0.0) == pytest.approx(0.0)
+    assert stats.sparse_kendall_tau([1.0, 2.0], [0.99, 0.99], tie=0.001) is None
+
+
+def test_a_score_tie_is_neither_concordant_nor_discordant():
+    assert stats.sparse_kendall_tau([1.0, 1.0, 0.0], [0.9, 0.8, 0.7], tie=0.0) == pytest.approx(2 / 3)
+
+
+def test_the_good_set_is_within_two_noise_sd_of_the_best():
+    truth = {"a": 0.995, "b": 0.992, "c": 0.990}
+    assert stats.good_set(truth, noise=0.001) == {"a"}
+    assert stats.good_set(truth, noise=0.002) == {"a", "b"}
+    assert stats.good_set(truth, noise=0.0025) == {"a", "b", "c"}
+
+
+def test_separation_auc_is_the_chance_a_good_subset_scores_higher_than_a_bad_one():
+    assert stats.separation_auc([3, 2, 2, 1], [True, True, False, False]) == pytest.approx(3.5 / 4)
+    assert stats.separation_auc([3, 1, 2, 2], [True, True, False, False]) == pytest.approx(0.5)
+    assert stats.separation_auc([1, 2], [True, True]) is None
+
+
+def test_top_k_recall_counts_picks_among_the_true_best_with_ties():
+    assert stats.top_k_recall([0.9, 0.8, 0.7, 0.1], [1, 5, 4, 3], k=2) == pytest.approx(0.5)
+    assert stats.top_k_recall([0, 1, 2, 3], [5, 4, 4, 1], k=2) == pytest.approx(0.5)  # index 2 ties the 2nd best
+    assert stats.top_k_recall([3, 2, 1, 0], [5, 4, 4, 1], k=3) == pytest.approx(1.0)
+
+
+def test_a_deterministic_method_is_compared_through_its_picks_retrain_distribution():
+    # 3 vs 3 values: 20 ways to split them, the observed split and its mirror are the extremes -> p = 2 / 20
+    result = stats.unpaired_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert result["p_value"] == pytest.approx(0.1) and result["mean_diff"] == pytest.approx(-3.0)
+    assert stats.unpaired_test([0.99, 0.99], [0.99, 0.99, 0.99])["p_value"] == 1.0
