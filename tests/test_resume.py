@@ -20,7 +20,10 @@ from conftest import FINISHED_RUN as RUN
 from conftest import FINISHED_STUDY as STUDY
 from optuna.trial import TrialState
 
+from das_tune.errors import UserError
+from das_tune.spec.study import load_study_spec
 from das_tune.storage.opener import open_storage
+from das_tune.training.components import build_components
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +178,20 @@ def test_fresh_clears_every_checkpoint_and_artifact_but_leaves_other_files(tmp_p
     removed = clear_run_folder(tmp_path)
     assert sorted(removed) == sorted([*names, "retrain-En1-abc/", "ray_train/"])
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_study_resumes_only_with_the_settings_it_was_run_with(tmp_path):
+    from das_tune.progress import Reporter
+    from das_tune.search.prepare import open_spec_study
+
+    overrides = {"tiny": True, "storage": f"sqlite:///{tmp_path}/s.db"}
+    spec = load_study_spec("easyvqa_minilm", overrides)
+    parts = build_components(spec)
+    open_spec_study(spec, parts, fresh=False, reporter=Reporter())
+    open_spec_study(spec, parts, fresh=False, reporter=Reporter())  # the same settings resume
+    changed = load_study_spec("easyvqa_minilm", {**overrides, "search.observe_every": 3})
+    with pytest.raises(UserError, match=r"other settings \(search\.observe_every = 2 → 3\); pass --fresh"):
+        open_spec_study(changed, parts, fresh=False, reporter=Reporter())
+    with pytest.raises(UserError, match=r"tiny = True → False"):  # a real run never resumes a tiny one
+        open_spec_study(spec.model_copy(update={"tiny": False}), parts, fresh=False, reporter=Reporter())
+    assert open_spec_study(changed, parts, fresh=True, reporter=Reporter()).trials == []

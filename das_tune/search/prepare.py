@@ -4,6 +4,7 @@ sampler's skip policy and the cost model, gathered into the :class:`SearchRun` a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -17,6 +18,8 @@ from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import StudySpec
 from das_tune.storage.opener import open_storage, shown_url, study_exists
 from das_tune.training.components import Components
+
+SETTINGS_ATTR = "das_tune:settings"  # study system attr: StudySpec.search_settings() at creation
 
 
 def open_spec_study(
@@ -32,7 +35,10 @@ def _open_study(
     record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
     sampler = sampler_from_record(record, parts.space)  # a bad sampler name or option fails before the storage is opened
     storage = storage or open_storage(spec.storage)
-    study = open_study(storage, spec.resolved_study_name, sampler, record, parts.space, url=spec.storage, fresh=fresh, log=reporter.log)
+    study = open_study(
+        storage, spec.resolved_study_name, sampler, record, parts.space,
+        url=spec.storage, fresh=fresh, log=reporter.log, settings=spec.search_settings(),
+    )
     return study, storage
 
 
@@ -62,8 +68,10 @@ def open_study(
     url: str,
     fresh: bool = False,
     log=print,
+    settings: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    """Resume ``name`` if it exists (same sampler), else create it and record how it samples.
+    """Resume ``name`` if it exists (same sampler and ``settings``, see ``StudySpec.search_settings``), else
+    create it and record how it samples and its settings.
 
     Call it holding the study's lease (``das_tune.storage.lease``). Trials a dead process left RUNNING are the
     executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
@@ -75,19 +83,36 @@ def open_study(
             optuna.delete_study(study_name=name, storage=storage)
             log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
         else:
-            return _resume(storage, url, name, sampler, sampler_record, space, log)
+            return _resume(storage, url, name, sampler, sampler_record, space, log, settings)
     directions = ["minimize", "minimize"] if space.is_range else ["minimize"]  # a range: (observed loss, additional GMACs)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
     storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, sampler_record)
+    if settings is not None:
+        storage.set_study_system_attr(study._study_id, SETTINGS_ATTR, settings)
     study.set_user_attr("space", space.name)
     study.set_user_attr("candidates", list(space.candidates))
     study.set_user_attr("num_skip", space.recorded_num_skip)
     return study
 
 
-def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: SkipSpace, log) -> optuna.Study:
+def _check_settings(name: str, recorded: dict[str, Any] | None, settings: dict[str, Any] | None) -> None:
+    """A study resumes only with the settings it was run with (a study of an older das-tune records none)."""
+    if recorded is None or settings is None or recorded == settings:
+        return
+    changed = [f"{key} = {recorded.get(key)!r} → {settings.get(key)!r}" for key in sorted(recorded.keys() | settings.keys())
+               if recorded.get(key) != settings.get(key)]
+    shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    raise UserError(
+        f"study {name!r} was run with other settings ({shown}); pass --fresh to start it again "
+        "or --set study_name=NEW for a new study"
+    )
+
+
+def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: SkipSpace, log, settings) -> optuna.Study:
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-    recorded = storage.get_study_system_attrs(study._study_id).get(SAMPLER_ATTR)
+    attrs = storage.get_study_system_attrs(study._study_id)
+    _check_settings(name, attrs.get(SETTINGS_ATTR), settings)
+    recorded = attrs.get(SAMPLER_ATTR)
     if recorded is not None and recorded != sampler_record:
         raise UserError(
             f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "

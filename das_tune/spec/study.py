@@ -191,6 +191,16 @@ class StudySpec(_Strict):
     def load_space(self) -> SkipSpace:
         return load_space(self.space, self.num_skip)
 
+    def search_settings(self) -> dict[str, Any]:
+        """What a search's outcome depends on besides its sampler and seed, flat (``search.lr``: 0.002): the
+        space, backbone, task, search budget and tiny mode — local file paths and the worker count aside. A
+        study records them, and resuming it with other settings is refused."""
+        data = self.model_dump(mode="json", include={"backbone", "task", "search", "tiny"})
+        data["space"] = self.load_space().model_dump(mode="json")
+        for field in (*LOCAL_PATHS, "search.workers"):
+            _pop_dotted(data, field)
+        return _flat(data)
+
     @property
     def resolved_study_name(self) -> str:
         """``study_name``, else ``<name>-<sampler>-seed<seed>``; a num_skip range given as an override adds
@@ -353,6 +363,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             problem = getattr(err, "problem", None) or str(err)
             raise UserError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it for a string") from None
     return overrides
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
