@@ -136,6 +136,10 @@ BENCH_SAMPLERS_HELP = (
 )
 BENCH_METHODS_HELP = "Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none)."
 BENCH_SEEDS_HELP = "Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results."
+SUPERNET_STEPS_HELP = (
+    "With --ground-truth: also train uniform supernets of these step counts (90,300,900) per seed and report how their "
+    "loss on the whole val split ranks the reference subsets (Kendall τ, sparse τ, AUC, top-3 recall)."
+)
 GROUND_TRUTH_HELP = (
     "Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ."
 )
@@ -247,6 +251,16 @@ def retrain(
     _report(spec, done, quiet)
 
 
+def _steps_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--supernet-steps {text!r}: expected comma-separated step counts (90,300,900)") from None
+    if any(s < 1 or s > 1_000_000 for s in steps):
+        raise UserError(f"--supernet-steps {text!r}: expected step counts from 1 to 1000000")
+    return steps
+
+
 def _skip_list(skip: str) -> list[str]:
     return [] if skip.strip().lower() == "none" else [name.strip() for name in skip.split(",")]
 
@@ -263,6 +277,7 @@ def bench(
     retrain_seeds: Annotated[int, typer.Option(help="Every pick and reference subset is retrained at seeds 0..N-1; the mean counts.")] = 2,
     ground_truth: Annotated[bool, typer.Option(help=GROUND_TRUTH_HELP)] = False,
     reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
+    supernet_steps: Annotated[str, typer.Option(help=SUPERNET_STEPS_HELP)] = "",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
@@ -285,7 +300,7 @@ def bench(
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
-        reference_size=reference_size, overrides=overrides, out=out_dir,
+        reference_size=reference_size, overrides=overrides, out=out_dir, supernet_steps=_steps_list(supernet_steps),
     )
     with reporter(quiet) as progress:
         results = run_bench(config, progress)

@@ -160,10 +160,15 @@ def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_pa
     assert "4 of 6 subsets" in first.stderr  # the observation budget warning
     piece_one = retrain_files(out)
     assert len(piece_one) == 6 * 2  # every subset at retrain seeds 0 and 1; the picks are among them
-    second = bench(tmp_path, *args, "--seeds", "1-1")
+    second = bench(tmp_path, *args, "--seeds", "1-1", "--supernet-steps", "6,12")  # 6 steps an epoch: 1 and 2 epochs
     assert second.returncode == 0, second.stderr[-3000:]
     assert retrain_files(out) == piece_one  # nothing retrained again: the ground truth is shared by all seeds
     results = json.loads((out / "results.json").read_text())
+    budgets = results["supernet_budgets"]
+    assert list(budgets) == ["6", "12"] and all(b["seeds"] == [1] and b["retrains"] == b["steps"] / 6 for b in budgets.values())
+    for b in budgets.values():
+        assert -1 <= b["sparse_kendall_tau"]["median"] <= 1 and 0 <= b["separation_auc"]["median"] <= 1
+    assert "| supernet steps | × one retrain |" in (out / "results.md").read_text()
 
     samplers = ["das", "das_std", "random", "tpe"]
     methods = [*samplers, "block_influence", "angular", "last_k", "first_k"]
@@ -193,7 +198,9 @@ def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_pa
     assert all(r["layer_scores"] is None for r in runs if r["method"] in ("random", "tpe"))
     assert all(set(r["layer_scores"]) == set(results["candidates"]) for r in runs if r["method"] in ("das", "das_std"))
     assert set(results["paired_tests"]) == set(methods) - {"das"}
-    assert all(t["n"] == 2 for t in results["paired_tests"].values())
+    for method, test in results["paired_tests"].items():  # one pick at every seed: its 2 retrains against das's 2 seeds
+        picks = {tuple(r["chosen"]) for r in runs if r["method"] == method}
+        assert (test["n"], "unpaired" in test["test"]) == ((4, True) if len(picks) == 1 else (2, False))
     share = results["summary"]["das"]["top10_share"]
     assert share == sum(r["top10"] for r in runs if r["method"] == "das") / 2
 
@@ -391,7 +398,7 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
             assert results["cost_ratio"] is not None and results["full"] is not None and not results["warnings"]
         else:
             assert results["ground_truth"] is not None
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "benchmarks.md").read_text()
     blocks = readme_tables.BLOCK.findall(readme)
     assert {folder for _, folder, _, _ in blocks} == set(benches), "every committed bench has one README block"
     assert readme_tables.render(readme, benches) == readme, "README's bench blocks differ: run benchmarks/readme_tables.py"

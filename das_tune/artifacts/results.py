@@ -143,6 +143,28 @@ class Warmup(_Result):
     supernet_losses: dict[str, float] = Field(default_factory=dict)
 
 
+class SupernetLosses(_Result):
+    """A uniform supernet trained for ``steps`` (a seed's, alone in its folder) and its mean loss of every
+    reference subset on the whole ``split``: how well a supernet of that budget ranks the subsets."""
+
+    steps: int
+    seconds: float = Field(description="wall-clock of the training and the scoring in the process that finished it")
+    split: str
+    losses: dict[str, float]
+
+
+class BudgetRanking(_Result):
+    """Over seeds: how well uniform supernets of one training budget rank the reference subsets."""
+
+    steps: int
+    retrains: float = Field(description="the budget in units of one retrain's training steps")
+    seeds: list[int]
+    kendall_tau: Spread
+    sparse_kendall_tau: Spread
+    separation_auc: Spread
+    top3_recall: Spread
+
+
 class SearchRecord(_Result):
     """What one method found at one seed, before any retrain (saved once the search is finished)."""
 
@@ -203,8 +225,11 @@ class GroundTruth(_Result):
     best: float
     median: float | None = None
     rankable: float | None = Field(default=None, description="(best − median) / noise_std: how far the space is from flat")
-    good_set: list[str] | None = Field(default=None, description="subsets within 2 noise sd of the best")
-    collapses: int | None = Field(default=None, description="retrains more than 0.05 below the same subset's best retrain seed")
+    rankable_goal: float | None = Field(default=None, description="the least ``rankable`` of a space methods can be told apart in")
+    good_set: list[str] | None = Field(default=None, description="subsets within ``good_width`` noise sd of the best")
+    good_width: float | None = None
+    collapses: int | None = Field(default=None, description="retrains more than ``collapse_margin`` below their subset's best seed")
+    collapse_margin: float | None = None
     top10_threshold: float = Field(description="a pick is in the top 10 % when fewer than 10 % of the subsets beat it")
     retrains: int
     retrain_seconds: float
@@ -276,6 +301,9 @@ class BenchResults(_Result):
     summary: dict[str, MethodSummary]
     paired_tests: dict[str, PairedTest]
     ground_truth: GroundTruth | None
+    supernet_budgets: dict[str, BudgetRanking] = Field(
+        default_factory=dict, description="steps → how uniform supernets of that budget rank the reference subsets"
+    )
     warmup_ranking: dict[str, Ranking] = Field(
         default_factory=dict, description="per seed: the shared warm-up supernet's loss vs ground truth"
     )

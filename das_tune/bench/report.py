@@ -23,6 +23,7 @@ from das_tune.artifacts.results import (
     BenchFiles,
     BenchResults,
     Budget,
+    BudgetRanking,
     GroundTruth,
     LadderResults,
     MethodSummary,
@@ -33,10 +34,11 @@ from das_tune.artifacts.results import (
     RunResult,
     SearchRecord,
     Spread,
+    SupernetLosses,
     write_json,
 )
 from das_tune.bench import stats
-from das_tune.bench.runs import REFERENCE_SEED, Plan, retrained_values, saved_records, saved_warmups, subset_key
+from das_tune.bench.runs import REFERENCE_SEED, Plan, budget_losses_path, retrained_values, saved_records, saved_warmups, subset_key
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 RANKABLE = 5.0  # a space is rankable when its best subset is this many retrain-noise sd above its median one
@@ -77,7 +79,27 @@ def collect(p: Plan) -> BenchResults:
         summary={m: _summary([r for r in runs if r.method == m]) for m in methods},
         paired_tests={m: _paired(runs, reference, m) for m in methods if m != reference},
         ground_truth=truth, warmup_ranking=_warmup_ranking(p, seeds, truth), runs=runs,
+        supernet_budgets=_budget_rankings(p, truth),
     )
+
+
+def _budget_rankings(p: Plan, truth: GroundTruth | None) -> dict[str, BudgetRanking]:
+    """Per measured budget, over the seeds whose uniform supernet of that budget is scored."""
+    found = {}
+    for steps in p.config.supernet_steps:
+        paths = {seed: budget_losses_path(p, seed, steps) for seed in p.config.seeds}
+        rankings = {s: supernet_ranking(SupernetLosses.read(path).losses, truth) for s, path in paths.items() if path.is_file()}
+        rankings = {s: r for s, r in rankings.items() if r is not None}
+        if not rankings:
+            continue
+        trained = SupernetLosses.read(paths[next(iter(rankings))]).steps
+        values = list(rankings.values())
+        found[str(trained)] = BudgetRanking(
+            steps=trained, retrains=trained / p.retrain_steps, seeds=sorted(rankings),
+            kendall_tau=spread([r.kendall_tau for r in values]), sparse_kendall_tau=spread([r.sparse_kendall_tau for r in values]),
+            separation_auc=spread([r.separation_auc for r in values]), top3_recall=spread([r.top3_recall for r in values]),
+        )
+    return found
 
 
 def complete_seed_runs(
@@ -129,9 +151,9 @@ def _ground_truth(p: Plan, subsets: dict[str, Retrained | None]) -> GroundTruth 
         kind=p.reference_kind, retrain_seeds=list(p.retrain_seeds),
         sample_seed=REFERENCE_SEED if p.reference_kind == "sample" else None, subsets=subsets,
         noise_std=noise, best=max(values), median=median(values),
-        rankable=(max(values) - median(values)) / noise if noise > 0 else None,
-        good_set=sorted(stats.good_set({k: r.mean for k, r in subsets.items()}, noise)),
-        collapses=sum(stats.collapses(list(r.values.values())) for r in subsets.values()),
+        rankable=(max(values) - median(values)) / noise if noise > 0 else None, rankable_goal=RANKABLE,
+        good_set=sorted(stats.good_set({k: r.mean for k, r in subsets.items()}, noise, stats.GOOD_WIDTH)), good_width=stats.GOOD_WIDTH,
+        collapses=sum(stats.collapses(list(r.values.values())) for r in subsets.values()), collapse_margin=stats.COLLAPSE,
         top10_threshold=stats.top10_threshold(values),
         retrains=len(subsets) * len(p.retrain_seeds), retrain_seconds=sum(r.seconds * len(r.values) for r in subsets.values()),
     )
@@ -143,7 +165,7 @@ def _run_result(record: SearchRecord, pick: Retrained, truth: GroundTruth | None
         reference = [r.mean for r in truth.subsets.values()]
         fields = {
             "regret": stats.regret(reference, pick.mean), "percentile": stats.percentile(reference, pick.mean),
-            "top10": stats.in_top10(reference, pick.mean), "good": pick.mean >= truth.best - 2 * truth.noise_std,
+            "top10": stats.in_top10(reference, pick.mean), "good": pick.mean >= truth.best - stats.GOOD_WIDTH * truth.noise_std,
             "kendall_tau": _layer_score_tau(record, truth), "supernet_ranking": supernet_ranking(record.supernet_losses, truth),
         }
     return RunResult(
@@ -170,10 +192,10 @@ def supernet_ranking(losses: dict[str, float], truth: GroundTruth | None) -> Ran
     if len(keys) < 2:
         return None
     scores, values = [-losses[k] for k in keys], [truth.subsets[k].mean for k in keys]
-    good = stats.good_set(dict(zip(keys, values)), truth.noise_std)
+    good = stats.good_set(dict(zip(keys, values)), truth.noise_std, stats.GOOD_WIDTH)
     return Ranking(
         kendall_tau=stats.kendall_tau(scores, values), spearman_rho=stats.spearman_rho(scores, values), n=len(keys),
-        sparse_kendall_tau=stats.sparse_kendall_tau(scores, values, tie=2 * truth.noise_std),
+        sparse_kendall_tau=stats.sparse_kendall_tau(scores, values, tie=stats.GOOD_WIDTH * truth.noise_std),
         separation_auc=stats.separation_auc(scores, [k in good for k in keys]), top3_recall=stats.top_k_recall(scores, values, 3),
     )
 
@@ -283,6 +305,13 @@ def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def budget_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
+    header = ["supernet steps", "× one retrain", "seeds", "Kendall τ", "sparse τ", "AUC", "top-3 recall"]
+    rows = [[fmt(b.steps), fmt(b.retrains), fmt(len(b.seeds)), _cell(b.kendall_tau, "median"), _cell(b.sparse_kendall_tau, "median"),
+             _cell(b.separation_auc, "median"), _cell(b.top3_recall, "median")] for b in results.supernet_budgets.values()]
+    return header, rows
+
+
 def truth_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     gt = results.ground_truth
     header = ["skipped", f"mean test {results.metric}", *(f"retrain seed {s}" for s in gt.retrain_seeds), "std", "additional GMACs"]
@@ -319,12 +348,17 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
     if gt is not None:
         lines += ["", "## Ground truth", "",
                   f"{fmt(gt.retrains)} retrains, {fmt(gt.retrain_seconds)} s of retraining in all; retrain noise "
-                  f"(median std over retrain seeds) {fmt(gt.noise_std)}; collapsed retrains (more than 0.05 below the same "
-                  f"subset's best seed): {fmt(gt.collapses)}.", "", _rankable_line(gt), ""]
+                  f"(median std over retrain seeds) {fmt(gt.noise_std)}; collapsed retrains (more than {fmt(gt.collapse_margin)} "
+                  f"below the same subset's best seed): {fmt(gt.collapses)}.", "", _rankable_line(gt), ""]
         if results.warmup_ranking:
             lines += ["Warm-up supernet's loss against the ground truth, per seed: " + "; ".join(
                 f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}"
                 for s, r in results.warmup_ranking.items()) + ".", ""]
+        if results.supernet_budgets:
+            lines += ["Uniform supernets trained for a budget, each reference subset's loss on the whole val split against "
+                      "the ground truth (medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the "
+                      "chance a good-set subset has the lower loss; top-k recall of the best three):", "",
+                      *markdown_lines(*budget_table(results)), ""]
         lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)
@@ -334,10 +368,10 @@ def _rankable_line(gt: GroundTruth) -> str:
     """The check that the space can tell methods apart at all: its best subset far above its median one."""
     if gt.rankable is None:
         return "Rankable: — (no retrain noise measured)."
-    verdict = "rankable" if gt.rankable >= RANKABLE else "**flat: no method can be told apart here**"
+    verdict = "rankable" if gt.rankable >= gt.rankable_goal else "**flat: no method can be told apart here**"
     return (f"Rankable check: the best reference subset is {fmt(gt.rankable)} retrain-noise sd above the median one "
-            f"(best {fmt(gt.best)}, median {fmt(gt.median)}; goal ≥ {fmt(RANKABLE)}): {verdict}. Good set (within 2 sd of "
-            f"the best): {fmt(len(gt.good_set or []))} of {fmt(len(gt.subsets))} subsets.")
+            f"(best {fmt(gt.best)}, median {fmt(gt.median)}; goal ≥ {fmt(gt.rankable_goal)}): {verdict}. Good set (within "
+            f"{fmt(gt.good_width)} sd of the best): {fmt(len(gt.good_set or []))} of {fmt(len(gt.subsets))} subsets.")
 
 
 def markdown_lines(header: list[str], rows: list[list[str]]) -> list[str]:

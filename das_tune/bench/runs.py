@@ -30,6 +30,7 @@ the picks its searches have saved (from the last one back).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ import torch
 import yaml
 
 from das_tune.artifacts import atomic
-from das_tune.artifacts.results import FoundBy, RetrainMetrics, SearchRecord, Warmup, write_json
+from das_tune.artifacts.results import FoundBy, RetrainMetrics, SearchRecord, SupernetLosses, Warmup, write_json
 from das_tune.artifacts.run_folder import CHECKPOINT, finished_metrics, save_spec
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.errors import FolderInUse, UserError
@@ -62,7 +63,7 @@ from das_tune.training.retrain import retrain
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
 MIN_VERDICT_REFERENCE = 40
-WARMUP_FILE, PLAN_FILE = "warmup.json", "plan.yaml"
+WARMUP_FILE, PLAN_FILE, LOSSES_FILE = "warmup.json", "plan.yaml", "losses.json"
 BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 
 # Sampler methods that are one registry sampler with fixed options. "das" is the reference rule even
@@ -95,6 +96,7 @@ class BenchConfig:
     reference_size: int = MIN_VERDICT_REFERENCE
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip>
+    supernet_steps: tuple[int, ...] = ()  # budgets of uniform supernets whose ranking of the reference is measured
     reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
 
@@ -241,6 +243,10 @@ def execute(p: Plan, reporter: Reporter) -> None:
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
         parts = _run_seed(p, seed, opened, reporter) or parts
+    for seed in p.config.seeds:
+        for steps in p.config.supernet_steps:
+            if (losses := budget_supernet(p, seed, steps, reporter)) is not None:
+                reporter.log(f"seed {seed}: a uniform supernet of {losses.steps} steps scored the reference on val")
     if p.config.ground_truth:
         parts = parts or build_components(p.spec(p.config.seeds[0]))
         subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
@@ -373,6 +379,51 @@ def _search(
         search_steps=p.steps_per_epoch * spec.search.search_epochs, search_seconds=found.found_by.search_seconds,
         supernet_losses=supernet_losses(p, parts),
     )
+
+
+def budget_spec(p: Plan, seed: int, steps: int) -> StudySpec:
+    """A uniform supernet of about ``steps`` training steps (whole epochs of the study's), in its own folder."""
+    epochs = max(1, math.ceil(steps / p.steps_per_epoch))
+    return p.spec(seed, study_name=f"{p.base.name}-uniform{steps}-seed{seed}", **{"search.warmup_epochs": epochs})
+
+
+def budget_losses_path(p: Plan, seed: int, steps: int) -> Path:
+    return budget_spec(p, seed, steps).run_dir / LOSSES_FILE
+
+
+def budget_supernet(p: Plan, seed: int, steps: int, reporter: Reporter) -> SupernetLosses | None:
+    """Train (or resume) the seed's uniform supernet of ``steps`` and score every reference subset on the
+    whole val split; None when another process holds it."""
+    spec = budget_spec(p, seed, steps)
+    path = spec.run_dir / LOSSES_FILE
+    try:
+        with folder_lock(spec.run_dir):
+            if path.is_file():
+                return SupernetLosses.read(path)
+            loop.seed_everything(seed)
+            parts = build_components(spec)
+            start = time.perf_counter()
+            load_warm(parts, str(warm_up(spec, parts, reporter)))
+            losses = SupernetLosses(
+                steps=p.steps_per_epoch * spec.search.warmup_epochs, seconds=0.0, split="val", losses=val_losses(p, parts)
+            )
+            losses.seconds = time.perf_counter() - start
+            write_json(losses, path)
+            return losses
+    except FolderInUse:
+        reporter.log(f"seed {seed}: the supernet of {steps} steps is trained in another process; skipped here")
+        return None
+
+
+def val_losses(p: Plan, parts: Components) -> dict[str, float]:
+    """Every reference subset's mean loss over the whole val split (eval mode)."""
+    batches = list(parts.task.loader("val", parts.model, p.base.search.batch_size))
+    losses = {
+        subset_key(p.space, subset): float(np.mean([loop.observe(parts.model, parts.task, b, subset) for b in batches]))
+        for subset in p.reference
+    }
+    parts.model.set_skipped(())
+    return losses
 
 
 def supernet_losses(p: Plan, parts: Components) -> dict[str, float]:

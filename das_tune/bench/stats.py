@@ -17,6 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+COLLAPSE = 0.05  # a retrain this far below its subset's best retrain seed has collapsed
+GOOD_WIDTH = 2.0  # the good set: within this many retrain-noise sd of the best subset
+
 
 def spread(values: Sequence[float | None]) -> dict[str, float | int | None]:
     """Median, quartiles (IQR) and range of the values that are not None/NaN, and how many there are."""
@@ -76,7 +79,7 @@ def sparse_kendall_tau(scores: Sequence[float], truth: Sequence[float], tie: flo
     return (concordant - discordant) / ranked if ranked else None
 
 
-def good_set(truth: dict[str, float], noise: float, width: float = 2.0) -> set[str]:
+def good_set(truth: dict[str, float], noise: float, width: float = GOOD_WIDTH) -> set[str]:
     """The subsets within ``width`` noise sd of the best one: those a search may pick without regret."""
     best = max(truth.values())
     return {key for key, value in truth.items() if value >= best - width * noise}
@@ -118,7 +121,6 @@ def unpaired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | i
     return {**result, "p_value": float(min(1.0, test.pvalue))}
 
 
-COLLAPSE = 0.05
 
 
 def collapses(values: Sequence[float]) -> int:
