@@ -1,7 +1,7 @@
-"""README's benchmark blocks, rendered from the committed results (``bench/*/results.json``).
+"""docs/benchmarks.md's bench blocks, rendered from the committed results (``bench/*/results.json``).
 
-    python benchmarks/readme_tables.py           # rewrite every block in README.md
-    python benchmarks/readme_tables.py --check   # exit 1 if README.md differs (tests/test_bench.py checks it)
+    python benchmarks/readme_tables.py           # rewrite every block in docs/benchmarks.md
+    python benchmarks/readme_tables.py --check   # exit 1 if docs/benchmarks.md differs (tests/test_bench.py checks it)
 
 A block is ``<!-- bench-table: bench/<folder> -->`` … ``<!-- /bench-table -->``: the medians over seeds of
 a sampler bench (one num_skip), or a ladder bench's (a range of num_skip) with its paired tests, cost ratio,
@@ -111,13 +111,14 @@ def render(readme: str, benches: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check README.md; exit 1 if it differs")
+    parser.add_argument("--check", action="store_true", help="only check docs/benchmarks.md; exit 1 if it differs")
     args = parser.parse_args()
-    path = ROOT / "README.md"
+    path = ROOT / "docs" / "benchmarks.md"
     readme = path.read_text()
     rendered = render(readme, committed())
     if args.check:
-        sys.exit(0 if rendered == readme else "README.md's bench blocks differ from bench/*/results.json: run benchmarks/readme_tables.py")
+        differs = "docs/benchmarks.md's bench blocks differ from bench/*/results.json: run benchmarks/readme_tables.py"
+        sys.exit(0 if rendered == readme else differs)
     path.write_text(rendered)
 
 

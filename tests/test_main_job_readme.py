@@ -1,4 +1,7 @@
-"""README's main-job numbers come from the committed measurement (docs/main_job.json)."""
+"""The numbers of README's main-job table and of the measurement sections in docs/ come from the committed
+measurements (docs/main_job.json, docs/table_b.json, benchmarks/export_speed.json, bench/*/results.json).
+
+Each marked section (``<!-- marker -->`` … ``<!-- /marker -->``) lives on one page, named in ``PAGES``."""
 
 from __future__ import annotations
 
@@ -12,6 +15,17 @@ from das_tune.artifacts.results import RetrainMetrics, SubnetFile
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w.])")
+PAGES = {  # marker -> the page that holds its section (relative to the repository root)
+    "main-job": "README.md",
+    "main-job-xeon": "docs/benchmarks.md",
+    "export-speed": "docs/benchmarks.md",
+    "table-b": "docs/benchmarks.md",
+    "table-b-sublayers": "docs/benchmarks.md",
+    "sublayer-setup": "docs/benchmarks.md",
+    "sublayer-verdict": "docs/benchmarks.md",
+    "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
+}
+MARKER = re.compile(r"<!-- ([a-z0-9-]+)(?::[^>]*)? -->")
 
 
 def leaves(node):
@@ -32,15 +46,28 @@ def shown_as(text: str, values: list[float], scales=(1, 100, 1e-6)) -> bool:
     return any(round(scale * v, decimals) == number for v in values for scale in scales)
 
 
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def sections(marker: str) -> list[str]:
-    """README's texts between ``<!-- marker -->`` and ``<!-- /marker -->``."""
-    return re.findall(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", (ROOT / "README.md").read_text(), re.S)
+    """The texts between ``<!-- marker -->`` and ``<!-- /marker -->`` on the marker's page."""
+    return re.findall(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", (ROOT / PAGES[marker]).read_text(), re.S)
+
+
+def test_each_marked_section_lives_on_one_page():
+    holders: dict[str, set[str]] = {}
+    for page in pages():
+        for marker in MARKER.findall(page.read_text()):
+            holders.setdefault(marker, set()).add(str(page.relative_to(ROOT)))
+    assert {m: holders.get(m) for m in PAGES} == {m: {page} for m, page in PAGES.items()}
+    assert not [m for m, held in holders.items() if len(held) > 1], f"a marker on several pages: {holders}"
 
 
 def table_numbers(marker: str) -> list[str]:
-    """The numbers of the value columns (all but the first) of README's table between ``<!-- marker -->`` tags."""
+    """The numbers of the value columns (all but the first) of the table between ``<!-- marker -->`` tags."""
     found = sections(marker)
-    assert found, f"README has no {marker} table"
+    assert found, f"{PAGES[marker]} has no {marker} table"
     cells = [
         cell for section in found for line in section.splitlines() if line.startswith("|")
         for cell in line.strip("|").split("|")[1:]
@@ -58,9 +85,9 @@ def test_readme_main_job_numbers_are_the_committed_measurement(marker, measureme
     numbers = table_numbers(marker)
     assert numbers
     strays = [n for n in numbers if not shown_as(n, values)]
-    assert not strays, f"numbers in README's {marker} section that are not in docs/{measurement}: {strays}"
+    assert not strays, f"numbers in {PAGES[marker]}'s {marker} section that are not in docs/{measurement}: {strays}"
     skipped = ", ".join(measured["run"]["skipped"])
-    assert any(skipped in section for section in sections(marker)), f"README's {marker} section does not show {skipped}"
+    assert any(skipped in section for section in sections(marker)), f"{PAGES[marker]}'s {marker} section does not show {skipped}"
 
 
 def test_readme_export_speed_numbers_are_the_committed_measurement():
@@ -74,7 +101,7 @@ def test_readme_export_speed_numbers_are_the_committed_measurement():
     numbers = table_numbers("export-speed")
     assert len(numbers) == 15
     strays = [n for n in numbers if not shown_as(n, values, scales=(1, 100))]
-    assert not strays, f"numbers in README's export-speed table that are not in benchmarks/export_speed.json: {strays}"
+    assert not strays, f"numbers in {PAGES['export-speed']}'s export-speed table that are not in benchmarks/export_speed.json: {strays}"
 
 
 def das_pick(measured: dict, main_job: dict) -> list[str]:
@@ -96,7 +123,7 @@ def test_readme_table_b_is_the_committed_table(marker, table):
     numbers = table_numbers(marker)
     assert len(numbers) >= 5 * len(rows)
     strays = [n for n in numbers if not shown_as(n, list(leaves(measured)), scales=(1, 100))]
-    assert not strays, f"numbers in README's Table B that are not in docs/table_b.json: {strays}"
+    assert not strays, f"numbers in {PAGES[marker]}'s {marker} table that are not in docs/{table}: {strays}"
 
 
 def test_readme_sublayer_verdict_numbers_are_the_committed_bench():
@@ -105,20 +132,20 @@ def test_readme_sublayer_verdict_numbers_are_the_committed_bench():
     values += [abs(v) for v in values] + [len(results["seeds"])]
     goals = [0.8, 0.05]  # the issue's targets: top 10 % at 80 % of the seeds, ahead of random at p < 0.05
     found = sections("sublayer-verdict")
-    assert len(found) == 1, "README has no single sublayer-verdict section"
+    assert len(found) == 1, f"{PAGES['sublayer-verdict']} has no single sublayer-verdict section"
     text = found[0]
     assert f"({len(results['seeds'])} seeds)" in text
     strays = [n for n in NUMBER.findall(text.replace("−", "-")) if not shown_as(n, values + goals)]
-    assert not strays, f"numbers in README's sublayer verdict that are not in its results.json: {strays}"
+    assert not strays, f"numbers in {PAGES['sublayer-verdict']}'s sublayer verdict that are not in its results.json: {strays}"
 
 
 def test_readme_sublayer_setup_numbers_are_the_committed_bench():
     results = json.loads((ROOT / "bench" / "minilm_vqa_sublayers-skip4" / "results.json").read_text())
     found = sections("sublayer-setup")
-    assert len(found) == 1, "README has no single sublayer-setup section"
+    assert len(found) == 1, f"{PAGES['sublayer-setup']} has no single sublayer-setup section"
     text = found[0]
     heading = f"(skip {results['num_skip']} of {results['num_candidates']} blocks): {len(results['seeds'])} seeds, "
     assert heading + f"a reference sample of {len(results['ground_truth']['subsets'])} subsets" in text
     values = [*leaves(results), results["budget"]["observations"] / results["num_subsets"]]
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
-    assert not strays, f"numbers in README's sublayer setup that are not in its results.json: {strays}"
+    assert not strays, f"numbers in {PAGES['sublayer-setup']}'s sublayer setup that are not in its results.json: {strays}"

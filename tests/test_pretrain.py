@@ -174,7 +174,7 @@ def test_packaged_weights_are_small_load_by_default_and_come_with_their_log():
 def test_readme_pretraining_numbers_are_the_packaged_log():
     from test_main_job_readme import NUMBER, leaves, shown_as
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "pretraining.md").read_text()
     paragraph = re.search(r"<!-- pretraining -->(.*?)<!-- /pretraining -->", readme, re.S)
     numbers = NUMBER.findall(paragraph.group(1))
     assert len(numbers) >= 10
