@@ -15,3 +15,8 @@ class FolderInUse(UserError):
 class RunFailure(RuntimeError):
     """A run that cannot give a result (e.g. its losses became NaN); the CLI prints it on one line
     and exits 1. What was saved before it stays valid."""
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    """``text`` as a one-line message may quote it: cut to ``limit`` characters, the cut said."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"

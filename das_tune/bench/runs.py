@@ -46,7 +46,7 @@ from das_tune.artifacts import atomic
 from das_tune.artifacts.results import FoundBy, RetrainMetrics, SearchRecord, SupernetLosses, Warmup, write_json
 from das_tune.artifacts.run_folder import CHECKPOINT, finished_metrics, save_spec
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
-from das_tune.errors import FolderInUse, UserError
+from das_tune.errors import FolderInUse, UserError, shorten
 from das_tune.jobs import runner
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLERS
@@ -60,6 +60,7 @@ from das_tune.training import loop
 from das_tune.training.components import Components, build_components, build_spec_task
 from das_tune.training.retrain import retrain
 
+MAX_SEEDS = 10_000  # a bench of more search seeds would never end; a typo is refused before it allocates
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
 MIN_VERDICT_REFERENCE = 40
@@ -138,13 +139,16 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     try:
         if "-" in text:
             first, last = (int(part) for part in text.split("-", 1))
-            seeds = tuple(range(first, last + 1))
+            seeds = range(first, last + 1)
         elif "," in text:
-            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+            seeds = [int(part) for part in text.split(",") if part.strip()]
         else:
-            seeds = tuple(range(int(text)))
+            seeds = range(int(text))
     except ValueError:
-        raise UserError(f"--seeds {text!r}: expected a count (5), a range (5-9) or a list (0,3,7)") from None
+        raise UserError(f"--seeds {shorten(text)!r}: expected a count (5), a range (5-9) or a list (0,3,7)") from None
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f"--seeds {shorten(text)!r}: {len(seeds):,} seeds; expected at most {MAX_SEEDS:,}")
+    seeds = tuple(seeds)
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {text!r}: expected at least one seed, none negative or repeated")
     return seeds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_PATH_CHARS = 4096  # PATH_MAX: a longer "name" is not a file, and the OS would refuse to look
 _PACKAGE = Path(__file__).resolve().parent.parent  # das_tune/
 
 
@@ -25,7 +26,9 @@ def builtin_names(kind: str) -> list[str]:
 
 
 def resolve(kind: str, name_or_path: str | Path) -> Path | None:
-    """A path for a built-in name or an explicit file path; None when neither exists."""
+    """A path for a built-in name or an explicit file path; None when neither exists (or it is no path at all)."""
+    if len(str(name_or_path)) > MAX_PATH_CHARS:
+        return None
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         return path if path.is_file() else None

@@ -44,7 +44,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from das_tune.errors import UserError
+from das_tune.errors import UserError, shorten
 from das_tune.spec import resources, yaml_reader
 
 PARAM_PREFIX = "skip."
@@ -290,7 +290,7 @@ def load_space(name_or_path: str | Path, num_skip: Any = None) -> SkipSpace:
     path = resources.resolve("search_spaces", name_or_path)
     if path is None:
         known = ", ".join(resources.builtin_names("search_spaces"))
-        raise UserError(f"unknown search space {str(name_or_path)!r}: expected a YAML file path or one of {known}")
+        raise UserError(f"unknown search space {shorten(str(name_or_path))!r}: expected a YAML file path or one of {known}")
     data = yaml_reader.read_yaml(path)
     data.setdefault("name", path.stem)
     source = str(path)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from das_tune.errors import UserError
+from das_tune.errors import UserError, shorten
 from das_tune.spec import resources, yaml_reader
 from das_tune.spec.spaces import SkipSpace, load_space, parse_num_skip, size_label
 
@@ -148,7 +148,7 @@ class RaySpec(_Strict):
 
 
 # A study name is also a folder name under output_dir: no path separators, no leading dot.
-_FOLDER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+=,@-]*$"
+_FOLDER_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.+=,@-]{0,119}$"  # a folder name, at most 120 characters
 
 
 class StudySpec(_Strict):
@@ -249,7 +249,7 @@ def load_study_spec(name_or_path: str | Path, overrides: dict[str, Any] | None =
     path = resources.resolve("studies", name_or_path)
     if path is None:
         known = ", ".join(resources.builtin_names("studies"))
-        raise UserError(f"unknown study {str(name_or_path)!r}: expected a YAML file path or one of {known}")
+        raise UserError(f"unknown study {shorten(str(name_or_path))!r}: expected a YAML file path or one of {known}")
     data = read_study_yaml(path)
     data.setdefault("name", path.stem)
     overrides = overrides or {}

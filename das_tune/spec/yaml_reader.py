@@ -13,8 +13,26 @@ from das_tune.errors import UserError
 Model = TypeVar("Model", bound=BaseModel)
 
 
+MAX_DEPTH = 32  # a study or space is a few levels deep; thousands of levels only exhaust the stack
+MAX_CHARS = 1_000_000  # a declarative file or --set value; far beyond any real one
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a declarative file with a repeated field is an error."""
+    """Safe YAML, bounded: a repeated key, an alias (``*name``: a few hundred bytes of them expand to billions
+    of nodes) and nesting deeper than ``MAX_DEPTH`` are errors, not something to build."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted", self.peek_event().start_mark)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -27,6 +45,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml_text(text: str):
+    if len(text) > MAX_CHARS:
+        raise yaml.YAMLError(f"{len(text):,} characters, more than the {MAX_CHARS:,} a das-tune file or value may have")
     return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
