@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,8 +52,28 @@ app = _App(
     pretty_exceptions_enable=False,
     help="DAS (Dynamic Architecture Skipping) as a declarative Optuna search.",
 )
-out = Console()
-err = Console(stderr=True)
+# Piped or captured output (scripts, CI logs) has no terminal width to fit: rich's default of 80 columns
+# would cut names and paths, so such output gets room enough for any table das-tune prints.
+PIPED_WIDTH = 200
+out = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"das-tune {version('das-tune')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print das-tune's version and exit.")
+    ] = False,
+) -> None:
+    """DAS (Dynamic Architecture Skipping) as a declarative Optuna search."""
 
 # Options every command shares.
 Storage = Annotated[str | None, typer.Option(help=f"Optuna storage URL or journal file (default: the study's, {DEFAULT_STORAGE})")]

@@ -128,3 +128,10 @@ def test_journal_file_storage_for_run_and_dashboard(cli, tmp_path):
         server.wait(timeout=30)
     missing = cli("dashboard", "--storage", "nothing.log")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "nothing.log").exists()
+
+
+def test_piped_output_is_not_cut_to_80_columns_and_the_version_prints(tmp_path):
+    studies = run_cli("studies", cwd=tmp_path, timeout=120)
+    assert studies.returncode == 0 and "easyvqa_minilm_sublayers" in studies.stdout and "…" not in studies.stdout
+    version = run_cli("--version", cwd=tmp_path, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip().startswith("das-tune 0.")
