@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 a failu
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -18,7 +19,7 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 from typer._click import exceptions as click_errors  # typer's own copy of click
 
-from das_tune.errors import RunFailure, UserError
+from das_tune.errors import RunFailure, UserError, shorten
 from das_tune.samplers import SAMPLERS
 from das_tune.search import EXECUTORS
 from das_tune.spec.study import DEFAULT_STORAGE
@@ -40,6 +41,18 @@ class _App(typer.Typer):
         except typer.Abort:
             raise SystemExit(130) from None
         raise SystemExit(code if isinstance(code, int) else 0)
+
+
+# A path the user gave that cannot be used is bad input (exit 2); anything else the file system refuses fails the run.
+_BAD_PATH = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT}
+
+
+def _os_error(error: OSError) -> tuple[int, str]:
+    """An OSError as (exit code, one line naming the path)."""
+    where = shorten(str(error.filename)) if error.filename else "a file"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 1, f"no space left on the device of {where}: free some and run the same command again (finished work is kept)"
+    return (2 if error.errno in _BAD_PATH else 1), f"{where}: {error.strerror or error}"
 
 
 def _error_line(message: str) -> None:
@@ -110,6 +123,10 @@ def exits_cleanly(command):
         except KeyboardInterrupt:
             err.print("interrupted: progress is saved; run the same command again to resume")
             raise typer.Exit(130) from None
+        except OSError as error:  # the file system said no: a path in the way, no permission, a full disk
+            code, line = _os_error(error)
+            _error_line(line)
+            raise typer.Exit(code) from None
         except Exception:
             err.print_exception(max_frames=8)
             raise typer.Exit(1) from None
@@ -382,6 +399,7 @@ def predict_command(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Batch: write the predictions here as JSON lines (default: stdout).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     top: Annotated[int, typer.Option(min=1, help="How many labels to list, best first.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch: inputs per forward pass.")] = 32,
     quiet: Quiet = False,
@@ -399,6 +417,8 @@ def predict_command(
         raise UserError("give either --jsonl FILE or the inputs of one example (--question, --image, ...), not both")
     if jsonl is None and not given:
         raise UserError("give the inputs of one example (e.g. --question TEXT --image FILE) or --jsonl FILE")
+    if out_file is not None:
+        _check_out_file(out_file, overwrite)
     task = summarize(run_dir).task
     inputs = task_inputs(task)
     rows = _read_jsonl(jsonl) if jsonl is not None else [given]
@@ -427,6 +447,17 @@ def predict_command(
     atomic.write_text(out_file, lines)
     if not quiet:
         err.print(f"{len(predictions)} predictions written to {out_file}")
+
+
+def _check_out_file(path: Path, overwrite: bool) -> None:
+    """``--out FILE`` can be written, before any work is done: not a folder, not replaced unasked."""
+    from das_tune.jobs.checks import check_writable_folder
+
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a folder; expected a file path")
+    if path.exists() and not overwrite:
+        raise UserError(f"--out {path}: exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent, "--out")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -533,6 +564,7 @@ def pretrain(
     quiet: Quiet = False,
 ) -> None:
     """Vision-language pre-training of minilm_vl on easy-VQA's training images (resumable: run it again)."""
+    from das_tune.jobs.checks import check_writable_folder
     from das_tune.jobs.pretrain import PretrainSpec
     from das_tune.jobs.pretrain import pretrain as run_pretraining
     from das_tune.progress import reporter
@@ -545,6 +577,7 @@ def pretrain(
     if "checkpoint_every" in fields:
         fields["eval_every"] = fields["checkpoint_every"]
     spec = yaml_reader.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
+    check_writable_folder(out, "--out")
     with reporter(quiet) as progress:
         weights = run_pretraining(spec, out, progress, fresh=fresh)
     print(weights)

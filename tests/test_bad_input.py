@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FINISHED_RUN, FINISHED_STUDY, run_cli
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,8 @@ def elsewhere(tmp_path_factory) -> Path:
     (folder / "afile").write_text("not a folder\n")
     (folder / "latin1.yaml").write_bytes("name: caf\xe9\nspace: minilm_vqa\n".encode("latin-1"))
     (folder / "twice.yaml").write_text("name: twice\nspace: minilm_vqa\nspace: minilm_vqa\n")
+    Image.new("RGB", (64, 64), "red").save(folder / "red.png")
+    (folder / "questions.jsonl").write_text('{"question": "what color is the shape?", "image": "red.png"}\n')
     return folder
 
 
@@ -66,10 +69,15 @@ OTHER_INPUTS = [
     (["bench", "--space", "minilm_vqa", "--tiny", "--out", "{elsewhere}/afile/sub"], "is a file"),
     (["retrain", "runs/" + FINISHED_STUDY, "--skip", "En1,FV0"], "FV0"),
     (["retrain", "runs/" + FINISHED_STUDY, "--set", "retrain.epochs=0"], "retrain.epochs"),
+    (["export", "runs/" + FINISHED_STUDY, "--out", "{elsewhere}/afile/sub"], "afile"),  # a file in the way
+    (["predict", "runs/" + FINISHED_STUDY, "--jsonl", "{elsewhere}/questions.jsonl", "--out", "{elsewhere}/afile/a.jsonl"], "afile"),
+    (["predict", "runs/" + FINISHED_STUDY, "--jsonl", "{elsewhere}/questions.jsonl", "--out", "{elsewhere}/afile"], "--overwrite"),
+    (["predict", "runs/" + FINISHED_STUDY, "--jsonl", "{elsewhere}/questions.jsonl", "--out", "{elsewhere}"], "is a folder"),
+    (["pretrain", "minilm_vl", "--tiny", "--out", "{elsewhere}/afile"], "afile"),
 ]
 
 
-@pytest.mark.parametrize("args, message", OTHER_INPUTS, ids=[" ".join(a[:2]) for a, _ in OTHER_INPUTS])
+@pytest.mark.parametrize("args, message", OTHER_INPUTS, ids=[f"{a[0]} {m}" for a, m in OTHER_INPUTS])
 def test_bad_input_to_other_commands_changes_nothing(finished_run, elsewhere, args, message):
     args = [a.format(elsewhere=elsewhere) for a in args]
     before = checksums(finished_run)
