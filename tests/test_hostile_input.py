@@ -43,3 +43,27 @@ def test_a_seed_range_too_large_to_run_is_refused_before_it_is_built():
     with pytest.raises(UserError, match=r"10,000,000,000 seeds; expected at most 10,000"):
         parse_seeds("10000000000")
     assert parse_seeds("0-2") == (0, 1, 2)
+
+
+@pytest.mark.parametrize("field, value", [("retrain.epochs", True), ("seed", True), ("search.batch_size", 2.5)])
+def test_a_count_is_a_whole_number_not_a_boolean(field, value):
+    with pytest.raises(UserError, match=rf"field '{field}': Input should be a valid integer"):
+        load_study_spec("easyvqa_minilm", {field: value})
+
+
+@pytest.mark.parametrize("value", [-5, 0, True, 2.5])
+def test_a_split_limit_is_a_positive_count(value):
+    from das_tune.tasks import build_task
+
+    with pytest.raises(UserError, match=r"task\.options\.train_limit: expected a whole number of examples ≥ 1"):
+        build_task("easyvqa", tiny=True, train_limit=value)
+
+
+def test_pretraining_counts_are_checked_as_the_run_checks_them():
+    from das_tune.jobs.pretrain import PretrainSpec
+    from das_tune.spec.yaml_reader import parse
+
+    with pytest.raises(UserError, match=r"field 'seed': Input should be greater than or equal to 0"):
+        parse(PretrainSpec, {"seed": -1}, "pretrain")
+    with pytest.raises(UserError, match=r"align_steps \(10\) must be fewer than steps \(3\)"):
+        parse(PretrainSpec, {"steps": 3, "align_steps": 10}, "pretrain")

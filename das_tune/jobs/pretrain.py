@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
@@ -66,20 +66,26 @@ SHAPE_ONLY = ("a {s}", "the shape is a {s}", "there is a {s} in the image")
 class PretrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(default=2000, gt=0)
-    batch_size: int = Field(default=64, ge=4, description="half image–caption matching, half masked words")
+    steps: int = Field(strict=True, default=2000, gt=0)
+    batch_size: int = Field(strict=True, default=64, ge=4, description="half image–caption matching, half masked words")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    lora_rank: int = Field(default=8, gt=0)
+    lora_rank: int = Field(strict=True, default=8, gt=0)
     align_weight: float = Field(default=1.0, ge=0, description="weight of the word-alignment loss (0: none)")
-    align_steps: int = Field(default=300, ge=0, description="first steps: the stem alone, on the word alignment")
+    align_steps: int = Field(strict=True, default=300, ge=0, description="first steps: the stem alone, on the word alignment")
     image_size: int = 64
-    checkpoint_every: int = Field(default=100, gt=0)
-    eval_every: int = Field(default=100, gt=0)
-    eval_images: int = Field(default=200, gt=0, description="training images held out of the pre-training to score it")
-    seed: int = 0
+    checkpoint_every: int = Field(strict=True, default=100, gt=0)
+    eval_every: int = Field(strict=True, default=100, gt=0)
+    eval_images: int = Field(strict=True, default=200, gt=0, description="training images held out of the pre-training to score it")
+    seed: int = Field(default=0, ge=0, lt=2**32, strict=True)
     tiny: bool = False
+
+    @model_validator(mode="after")
+    def _aligns_within_the_steps(self) -> PretrainSpec:
+        if self.align_steps >= self.steps:
+            raise ValueError(f"align_steps ({self.align_steps}) must be fewer than steps ({self.steps}): the stem alone would be trained")
+        return self
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ class OptimSpec(_Strict):
     )
     weight_decay: float = Field(default=0.01, ge=0, description="not applied to biases and LayerNorm weights")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    batch_size: int = Field(default=32, gt=0, description="micro-batch size")
-    accumulate: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
+    batch_size: int = Field(strict=True, default=32, gt=0, description="micro-batch size")
+    accumulate: int = Field(strict=True, default=1, gt=0, description="micro-batches per optimizer step")
 
     @property
     def total_batch_size(self) -> int:
@@ -88,16 +88,18 @@ OBSERVATION_PRESETS = {
 
 class SearchSpec(OptimSpec):
     executor: str = Field(default="oneshot", description="a search executor by name (das_tune.search.EXECUTORS; checked with the study)")
-    warmup_epochs: int = Field(default=1, ge=0, description="epochs of uniformly random subnets")
-    search_epochs: int = Field(default=2, ge=1, description="epochs with redundancy observations")
-    observe_every: int = Field(default=10, gt=0, description="training micro-batches between observation rounds (das_turn)")
-    round_size: int = Field(default=3, gt=0, description="trials per observation round (DAS: distinct subsets); its only home")
+    warmup_epochs: int = Field(strict=True, default=1, ge=0, description="epochs of uniformly random subnets")
+    search_epochs: int = Field(strict=True, default=2, ge=1, description="epochs with redundancy observations")
+    observe_every: int = Field(strict=True, default=10, gt=0, description="training micro-batches between observation rounds (das_turn)")
+    round_size: int = Field(strict=True, default=3, gt=0, description="trials per observation round (DAS: distinct subsets); its only home")
     observation: ObservationSpec = Field(
         default_factory=ObservationSpec, description=f"a mapping or a preset: {', '.join(OBSERVATION_PRESETS)}"
     )
-    observation_batches: int = Field(default=4, gt=0, description="batches the observations cycle over (batches: cycle)")
-    max_steps_per_epoch: int | None = Field(default=None, gt=0)
-    workers: int = Field(default=1, gt=0, description="data-parallel workers of the one-shot search (PyTorch DDP via Ray Train)")
+    observation_batches: int = Field(strict=True, default=4, gt=0, description="batches the observations cycle over (batches: cycle)")
+    max_steps_per_epoch: int | None = Field(strict=True, default=None, gt=0)
+    workers: int = Field(
+        strict=True, default=1, gt=0, description="data-parallel workers of the one-shot search (PyTorch DDP via Ray Train)"
+    )
 
     @model_validator(mode="after")
     def _workers_fit(self) -> SearchSpec:
@@ -125,9 +127,9 @@ class RetrainSpec(OptimSpec):
     """Training of the chosen subnet. After every epoch the val metric is read; the best epoch's weights are
     the result, and with ``patience`` the retrain stops once that many epochs in a row did not improve it."""
 
-    epochs: int = Field(default=10, gt=0, description="the most epochs")
-    max_steps_per_epoch: int | None = Field(default=None, gt=0)
-    patience: int | None = Field(default=None, gt=0, description="stop after this many epochs without a better val metric")
+    epochs: int = Field(strict=True, default=10, gt=0, description="the most epochs")
+    max_steps_per_epoch: int | None = Field(strict=True, default=None, gt=0)
+    patience: int | None = Field(strict=True, default=None, gt=0, description="stop after this many epochs without a better val metric")
     min_delta: float = Field(default=0.0, ge=0, description="the least val gain that counts as better")
 
 
@@ -135,15 +137,15 @@ class RaySpec(_Strict):
     """Ray Tune executor settings (used when ``search.executor`` is ``ray``)."""
 
     address: str | None = Field(default=None, description="an existing cluster ('auto' or host:port)")
-    num_trials: int = Field(default=12, gt=0)
-    steps_per_trial: int = Field(default=20, gt=0)
-    report_every: int = Field(default=5, gt=0)
+    num_trials: int = Field(strict=True, default=12, gt=0)
+    steps_per_trial: int = Field(strict=True, default=20, gt=0)
+    report_every: int = Field(strict=True, default=5, gt=0)
     cpus_per_trial: float = Field(default=1, gt=0)
     gpus_per_trial: float = Field(default=0, ge=0)
-    max_concurrent_trials: int = Field(default=2, gt=0)
+    max_concurrent_trials: int = Field(strict=True, default=2, gt=0)
     scheduler: Literal["asha", "median"] | None = Field(default="asha", description="a Ray Tune scheduler by name, or null (FIFO)")
-    grace_period: int = Field(default=1, gt=0, description="reports before a scheduler may stop a trial")
-    max_failures: int = Field(default=1, ge=0)
+    grace_period: int = Field(strict=True, default=1, gt=0, description="reports before a scheduler may stop a trial")
+    max_failures: int = Field(strict=True, default=1, ge=0)
     storage_path: str | None = Field(default=None, description="absolute; shared storage on a cluster")
 
 
@@ -167,7 +169,7 @@ class StudySpec(_Strict):
     storage: str = Field(default=DEFAULT_STORAGE, description="an Optuna storage URL or a journal file path")
     study_name: str | None = Field(default=None, pattern=_FOLDER_NAME, description="default: <name>-<sampler>-seed<seed>")
     output_dir: str = "runs"
-    seed: int = Field(default=0, ge=0, lt=2**32, description="NumPy's and Optuna's seeds are 32-bit")
+    seed: int = Field(strict=True, default=0, ge=0, lt=2**32, description="NumPy's and Optuna's seeds are 32-bit")
     tiny: bool = Field(default=False, description="tiny random backbone and a few batches of data")
 
     @field_validator("num_skip", mode="before")

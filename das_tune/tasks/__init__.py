@@ -38,6 +38,9 @@ def build_task(name: str, data_dir: str | Path | None = None, tiny: bool = False
         raise UserError(
             f"task {name!r} has no option(s) {', '.join(unknown)}; expected some of {', '.join(accepted)}"
         )
+    for option, value in options.items():  # a split's size: a count, or None for all of it (never a slice from the end)
+        if option.endswith("_limit") and value is not None and (type(value) is not int or value < 1):
+            raise UserError(f"task.options.{option}: expected a whole number of examples ≥ 1 or null (all), got {value!r}")
     return cls(data_dir=data_dir, **options)
 
 
