@@ -316,7 +316,9 @@ def bench(
     ground_truth: Annotated[bool, typer.Option(help=GROUND_TRUTH_HELP)] = False,
     reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     supernet_steps: Annotated[str, typer.Option(help=SUPERNET_STEPS_HELP)] = "",
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>, -tiny for --tiny).")
+    ] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL or journal file (default: sqlite:///<out>/bench.db)")] = None,
     tiny: Tiny = False,
     quiet: Quiet = False,
@@ -631,7 +633,8 @@ def _report(spec, done, quiet: bool) -> None:
         print(done.artifacts)
         return
     metrics = done.metrics
-    table = Table(title=f"das-tune: {spec.resolved_study_name}", show_header=False)
+    tiny = " — tiny: a random model on a few examples, not a result" if spec.tiny else ""
+    table = Table(title=f"das-tune: {spec.resolved_study_name}{tiny}", show_header=False)
     table.add_row("skipped layers", ", ".join(metrics.skipped) or "(none)")
     table.add_row(f"test {metrics.metric}", f"{metrics.value:.4f}")
     table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")

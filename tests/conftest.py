@@ -43,7 +43,7 @@ def cli(tmp_path):
 # A tiny search lengthened to 9 observation rounds (27 trials; an observation after every one of its
 # 3 × 3 training steps), the retrain cut to one step: the study that tests/test_resume.py kills and
 # resumes and tests/test_bad_input.py feeds bad input to.
-FINISHED_STUDY = "easyvqa_minilm-das-seed3"
+FINISHED_STUDY = "easyvqa_minilm-das-seed3-tiny"
 FINISHED_RUN = [
     "run", "--space", "minilm_vqa", "--tiny", "--seed", "3", "--quiet",
     "--set", "search.search_epochs=3", "--set", "search.max_steps_per_epoch=3", "--set", "search.observe_every=1",

@@ -19,19 +19,19 @@ pytestmark = pytest.mark.slow
 
 def study_trials(db):
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    study = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage)
+    study = optuna.load_study(study_name="easyvqa_minilm-das-seed0-tiny", storage=storage)
     return study, study.trials
 
 
 def test_tiny_run_end_to_end(cli, tmp_path):
     result = cli("run", "--study", "easyvqa_minilm", "--tiny", "--quiet", check=True)
-    run_dir = tmp_path / "runs" / "easyvqa_minilm-das-seed0"
+    run_dir = tmp_path / "runs" / "easyvqa_minilm-das-seed0-tiny"
     assert result.stdout.strip() == str(run_dir)
 
     subnet = json.loads((run_dir / "subnet.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert subnet["space"] == "minilm_vqa" and len(subnet["skipped"]) == 2
-    assert subnet["sampler"] == "das" and subnet["study_name"] == "easyvqa_minilm-das-seed0"
+    assert subnet["sampler"] == "das" and subnet["study_name"] == "easyvqa_minilm-das-seed0-tiny"
     assert metrics["skipped"] == subnet["skipped"] and 0 <= metrics["value"] <= 1
     assert metrics["flops_saved"] > 0 and metrics["additional_macs"] < metrics["macs"]
     weights = load_file(run_dir / "adapters.safetensors")
@@ -88,7 +88,7 @@ def test_meter_without_checkpoint_says_which_files_to_put_where(cli, tmp_path):
 
 def test_retrain_a_given_subnet_without_searching(cli, tmp_path):
     cli("retrain", "--study", "easyvqa_minilm", "--skip", "En3,En1", "--tiny", "--quiet", check=True)
-    run_dir = tmp_path / "runs" / "easyvqa_minilm-skip-En1+En3-seed0"  # not a search's run folder
+    run_dir = tmp_path / "runs" / "easyvqa_minilm-skip-En1+En3-seed0-tiny"  # not a search's run folder
     assert json.loads((run_dir / "metrics.json").read_text())["skipped"] == ["En1", "En3"]
     assert json.loads((run_dir / "subnet.json").read_text())["sampler"] == "given by --skip"
     first = (run_dir / "metrics.json").read_bytes()
@@ -101,7 +101,7 @@ def test_retrain_a_given_subnet_without_searching(cli, tmp_path):
     assert budget["epochs"] == 2 and budget["batch_size"] == 4  # the run's tiny budgets are kept
     assert not any((elsewhere / "runs" / run_dir.name).iterdir())
     cli("retrain", "--study", "easyvqa_minilm", "--skip", "none", "--tiny", "--quiet", check=True)
-    full = json.loads((tmp_path / "runs" / "easyvqa_minilm-skip-none-seed0" / "metrics.json").read_text())
+    full = json.loads((tmp_path / "runs" / "easyvqa_minilm-skip-none-seed0-tiny" / "metrics.json").read_text())
     assert full["skipped"] == [] and full["flops_saved"] == 0 and full["additional_macs"] > 0  # adapters only
     bad = cli("retrain", "--study", "easyvqa_minilm", "--skip", "En1,FV0", "--tiny")
     assert bad.returncode == 2 and "FV0" in bad.stderr
@@ -111,7 +111,7 @@ def test_journal_file_storage_for_run_and_dashboard(cli, tmp_path):
     cli("run", "--space", "minilm_vqa", "--tiny", "--quiet", "--storage", "journal.log", check=True, timeout=600)
     assert (tmp_path / "journal.log").is_file() and not (tmp_path / "das_tune.db").exists()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")))
-    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=storage).trials
+    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0-tiny", storage=storage).trials
     assert trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
 
     server = subprocess.Popen(
@@ -122,7 +122,7 @@ def test_journal_file_storage_for_run_and_dashboard(cli, tmp_path):
         url = server.stdout.readline().split("http://")[1].split("/dashboard")[0]
         with urllib.request.urlopen(f"http://{url}/api/studies", timeout=30) as response:
             studies = json.load(response)["study_summaries"]
-        assert [s["study_name"] for s in studies] == ["easyvqa_minilm-das-seed0"]
+        assert [s["study_name"] for s in studies] == ["easyvqa_minilm-das-seed0-tiny"]
     finally:
         server.terminate()
         server.wait(timeout=30)

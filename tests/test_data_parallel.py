@@ -118,7 +118,7 @@ def run_ranks(folder: Path, kill_at: int | None = None, workers: int = 2) -> int
 
 
 def trials_of(folder: Path) -> list:
-    study = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=f"sqlite:///{folder / 'das_tune.db'}")
+    study = optuna.load_study(study_name="easyvqa_minilm-das-seed0-tiny", storage=f"sqlite:///{folder / 'das_tune.db'}")
     return [(t.number, t.state, t.user_attrs["skipped"], t.value) for t in study.trials]
 
 

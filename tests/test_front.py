@@ -10,7 +10,7 @@ from das_tune.errors import UserError
 from das_tune.jobs.target import choose, parse_target
 from das_tune.report.front import FRONT_JSON, FRONT_MD, FRONT_PNG
 
-STUDY = "easyvqa_minilm-das-skip1-3-seed0"
+STUDY = "easyvqa_minilm-das-skip1-3-seed0-tiny"
 
 
 def point(name, value, gmacs, skipped=()):
@@ -164,7 +164,7 @@ def test_dashboard_shows_the_studys_pareto_front_and_the_retrained_front(tmp_pat
 @pytest.mark.slow
 def test_front_with_nsga2_and_uneven_sizes_picks_each_sizes_best_observation(cli, tmp_path):
     cli("run", "--space", "minilm_vqa", "--num-skip", "1,2,4", "--sampler", "nsga2", "--tiny", "--quiet", timeout=900, check=True)
-    name = "easyvqa_minilm-nsga2-skip1,2,4-seed0"
+    name = "easyvqa_minilm-nsga2-skip1,2,4-seed0-tiny"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
     assert study.trials[0].distributions["num_skip"] == optuna.distributions.CategoricalDistribution((1, 2, 4))
     front = FrontFile.read(tmp_path / "runs" / name / FRONT_JSON)
@@ -182,7 +182,7 @@ RANGE_RUN = [
     "--set", "search.search_epochs=2", "--set", "search.max_steps_per_epoch=3", "--set", "search.observe_every=1",
     "--set", "retrain.max_steps_per_epoch=1",
 ]
-RANGE_STUDY = "easyvqa_minilm-das-skip1-3-seed3"
+RANGE_STUDY = "easyvqa_minilm-das-skip1-3-seed3-tiny"
 
 
 def range_outcome(folder):

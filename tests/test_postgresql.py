@@ -35,7 +35,7 @@ def oneshot_url(postgresql, tmp_path_factory):
 
 def test_four_oneshot_studies_at_once(oneshot_url):
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(oneshot_url)}
-    assert set(summaries) == {f"easyvqa_minilm-das-seed{seed}" for seed in SEEDS}
+    assert set(summaries) == {f"easyvqa_minilm-das-seed{seed}-tiny" for seed in SEEDS}
     for name in summaries:
         trials = optuna.load_study(study_name=name, storage=oneshot_url).trials
         assert len(trials) >= 3 and len(trials) % 3 == 0  # whole observation rounds of 3
@@ -54,7 +54,7 @@ def test_dashboard_reads_postgresql(oneshot_url):
         assert base.startswith(f"{LOOPBACK}:")
         with urllib.request.urlopen(f"http://{base}/api/studies", timeout=60) as response:
             studies = json.load(response)["study_summaries"]
-        assert {s["study_name"] for s in studies} == {f"easyvqa_minilm-das-seed{seed}" for seed in SEEDS}
+        assert {s["study_name"] for s in studies} == {f"easyvqa_minilm-das-seed{seed}-tiny" for seed in SEEDS}
         study_id = studies[0]["study_id"]
         with urllib.request.urlopen(f"http://{base}/api/studies/{study_id}?after=0", timeout=60) as response:
             detail = json.load(response)
@@ -71,7 +71,7 @@ def test_ray_trials_of_one_study(postgresql, ray_cluster, tmp_path):
         "--set", "ray.num_trials=4", "--set", f"ray.storage_path={tmp_path / 'shared'}", "--quiet", cwd=tmp_path, timeout=500,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=url).trials
+    trials = optuna.load_study(study_name="easyvqa_minilm-das-seed0-tiny", storage=url).trials
     assert len(trials) == 4 and all(t.state.is_finished() and t.user_attrs["phase"] == "ray" for t in trials)
     assert sum(t.state != TrialState.FAIL for t in trials) == 4
     assert all(t.user_attrs["node_ip"] == LOOPBACK for t in trials)

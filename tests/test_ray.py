@@ -27,7 +27,7 @@ from das_tune.training.components import build_components
 
 pytestmark = pytest.mark.slow
 
-STUDY = "easyvqa_minilm-das-seed0"
+STUDY = "easyvqa_minilm-das-seed0-tiny"
 WORKER = Path(__file__).parent / "kill_worker.py"
 RUN = ["run", "--space", "minilm_vqa", "--tiny", "--executor", "ray", "--set", "ray.num_trials=6"]
 

@@ -20,7 +20,7 @@ from das_tune.search.ray_trainable import WARMUP_FILE
 
 pytestmark = pytest.mark.slow
 
-STUDY = "easyvqa_minilm-das-seed0"
+STUDY = "easyvqa_minilm-das-seed0-tiny"
 NUM_TRIALS = 6
 
 

@@ -325,9 +325,9 @@ def test_builtin_studies_state_the_reference_settings(study, micro, accumulate, 
 def test_builtin_study_runs_end_to_end_tiny(cli, tmp_path, monkeypatch, study):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny model: more threads only contend on a busy machine
     cli("run", "--study", study, "--tiny", "--quiet", check=True)
-    spec = load_study_spec(tmp_path / "runs" / f"{study}-das-seed0" / "study.yaml")
+    spec = load_study_spec(tmp_path / "runs" / f"{study}-das-seed0-tiny" / "study.yaml")
     assert spec.search.accumulate in (4, 16) and spec.search.observation.mode == "train"
-    assert (tmp_path / "runs" / f"{study}-das-seed0" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / f"{study}-das-seed0-tiny" / "metrics.json").is_file()
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
             time.sleep(0.2)
         runs = tmp_path / "runs"
         before = snapshot(runs, tmp_path / "das_tune.db")
-        assert [t[1] for t in before[0]["easyvqa_minilm-das-seed0"]][-2:] == [TrialState.COMPLETE, TrialState.RUNNING]
+        assert [t[1] for t in before[0]["easyvqa_minilm-das-seed0-tiny"]][-2:] == [TrialState.COMPLETE, TrialState.RUNNING]
 
         for intruder, message in [
             ([], "run folder"),  # the same command: the same run folder
@@ -125,9 +125,9 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
         release.touch()
         out, errors = first.communicate(timeout=1200)
         assert first.returncode == 0, errors[-3000:]
-        study = optuna.load_study(study_name="easyvqa_minilm-das-seed0", storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
+        study = optuna.load_study(study_name="easyvqa_minilm-das-seed0-tiny", storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
         assert len(study.trials) == 9 and all(t.state == TrialState.COMPLETE for t in study.trials)
-        assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'das_tune.db'}") == ["easyvqa_minilm-das-seed0"]  # lease gone
+        assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'das_tune.db'}") == ["easyvqa_minilm-das-seed0-tiny"]  # lease gone
     finally:
         if first.poll() is None:
             first.kill()
@@ -165,7 +165,7 @@ def test_four_seeds_started_at_once_on_a_new_storage(tmp_path):
     results = [(p.wait(timeout=1200), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0] * 4, [err[-1500:] for _, err in results]
     names = sorted(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'shared' / 'new.db'}"))
-    assert names == [f"easyvqa_minilm-das-seed{seed}" for seed in range(4)]
+    assert names == [f"easyvqa_minilm-das-seed{seed}-tiny" for seed in range(4)]
 
 
 def test_fresh_clears_every_checkpoint_and_artifact_but_leaves_other_files(tmp_path):

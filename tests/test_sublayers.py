@@ -150,7 +150,7 @@ def test_a_study_extends_another_and_replaces_only_what_it_declares(tmp_path):
 @pytest.mark.slow
 def test_sublayer_search_runs_end_to_end(cli, tmp_path):
     result = cli("run", "--space", "minilm_vqa_sublayers", "--tiny", "--quiet", check=True)
-    run_dir = tmp_path / "runs" / "easyvqa_minilm_sublayers-das-seed0"
+    run_dir = tmp_path / "runs" / "easyvqa_minilm_sublayers-das-seed0-tiny"
     assert result.stdout.strip() == str(run_dir)  # the run folder, absolute (StudySpec.run_dir)
     subnet = json.loads((run_dir / "subnet.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -98,7 +98,7 @@ def plan_ladder(config: BenchConfig) -> Plan:
     observations = observation_rounds(base.search, steps) * base.search.round_size
     if observations == 0:
         raise UserError("the search budget has no observation round: raise search.search_epochs or lower search.observe_every")
-    out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip_label}"
+    out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip_label}{'-tiny' if base.tiny else ''}"
     url = config.overrides.get("storage") or f"sqlite:///{out / 'bench.db'}"
     return Plan(config, base, space, out, url, steps, retrain_steps, observations, (), ())
 

@@ -96,7 +96,7 @@ class BenchConfig:
     ground_truth: bool = False
     reference_size: int = MIN_VERDICT_REFERENCE
     overrides: dict[str, Any] = field(default_factory=dict)
-    out: Path | None = None  # default: bench/<space>-skip<num_skip>
+    out: Path | None = None  # default: bench/<space>-skip<num_skip> (-tiny with tiny mode)
     supernet_steps: tuple[int, ...] = ()  # budgets of uniform supernets whose ranking of the reference is measured
     reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
@@ -184,7 +184,7 @@ def plan(config: BenchConfig) -> Plan:
     reference = reference_subsets(space, config.reference_size)
     if len(reference) < space.num_subsets and len(reference) < MIN_VERDICT_REFERENCE:
         warnings.append(f"a reference sample of {len(reference)} subsets is small for a verdict (use ≥ {MIN_VERDICT_REFERENCE})")
-    out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip}"
+    out = config.out or Path("bench") / f"{space.label}-skip{space.num_skip}{'-tiny' if base.tiny else ''}"
     url = config.overrides.get("storage") or f"sqlite:///{out / 'bench.db'}"
     return Plan(config, base, space, out, url, steps, retrain_steps, observations, reference, tuple(warnings))
 

@@ -183,12 +183,13 @@ def retrain_subset(
     study: str | Path, skip: list[str], *, overrides: dict[str, Any] | None = None, reporter: Reporter | None = None
 ) -> tuple[StudySpec, FinishedRetrain]:
     """Retrain the subnet that skips ``skip`` (``[]``: the full model with adapters) without a search,
-    into its own folder ``<study>-skip-<layers>-seed<k>`` unless ``study_name`` is set."""
+    into its own folder ``<study>-skip-<layers>-seed<k>`` (``-tiny`` for a tiny one) unless ``study_name`` is set."""
     spec = load_study_spec(study, overrides)
     skipped = spec.load_space().validate_subset(skip)
     if spec.study_name is None:  # a search's artifacts are never overwritten
         label = "+".join(spec.load_space().ordered(skipped)) or "none"
-        spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}"})
+        tiny = "-tiny" if spec.tiny else ""
+        spec = spec.model_copy(update={"study_name": f"{spec.name}-skip-{label}-seed{spec.seed}{tiny}"})
     check_writable_folder(Path(spec.output_dir), "output_dir")
     return spec, _retrain(spec, list(skipped), FoundBy(sampler=GIVEN_BY_SKIP), reporter)
 

@@ -206,8 +206,11 @@ class StudySpec(_Strict):
     @property
     def resolved_study_name(self) -> str:
         """``study_name``, else ``<name>-<sampler>-seed<seed>``; a num_skip range given as an override adds
-        ``-skip<range>`` (``…-das-skip1-3-seed0``), so it does not collide with the single-size study."""
-        return self.study_name or f"{self.name}-{self.sampler.name}{_range_suffix(self.num_skip)}-seed{self.seed}"
+        ``-skip<range>`` (``…-das-skip1-3-seed0``), so it does not collide with the single-size study, and a tiny
+        run ends in ``-tiny``: its study and run folder are never the real run's."""
+        if self.study_name:
+            return self.study_name
+        return f"{self.name}-{self.sampler.name}{_range_suffix(self.num_skip)}-seed{self.seed}" + ("-tiny" if self.tiny else "")
 
     @field_validator("output_dir")
     @classmethod
