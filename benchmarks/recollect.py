@@ -1,0 +1,56 @@
+"""Rebuild a committed benchmark's results.json, results.md and plots from what its folder holds (the search
+records, the retrains' metrics.json and plan.yaml; a bench of one num_skip), training nothing: after das-tune's statistics change, the
+committed numbers follow without a re-run.
+
+    python benchmarks/recollect.py bench/minilm_vqa_sublayers-skip4 bench/minilm_vqa-skip2
+    python benchmarks/readme_tables.py      # then the docs' bench blocks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from das_tune.artifacts.results import BenchResults
+from das_tune.bench import plots, report
+from das_tune.bench.runs import BenchConfig, plan
+
+
+def config_of(out: Path) -> BenchConfig:
+    """The config that produced ``out``: its study as plan.yaml resolved it, its methods, seeds and retrain seeds."""
+    study = yaml.safe_load((out / "plan.yaml").read_text())["study"]
+    results = json.loads((out / "results.json").read_text())
+    truth = results["ground_truth"]
+    return BenchConfig(
+        study=study["name"], seeds=tuple(results["seeds"]), samplers=tuple(results["samplers"]), methods=tuple(results["methods"]),
+        retrain_seeds=len(results["budget"]["retrain_seeds"]), ground_truth=truth is not None,
+        reference_size=len(truth["subsets"]) if truth else 40,
+        overrides={**{key: study[key] for key in ("backbone", "task", "search", "retrain")}, "num_skip": results["num_skip"],
+                   "storage": results["storage"]},
+        out=out,
+    )
+
+
+def recollect(out: Path) -> None:
+    p = plan(config_of(out))
+    earlier = BenchResults.read(out / "results.json")
+    results = report.collect(p)
+    if not results.warmup_ranking:  # the warm-ups' losses stay in runs/, which a clone lacks: keep what they gave
+        results.warmup_ranking = earlier.warmup_ranking
+    names = plots.write_plots(results, p.out)
+    report.save(results, p.out, report.markdown(results, names), names)
+    print(f"{out}: {len(results.runs)} runs collected")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    for out in parser.parse_args().folders:
+        recollect(out)
+
+
+if __name__ == "__main__":
+    main()
