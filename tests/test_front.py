@@ -120,7 +120,8 @@ def test_dashboard_shows_the_studys_pareto_front_and_the_retrained_front(tmp_pat
     import threading
     import urllib.request
 
-    from das_tune import DASSampler, SkipSpace, dashboard
+    from das_tune import DASSampler, SkipSpace
+    from das_tune.report import dashboard
     from das_tune.report.front import markdown
 
     space = SkipSpace(candidates=["A", "B", "C", "D"], num_skip="1-3", name="toy")
