@@ -3,6 +3,7 @@ tiny models retrained in-process; the CLI in subprocesses."""
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 import das_tune
 import das_tune.training.retrain as retrain_module
+from das_tune.artifacts import atomic
 from das_tune.artifacts.results import FoundBy
 from das_tune.artifacts.run_folder import save_spec
 from das_tune.errors import UserError
@@ -159,6 +161,9 @@ def test_export_folder_loads_without_the_checkpoint(checkpoint_run, cli, tmp_pat
         assert torch.equal(model(**inputs), trained(**inputs))
     assert not any(key.startswith(("layers.0.layer.", "layers.4.layer.")) for key in load_file(folder / "model.safetensors"))
     assert (folder / "model.safetensors").stat().st_size < full_weight_bytes(read_config(folder))
+    mask = atomic.umask()  # shipped to another user or container: the modes the user's umask gives, not mkdtemp's 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")] if p.is_dir()} == {0o777 & ~mask}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()} == {0o666 & ~mask}
     assert model.predict(question="what shape is it?", image=task.examples("test")[0].image).label in task.answers
 
 

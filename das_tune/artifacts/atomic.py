@@ -17,6 +17,23 @@ from typing import Any
 
 from das_tune.errors import RunFailure
 
+FILE_MODE, FOLDER_MODE = 0o666, 0o777  # before the user's umask, as open() and mkdir() create them
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_created(folder: Path) -> None:
+    """``folder`` (made by mkdtemp: 0700) and everything in it get the modes a plain mkdir and open would have
+    given them under the user's umask, so that a folder moved into place is as readable as any other."""
+    mask = umask()
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (FOLDER_MODE if path.is_dir() else FILE_MODE) & ~mask)
+
 
 def write_with(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` writes the file at ``tmp``; then it becomes ``path``."""
@@ -29,7 +46,7 @@ def write_with(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE & ~umask())  # mkstemp's 0600 would survive the rename
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from safetensors.torch import save_file, save_model
 from torch import nn
 
+from das_tune.artifacts import atomic
 from das_tune.artifacts.run_folder import read_run_folder
 from das_tune.backbones.adapters import ParallelAdapter
 from das_tune.backbones.base import SkippableBackbone
@@ -97,6 +98,7 @@ def export_subnet(
     try:
         step(f"writing {format}")
         check = WRITERS[format](model, config, staging, step)
+        atomic.share_like_created(staging)
         if out.exists():
             out.rmdir()
         staging.rename(out)
