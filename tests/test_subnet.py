@@ -202,6 +202,10 @@ def test_hf_format_loads_with_automodel(text_run, cli, tmp_path):
         logits = head((hidden * mask).sum(1) / mask.sum(1))
         assert torch.allclose(logits, trained(**tokens), atol=1e-5)
     assert extra["labels"] == ["negative", "positive"]
+    with pytest.raises(UserError, match=r"a Hugging Face folder \(das-tune export --format hf\), not a das-tune subnet"):
+        das_tune.load_subnet(folder)  # one line saying what the folder is and how to load it
+    refused = cli("predict", str(folder), "--sentence", "a fine film")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "AutoModel" in refused.stderr
 
 
 def test_text_subnet_predicts_from_a_sentence(text_run):

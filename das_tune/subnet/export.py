@@ -36,6 +36,8 @@ from das_tune.errors import UserError
 from das_tune.subnet.load import FolderSummary, Subnet, load_subnet, summarize
 from das_tune.subnet.portable import (
     CONFIG_FILE,
+    HF_HEAD_CONFIG,
+    HF_HEAD_WEIGHTS,
     TOKENIZER_DIR,
     WEIGHTS_FILE,
     SubnetConfig,
@@ -48,7 +50,7 @@ from das_tune.subnet.portable import (
 from das_tune.subnet.predict import task_inputs
 
 FORMATS: tuple[str, ...] = ("safetensors", "onnx", "hf")
-ONNX_FILE, HF_HEAD_CONFIG, HF_HEAD_WEIGHTS = "model.onnx", "das_tune_head.json", "das_tune_head.safetensors"
+ONNX_FILE = "model.onnx"
 ONNX_TOLERANCE = 1e-4
 
 

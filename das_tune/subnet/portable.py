@@ -26,6 +26,7 @@ from das_tune.errors import UserError
 from das_tune.spec.yaml_reader import validation_message
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+HF_HEAD_CONFIG, HF_HEAD_WEIGHTS = "das_tune_head.json", "das_tune_head.safetensors"  # beside a --format hf export
 FORMAT = "das-tune-subnet"
 
 
@@ -53,7 +54,14 @@ def is_export_folder(path: Path) -> bool:
 
 def read_config(path: Path) -> SubnetConfig:
     try:
-        return SubnetConfig.model_validate_json((path / CONFIG_FILE).read_text())
+        text = (path / CONFIG_FILE).read_text()
+        if (path / HF_HEAD_CONFIG).is_file() and f'"{FORMAT}"' not in text:
+            raise UserError(
+                f"{path}: a Hugging Face folder (das-tune export --format hf), not a das-tune subnet: load it with "
+                f"transformers (AutoModel.from_pretrained) and its head from {HF_HEAD_CONFIG}; load_subnet and predict "
+                "read a run folder or a --format safetensors export"
+            )
+        return SubnetConfig.model_validate_json(text)
     except OSError as error:
         raise UserError(f"{path / CONFIG_FILE}: cannot be read ({error.strerror})") from None
     except ValidationError as error:
