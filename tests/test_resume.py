@@ -192,6 +192,8 @@ def test_a_study_resumes_only_with_the_settings_it_was_run_with(tmp_path):
     changed = load_study_spec("easyvqa_minilm", {**overrides, "search.observe_every": 3})
     with pytest.raises(UserError, match=r"other settings \(search\.observe_every = 2 → 3\); pass --fresh"):
         open_spec_study(changed, parts, fresh=False, reporter=Reporter())
-    with pytest.raises(UserError, match=r"tiny = True → False"):  # a real run never resumes a tiny one
-        open_spec_study(spec.model_copy(update={"tiny": False}), parts, fresh=False, reporter=Reporter())
+    real = spec.model_copy(update={"tiny": False})
+    assert real.resolved_study_name != spec.resolved_study_name  # a real run's study is never a tiny one's
+    with pytest.raises(UserError, match=r"tiny = True → False"):  # not even when named alike
+        open_spec_study(real.model_copy(update={"study_name": spec.resolved_study_name}), parts, fresh=False, reporter=Reporter())
     assert open_spec_study(changed, parts, fresh=True, reporter=Reporter()).trials == []
