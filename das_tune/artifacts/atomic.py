@@ -21,8 +21,15 @@ FILE_MODE, FOLDER_MODE = 0o666, 0o777  # before the user's umask, as open() and 
 
 
 def umask() -> int:
-    """The process's umask (read by setting it and putting it back: the only portable way)."""
-    mask = os.umask(0o022)
+    """The process's umask: Linux reports it in /proc; elsewhere it is read by setting a strict one for an instant
+    and putting it back (a file another thread creates meanwhile is then too private, never too open)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
