@@ -45,6 +45,7 @@ from das_tune.progress import Reporter
 from das_tune.samplers import sampler_from_record, sampler_record, skip_policy
 from das_tune.search.base import SearchRun
 from das_tune.search.oneshot import OneShotSearch
+from das_tune.search.prepare import prepare_search
 from das_tune.search.supernet import Supernet, warm_up
 from das_tune.spec.study import StudySpec
 from das_tune.tasks.base import Batch
@@ -248,7 +249,6 @@ def _worker(config: dict[str, Any]) -> None:
 def run_rank(spec: StudySpec, rank: int, workers: int, warmup_checkpoint: Path | None, device: str | None = None) -> None:
     """Rank ``rank`` of the warm-up and the search (rank 0 with the study), in a process group that is
     already initialised (Ray Train's, or a test's)."""
-    from das_tune.search.prepare import prepare_search
     from das_tune.training.components import build_components
 
     loop.seed_everything(spec.seed)
