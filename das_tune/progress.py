@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 from rich.console import Console
@@ -16,6 +17,10 @@ class Reporter:
     def advance(self, loss: float | None = None, probabilities: Mapping[str, float] | None = None) -> None: ...
 
     def log(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None:
+        """A result the user should act on: shown even without progress (``--quiet``)."""
+        print(f"warning: {message}", file=sys.stderr)
 
     def close(self) -> None: ...
 
@@ -64,6 +69,10 @@ class RichReporter(Reporter):
     def log(self, message: str) -> None:
         self._start()
         self.progress.console.print(message)
+
+    def warn(self, message: str) -> None:
+        self._start()
+        self.progress.console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
 
     def close(self) -> None:
         if self.started:

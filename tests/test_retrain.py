@@ -8,10 +8,18 @@ from safetensors.torch import load_file
 from das_tune.artifacts.results import FoundBy, RetrainMetrics
 from das_tune.artifacts.run_folder import METRICS_FILE, WEIGHTS_FILE
 from das_tune.progress import Reporter
-from das_tune.spec.study import load_study_spec
+from das_tune.spec.study import RetrainSpec, load_study_spec
 from das_tune.training import loop
 from das_tune.training.components import build_components
-from das_tune.training.retrain import retrain
+from das_tune.training.retrain import Trained, budget_warning, retrain
+
+
+class Warnings(Reporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.lines.append(message)
 
 
 def tiny_spec(tmp_path, **retrain_fields):
@@ -25,8 +33,10 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
     # min_delta 1.0: no epoch after the first can count as better, so patience 1 stops after epoch 2
     spec = tiny_spec(tmp_path, epochs=4, patience=1, min_delta=1.0)
     parts = build_components(spec)
-    metrics = retrain(spec, parts, frozenset({"En1", "En2"}), FoundBy(sampler="test"), Reporter())
+    warnings = Warnings()
+    metrics = retrain(spec, parts, frozenset({"En1", "En2"}), FoundBy(sampler="test"), warnings)
     assert metrics.epochs_run == 2 and metrics.best_epoch == 1
+    assert warnings.lines == [warnings.lines[0]] and "stopped at epoch 2 of 4 on a plateau from epoch 1" in warnings.lines[0]
 
     loop.seed_everything(spec.seed)  # the same tiny random frozen weights as the retrain's
     full = parts.fresh_backbone()
@@ -37,3 +47,14 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
     assert val == pytest.approx(metrics.val)  # the saved weights are epoch 1's, not epoch 2's
     assert metrics.retrain_budget["retrain"]["patience"] == 1
     assert RetrainMetrics.read(spec.run_dir / METRICS_FILE) == metrics  # the typed file carries the epochs
+
+
+def test_budget_warning_names_the_fix():
+    spec = RetrainSpec(epochs=8, patience=3)
+    val = {"accuracy": 0.8}
+    learning = budget_warning(spec, Trained(val, best_epoch=8, epochs_run=8), "accuracy", last_gain=0.05)
+    assert "still learning" in learning and "raise retrain.epochs" in learning
+    assert budget_warning(spec, Trained(val, best_epoch=8, epochs_run=8), "accuracy", last_gain=0.002) is None  # converged
+    plateau = budget_warning(spec, Trained(val, best_epoch=2, epochs_run=5), "accuracy", last_gain=0.1)
+    assert "stopped at epoch 5 of 8 on a plateau from epoch 2" in plateau and "retrain.patience" in plateau
+    assert budget_warning(spec, Trained(val, best_epoch=4, epochs_run=7), "accuracy", last_gain=0.1) is None

@@ -17,9 +17,11 @@ from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.flops import CostModel, measure_latency
 from das_tune.errors import RunFailure
 from das_tune.progress import Reporter
-from das_tune.spec.study import StudySpec
+from das_tune.spec.study import RetrainSpec, StudySpec
 from das_tune.training import loop
 from das_tune.training.components import Components
+
+STILL_LEARNING = 0.01  # a last epoch that raised the best val metric by this much: the budget ended too soon
 
 
 def retrain(
@@ -69,13 +71,31 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
         val = loop.evaluate(subnet, task, "val", retrain.batch_size)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
         if best is None or val[task.metric] > best.val[task.metric] + retrain.min_delta:
+            gain = val[task.metric] - (best.val[task.metric] if best else -math.inf)
             best_state = {k: v.detach().clone() for k, v in subnet.trainable_state_dict().items()}
             best = Trained(val=val, best_epoch=epoch + 1, epochs_run=epoch + 1)
         elif retrain.patience is not None and epoch + 1 - best.best_epoch >= retrain.patience:
             reporter.log(f"val {task.metric} has not improved for {retrain.patience} epochs: stopping")
             break
     subnet.load_state_dict(best_state, strict=False)
-    return replace(best, epochs_run=epoch + 1)
+    trained = replace(best, epochs_run=epoch + 1)
+    if warning := budget_warning(retrain, trained, task.metric, gain):
+        reporter.warn(warning)
+    return trained
+
+
+def budget_warning(retrain: RetrainSpec, trained: Trained, metric: str, last_gain: float) -> str | None:
+    """One line with the fix, for a retrain that was still learning when its budget ended (its last epoch
+    was its best, by at least ``STILL_LEARNING``), or that stopped on a plateau reached in the first quarter
+    of its budget (a retrain can sit on one for epochs before it improves)."""
+    if trained.best_epoch == retrain.epochs > 1 and last_gain >= STILL_LEARNING:
+        return (f"the retrain was still learning: its last epoch ({retrain.epochs}) raised val {metric} by {last_gain:.4f} "
+                f"to {trained.val[metric]:.4f}; raise retrain.epochs (or retrain.max_steps_per_epoch)")
+    if trained.epochs_run < retrain.epochs and 4 * trained.best_epoch <= retrain.epochs:
+        return (f"the retrain stopped at epoch {trained.epochs_run} of {retrain.epochs} on a plateau from epoch "
+                f"{trained.best_epoch} (val {metric} {trained.val[metric]:.4f}); "
+                "if that is low, raise retrain.patience (or set it to null)")
+    return None
 
 
 def _metrics(
