@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from das_tune.artifacts import atomic
+from das_tune.backbones.flops import CostCounts
 
 Result = TypeVar("Result", bound="_Result")
 
@@ -75,18 +76,14 @@ class SubnetFile(FoundBy):
         return FoundBy.model_validate(self.model_dump(include=set(FoundBy.model_fields)))
 
 
-class RetrainMetrics(Outcome):
+class RetrainMetrics(Outcome, CostCounts):
     """``metrics.json``: the retrained subnet's test metric (at its best val epoch), costs, latency and wall-clock."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
 
     test: dict[str, float]
     val: dict[str, float]
     skipped: list[str]
-    macs: int
-    flops: int
-    additional_macs: int
-    additional_flops: int
-    params: int
-    trainable_params: int
     latency_full_ms: float
     latency_subnet_ms: float
     speedup: float

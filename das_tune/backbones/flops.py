@@ -11,9 +11,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -63,9 +63,11 @@ def _numel(module: nn.Module | None, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-@dataclass(frozen=True)
-class Cost:
-    """What a subnet costs; "additional" is relative to the original model without adapters."""
+class CostCounts(BaseModel):
+    """What a subnet costs, as counts; "additional" is relative to the original model without adapters.
+    The one declaration of these fields: ``metrics.json`` (``RetrainMetrics``) carries them too."""
+
+    model_config = ConfigDict(frozen=True)
 
     macs: int
     flops: int
@@ -73,6 +75,10 @@ class Cost:
     additional_flops: int
     params: int
     trainable_params: int
+
+
+class Cost(CostCounts):
+    """A subnet's counts and what is derived from them."""
 
     @property
     def additional_gmacs(self) -> float:
@@ -82,9 +88,6 @@ class Cost:
     def trial_attrs(self) -> dict[str, float | int]:
         """What each trial records of its subnet (user attributes, shown in the dashboard)."""
         return {"additional_gmacs": self.additional_gmacs, "trainable_params": self.trainable_params}
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class CostModel:

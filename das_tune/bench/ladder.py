@@ -37,7 +37,6 @@ from das_tune.artifacts.results import (
     PairedTest,
     Retrained,
     Warmup,
-    write_json,
 )
 from das_tune.artifacts.run_folder import save_spec
 from das_tune.bench import stats
@@ -50,10 +49,13 @@ from das_tune.bench.runs import (
     check_not_foreign,
     check_plan_file,
     observation_rounds,
+    record_missing,
     reference_subsets,
     retrained,
     run_seed_once,
     sampler_of,
+    save_record,
+    saved_record,
     seed_supernet,
     shared_warm_up,
     warm_layer_scores,
@@ -127,16 +129,13 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
 def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
     parts, warm = seed_supernet(p, seed, reporter)
-    for method in p.config.methods:
-        if _saved(p, method, seed) is None:
-            _save(p, _training_free(p, seed, method, parts, warm))
-    for sampler in p.config.samplers:
-        if sampler != PER_SIZE and _saved(p, sampler, seed) is None:
-            _save(p, _range_search(p, seed, sampler, parts, warm, opened, reporter))
+    record_missing(p, seed, p.config.methods, LadderRecord, lambda method: _training_free(p, seed, method, parts, warm))
+    ranged = [s for s in p.config.samplers if s != PER_SIZE]
+    record_missing(p, seed, ranged, LadderRecord, lambda sampler: _range_search(p, seed, sampler, parts, warm, opened, reporter))
     if PER_SIZE in p.config.samplers:
         for size in p.space.sizes:
-            if _saved(p, PER_SIZE, seed, size) is None:
-                _save(p, _size_search(p, seed, size, opened, reporter), size)
+            if saved_record(p, PER_SIZE, seed, LadderRecord, size) is None:
+                save_record(p, _size_search(p, seed, size, opened, reporter), size)
     return parts
 
 
@@ -189,20 +188,6 @@ def _search(
 
 
 # -- records on disk ------------------------------------------------------------------------------
-def _record_path(p: Plan, method: str, seed: int, size: int | None = None) -> Path:
-    name = f"{method}-seed{seed}" if size is None else f"{method}-skip{size}-seed{seed}"
-    return p.out / "records" / f"{name}.json"
-
-
-def _saved(p: Plan, method: str, seed: int, size: int | None = None) -> LadderRecord | None:
-    path = _record_path(p, method, seed, size)
-    return LadderRecord.read(path) if path.is_file() else None
-
-
-def _save(p: Plan, record: LadderRecord, size: int | None = None) -> None:
-    write_json(record, _record_path(p, record.method, record.seed, size))
-
-
 def saved_records(p: Plan) -> list[LadderRecord]:
     """Every finished record, the per-size searches of a seed merged into one (once every size is done)."""
     methods = [*p.config.samplers, *p.config.methods]
@@ -210,10 +195,10 @@ def saved_records(p: Plan) -> list[LadderRecord]:
     for seed in sorted({int(path.stem.rsplit("seed", 1)[1]) for path in (p.out / "records").glob("*.json")}):
         for method in methods:
             if method != PER_SIZE:
-                record = _saved(p, method, seed)
+                record = saved_record(p, method, seed, LadderRecord)
                 records += [record] if record is not None else []
                 continue
-            per_size = [_saved(p, PER_SIZE, seed, m) for m in p.space.sizes]
+            per_size = [saved_record(p, PER_SIZE, seed, LadderRecord, m) for m in p.space.sizes]
             if all(per_size):
                 records.append(per_size[0].model_copy(update={
                     "studies": [s for r in per_size for s in r.studies], "picks": {k: v for r in per_size for k, v in r.picks.items()},

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import optuna
@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from das_tune.artifacts import atomic
-from das_tune.artifacts.results import FoundBy, RetrainMetrics, SearchRecord, SupernetLosses, Warmup, write_json
+from das_tune.artifacts.results import FoundBy, LadderRecord, RetrainMetrics, SearchRecord, SupernetLosses, Warmup, write_json
 from das_tune.artifacts.run_folder import CHECKPOINT, finished_metrics, save_spec
 from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, sample_batches
 from das_tune.errors import FolderInUse, UserError, shorten
@@ -60,6 +60,7 @@ from das_tune.training import loop
 from das_tune.training.components import Components, build_components, build_spec_task
 from das_tune.training.retrain import retrain
 
+Record = TypeVar("Record", SearchRecord, LadderRecord)
 MAX_SEEDS = 10_000  # a bench of more search seeds would never end; a typo is refused before it allocates
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
@@ -293,7 +294,7 @@ def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter:
 def _retrain_beside(p: Plan, seed: int, reporter: Reporter) -> Components | None:
     """Retrain the picks that another process's searches of ``seed`` have saved, from the last one back,
     while that process retrains them from the first: a seed's retrains then take two processes, not one."""
-    picks = [frozenset(record.chosen) for m in reversed((*p.config.methods, *p.config.samplers)) if (record := _saved(p, m, seed))]
+    picks = [frozenset(record.chosen) for m in reversed((*p.config.methods, *p.config.samplers)) if (record := saved_record(p, m, seed))]
     todo = [(s, r) for s in dict.fromkeys(picks) for r in reversed(p.retrain_seeds) if _retrain_metrics(p, r, s) is None]
     if not todo:
         return None
@@ -307,14 +308,10 @@ def _retrain_beside(p: Plan, seed: int, reporter: Reporter) -> Components | None
 
 def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
     parts, warm = seed_supernet(p, seed, reporter)
-    for method in p.config.methods:
-        if _saved(p, method, seed) is None:
-            _save(p, _training_free(p, seed, method, parts, warm))
-    for sampler in p.config.samplers:
-        if _saved(p, sampler, seed) is None:
-            _save(p, _search(p, seed, sampler, parts, warm, opened, reporter))
+    record_missing(p, seed, p.config.methods, SearchRecord, lambda method: _training_free(p, seed, method, parts, warm))
+    record_missing(p, seed, p.config.samplers, SearchRecord, lambda sampler: _search(p, seed, sampler, parts, warm, opened, reporter))
     for method in (*p.config.methods, *p.config.samplers):
-        chosen = frozenset(_saved(p, method, seed).chosen)
+        chosen = frozenset(saved_record(p, method, seed).chosen)
         for r in p.retrain_seeds:
             metrics = retrained(p, r, parts, chosen, reporter)
             result = "running in another process" if metrics is None else f"test {metrics.metric} {metrics.value:.4f}"
@@ -443,17 +440,26 @@ def supernet_losses(p: Plan, parts: Components) -> dict[str, float]:
 
 
 # -- records and retrains on disk ------------------------------------------------------------------
-def _record_path(p: Plan, method: str, seed: int) -> Path:
-    return p.out / "records" / f"{method}-seed{seed}.json"
+def record_path(p: Plan, method: str, seed: int, size: int | None = None) -> Path:
+    """``records/<method>-seed<k>.json``; a range's search of one size: ``<method>-skip<m>-seed<k>.json``."""
+    name = f"{method}-seed{seed}" if size is None else f"{method}-skip{size}-seed{seed}"
+    return p.out / "records" / f"{name}.json"
 
 
-def _saved(p: Plan, method: str, seed: int) -> SearchRecord | None:
-    path = _record_path(p, method, seed)
-    return SearchRecord.read(path) if path.is_file() else None
+def saved_record(p: Plan, method: str, seed: int, kind: type[Record] = SearchRecord, size: int | None = None) -> Record | None:
+    path = record_path(p, method, seed, size)
+    return kind.read(path) if path.is_file() else None
 
 
-def _save(p: Plan, record: SearchRecord) -> None:
-    write_json(record, _record_path(p, record.method, record.seed))  # atomic: a record exists whole or not at all
+def save_record(p: Plan, record: SearchRecord | LadderRecord, size: int | None = None) -> None:
+    write_json(record, record_path(p, record.method, record.seed, size))  # atomic: a record exists whole or not at all
+
+
+def record_missing(p: Plan, seed: int, methods: Iterable[str], kind: type[Record], find: Callable[[str], Record]) -> None:
+    """``find(method)`` for every method that has no record at ``seed`` yet, each saved as soon as it is found."""
+    for method in methods:
+        if saved_record(p, method, seed, kind) is None:
+            save_record(p, find(method))
 
 
 def saved_records(p: Plan) -> list[SearchRecord]:

@@ -117,7 +117,7 @@ def _metrics(
     subnet_ms = measure_latency(subnet, inputs) * 1e3
     return RetrainMetrics(
         metric=parts.task.metric, value=test[parts.task.metric], test=test, val=trained.val, skipped=parts.space.ordered(skipped),
-        **cost.as_dict(), additional_gmacs=cost.additional_gmacs, flops_saved=1 - cost.flops / unskipped.flops,
+        **cost.model_dump(), additional_gmacs=cost.additional_gmacs, flops_saved=1 - cost.flops / unskipped.flops,
         latency_full_ms=full_ms, latency_subnet_ms=subnet_ms, speedup=full_ms / subnet_ms, retrain_seconds=seconds,
         best_epoch=trained.best_epoch, epochs_run=trained.epochs_run,
         search_seconds=search_seconds, retrain_budget=retrain_budget(spec),
