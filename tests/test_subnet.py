@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import das_tune
@@ -235,6 +236,42 @@ def test_bad_input_exits_2_with_one_line(args, message, tiny_run, text_run, cli,
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+BAD_JSONL = {
+    "an image as a number": ('{"question": "what?", "image": "red.png"}\n\n{"question": "what?", "image": 5}\n', "line 3: field 'image'"),
+    "an image as an object": ('{"question": "what?", "image": {"path": "red.png"}}\n', "line 1: field 'image'"),
+    "a question as a list": ('{"question": ["what?"], "image": "red.png"}\n', "line 1: field 'question'"),
+    "a blank question": ('{"question": "what?", "image": "red.png"}\n{"question": "  ", "image": "red.png"}\n', "line 2: field 'question'"),
+    "not JSON": ('{"question": "what?", "image": "red.png"}\n{"question": "what?",\n', "line 2: not JSON"),
+    "not UTF-8": ('{"question": "what?", "image": "red.png"}\n{"question": "caf\xe9", "image": "red.png"}\n'.encode("latin-1"),
+                  "line 2: not UTF-8"),
+    "a decompression bomb": ('{"question": "what?", "image": "bomb.png"}\n', "line 1: image"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_JSONL)
+def test_bad_predict_inputs_name_the_file_its_line_and_the_field(name, tiny_run, cli, tmp_path):
+    text, message = BAD_JSONL[name]
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    Image.new("1", (15000, 12000)).save(tmp_path / "bomb.png")  # 180 megapixels in 22 kB
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = cli("predict", str(tiny_run[0]), "--jsonl", "in.jsonl", "--out", "answers.jsonl")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert f"--jsonl in.jsonl {message}" in lines[0]
+    assert not (tmp_path / "answers.jsonl").exists()
+
+
+def test_a_decompression_bomb_is_refused_in_one_line(tiny_run, cli, tmp_path):
+    Image.new("1", (15000, 12000)).save(tmp_path / "bomb.png")
+    result = cli("predict", str(tiny_run[0]), "--question", "what?", "--image", "bomb.png")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "bomb.png" in lines[0] and "too large" in lines[0], result.stderr[-3000:]
+    for question in ("", " ", "x" * 20_000):  # and questions that are no question
+        result = cli("predict", str(tiny_run[0]), "--question", question, "--image", "bomb.png")
+        assert result.returncode == 2 and "field 'question'" in result.stderr, result.stderr[-3000:]
 
 
 def test_export_speed_benchmark_on_a_tiny_run(tiny_run, tmp_path):
