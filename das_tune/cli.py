@@ -423,11 +423,9 @@ def predict_command(
         _check_out_file(out_file, overwrite)
     task = summarize(run_dir).task
     inputs = task_inputs(task)
-    rows = _read_jsonl(jsonl) if jsonl is not None else [given]
-    if jsonl is not None:
-        rows = [_relative_images(row, inputs.images, jsonl.parent) for row in rows]
-    for row in rows:  # before the model loads
-        inputs.check(task, row)
+    if jsonl is None:
+        inputs.check(task, given)  # before the model loads, as every --jsonl row is
+    rows = _read_jsonl(jsonl, inputs, task) if jsonl is not None else [given]
     with _status(quiet, f"loading {run_dir}"):
         model = load_subnet(run_dir, parse_overrides(set_ or []))
     if jsonl is None:
@@ -462,23 +460,35 @@ def _check_out_file(path: Path, overwrite: bool) -> None:
     check_writable_folder(path.parent, "--out")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, inputs, task: str) -> list[dict[str, Any]]:
+    """The inputs in a --jsonl file (image paths relative to it), each checked; a bad one is named by its line."""
     import json
 
     try:
-        text = path.read_text()
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except OSError as error:
         raise UserError(f"--jsonl {path}: cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"--jsonl {path} line {line}: not UTF-8 text") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except ValueError:
-            row = None
+        except json.JSONDecodeError as error:
+            raise UserError(f"--jsonl {path} line {number}: not JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise UserError(f"--jsonl {path} line {number}: nested too deeply") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path} line {number}: expected a JSON object of inputs, e.g. {{\"question\": ..., \"image\": ...}}")
+            raise UserError(f"--jsonl {path} line {number}: expected a JSON object of inputs, e.g. {{\"question\": ..., \"image\": ...}}")
+        row = _relative_images(row, inputs.images, path.parent)
+        try:
+            inputs.check(task, row)
+        except UserError as error:
+            raise UserError(f"--jsonl {path} line {number}: {error}") from None
         rows.append(row)
     if not rows:
         raise UserError(f"--jsonl {path}: no inputs in it")

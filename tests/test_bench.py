@@ -22,7 +22,7 @@ from das_tune.artifacts.results import SearchRecord
 from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
-from das_tune.bench.runs import ground_truth_order
+from das_tune.bench.runs import ground_truth_order, plan_document
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
@@ -339,6 +339,17 @@ def test_bench_rejects_bad_input_before_running(tmp_path):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "bench").exists()
 
+
+@pytest.mark.slow
+def test_a_bench_refused_by_its_folder_says_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    skip2 = plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True, "num_skip": 2, "search.search_epochs": 1}, out=out))
+    out.mkdir()
+    (out / "plan.yaml").write_text(plan_document(skip2))
+    result = bench(tmp_path, "--space", "minilm_vqa", "--tiny", "--num-skip", "3", "--out", "out", timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "holds a benchmark of another study" in lines[0], result.stderr
+    assert [p.name for p in out.iterdir()] == ["plan.yaml"]  # no bench.db either
 
 def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     tiny = {"tiny": True, "search.search_epochs": 1}

@@ -2,7 +2,9 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -131,6 +133,20 @@ def test_serve_rejects_a_missing_storage_and_a_taken_port(tmp_path, storage_url)
         taken.listen()
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
             dashboard.serve(storage_url, port=taken.getsockname()[1])
+
+
+def test_serve_refuses_a_file_that_is_not_an_optuna_storage_and_leaves_it_untouched(tmp_path):
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE notes (text)")
+    (tmp_path / "notes.log").write_text("not a journal\n")
+    for url, path in [(f"sqlite:///{foreign}", foreign), (str(tmp_path / "notes.log"), tmp_path / "notes.log")]:
+        before = path.read_bytes()
+        result = subprocess.run([sys.executable, "-m", "das_tune.cli", "dashboard", "--storage", url, "--port", "0"],
+                                capture_output=True, text=True, timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "is not an Optuna storage" in lines[0], result.stderr
+        assert path.read_bytes() == before
 
 
 def chromium() -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import das_tune
 import das_tune.training.retrain as retrain_module
@@ -235,6 +236,87 @@ def test_bad_input_exits_2_with_one_line(args, message, tiny_run, text_run, cli,
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+BAD_JSONL = {
+    "an image as a number": ('{"question": "what?", "image": "red.png"}\n\n{"question": "what?", "image": 5}\n', "line 3: field 'image'"),
+    "an image as an object": ('{"question": "what?", "image": {"path": "red.png"}}\n', "line 1: field 'image'"),
+    "a question as a list": ('{"question": ["what?"], "image": "red.png"}\n', "line 1: field 'question'"),
+    "a blank question": ('{"question": "what?", "image": "red.png"}\n{"question": "  ", "image": "red.png"}\n', "line 2: field 'question'"),
+    "not JSON": ('{"question": "what?", "image": "red.png"}\n{"question": "what?",\n', "line 2: not JSON"),
+    "not UTF-8": ('{"question": "what?", "image": "red.png"}\n{"question": "caf\xe9", "image": "red.png"}\n'.encode("latin-1"),
+                  "line 2: not UTF-8"),
+    "a decompression bomb": ('{"question": "what?", "image": "bomb.png"}\n', "line 1: image"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_JSONL)
+def test_bad_predict_inputs_name_the_file_its_line_and_the_field(name, tiny_run, cli, tmp_path):
+    text, message = BAD_JSONL[name]
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    Image.new("1", (15000, 12000)).save(tmp_path / "bomb.png")  # 180 megapixels in 22 kB
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = cli("predict", str(tiny_run[0]), "--jsonl", "in.jsonl", "--out", "answers.jsonl")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert f"--jsonl in.jsonl {message}" in lines[0]
+    assert not (tmp_path / "answers.jsonl").exists()
+
+
+def test_a_decompression_bomb_is_refused_in_one_line(tiny_run, cli, tmp_path):
+    Image.new("1", (15000, 12000)).save(tmp_path / "bomb.png")
+    result = cli("predict", str(tiny_run[0]), "--question", "what?", "--image", "bomb.png")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "bomb.png" in lines[0] and "too large" in lines[0], result.stderr[-3000:]
+    for question in ("", " ", "x" * 20_000):  # and questions that are no question
+        result = cli("predict", str(tiny_run[0]), "--question", question, "--image", "bomb.png")
+        assert result.returncode == 2 and "field 'question'" in result.stderr, result.stderr[-3000:]
+
+
+def first_matrix(weights):
+    return next(name for name, tensor in weights.items() if tensor.dim() == 2 and tensor.shape[0] > 1)
+
+
+DAMAGED_WEIGHTS = {  # how the adapters are damaged, whether metrics.json keeps its checksums, what the refusal says
+    "changed": (lambda t: t + 1e-3, True, "adapters.safetensors: damaged or changed since it was written"),
+    "a row short (a run without checksums)": (lambda t: t[:-1], False, "has shape"),
+    "all NaN (a run without checksums)": (lambda t: torch.full_like(t, float("nan")), False, "holds NaN or infinite values"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_WEIGHTS)
+def test_damaged_weights_are_refused_in_one_line_by_every_reader(damage, tiny_run, cli, tmp_path):
+    change, checksums, message = DAMAGED_WEIGHTS[damage]
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["checksums"]) == {"adapters.safetensors", "subnet.json", "study.yaml"}
+    if not checksums:
+        del metrics["checksums"]
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        das_tune.load_subnet(run_dir)  # a run without checksums still reads
+    weights = load_file(run_dir / "adapters.safetensors")
+    name = first_matrix(weights)
+    save_file({**weights, name: change(weights[name]).contiguous()}, run_dir / "adapters.safetensors")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    for args in (["evaluate", "run"], ["predict", "run", "--question", "what?", "--image", "red.png"], ["export", "run", "--out", "x"]):
+        result = cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0] and "--fresh" in lines[0], result.stderr[-3000:]
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match=message):
+        das_tune.load_subnet(run_dir)
+
+
+def test_a_changed_export_is_refused_with_a_new_export_as_the_way_out(tiny_run, tmp_path):
+    das_tune.export_subnet(tiny_run[0], tmp_path / "x")
+    assert read_config(tmp_path / "x").checksums.keys() == {"model.safetensors"}
+    weights = load_file(tmp_path / "x" / "model.safetensors")
+    name = first_matrix(weights)
+    save_file({**weights, name: weights[name] * 2}, tmp_path / "x" / "model.safetensors")
+    with pytest.raises(UserError, match=r"model\.safetensors: damaged or changed .* export the run again"):
+        das_tune.load_subnet(tmp_path / "x")
 
 
 def test_export_speed_benchmark_on_a_tiny_run(tiny_run, tmp_path):

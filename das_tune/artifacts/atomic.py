@@ -7,6 +7,7 @@ Lightning's ``_atomic_save`` and fsspec's transactions do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from das_tune.errors import RunFailure
+from das_tune.errors import RunFailure, UserError
 
 FILE_MODE, FOLDER_MODE = 0o666, 0o777  # before the user's umask, as open() and mkdir() create them
 
@@ -67,6 +68,19 @@ def write_json_data(data: Any, path: Path) -> None:
     """Plain data as JSON, without NaN/inf (which is not JSON); typed results: ``results.write_json``."""
     check_finite(data, Path(path).name)
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def sha256_of(path: Path) -> str:
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_checksums(folder: Path, checksums: dict[str, str], recorded_in: str, way_out: str) -> None:
+    """Each file named in ``checksums`` that is in ``folder`` still has the sha256 recorded when it was written."""
+    for name, digest in checksums.items():
+        path = folder / name
+        if path.is_file() and sha256_of(path) != digest:
+            raise UserError(f"{path}: damaged or changed since it was written (its sha256 is not the one {recorded_in} records); {way_out}")
 
 
 def check_finite(data: Any, name: str) -> None:

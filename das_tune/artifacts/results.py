@@ -92,6 +92,7 @@ class RetrainMetrics(Outcome, CostCounts):
     epochs_run: int  # fewer than retrain.epochs when patience stopped it
     search_seconds: float | None = None
     retrain_budget: dict[str, Any]
+    checksums: dict[str, str] = Field(default_factory=dict, description="file name → sha256 of the artifacts written before it")
 
 
 # -- a benchmark ----------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from das_tune.spec.study import StudySpec, override_spec
 
 SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
 RUN_FILES = (SPEC_FILE, SUBNET_FILE, WEIGHTS_FILE, METRICS_FILE)
+CHECKED_FILES = (WEIGHTS_FILE, SUBNET_FILE, SPEC_FILE)  # metrics.json, written last, records their sha256
 CHECKPOINT = "search_state.pt"
 WARMUP_CHECKPOINT = "warmup_state.pt"  # the supernet after the warm-up: shareable by other searches
 PROGRESS_FILES = (CHECKPOINT, WARMUP_CHECKPOINT)
@@ -57,7 +58,8 @@ def write_artifacts(
     atomic.write_with(run_dir / WEIGHTS_FILE, lambda tmp: save_file(weights, tmp))
     write_json(info, run_dir / SUBNET_FILE)
     save_spec(spec, run_dir)
-    write_json(metrics, run_dir / METRICS_FILE)
+    checksums = {name: atomic.sha256_of(run_dir / name) for name in CHECKED_FILES}
+    write_json(metrics.model_copy(update={"checksums": checksums}), run_dir / METRICS_FILE)
 
 
 def save_spec(spec: StudySpec, run_dir: Path | None = None) -> None:
@@ -147,13 +149,16 @@ def read_run(run_dir: Path) -> tuple[StudySpec, SubnetFile]:
 
 
 def read_metrics(run_dir: Path, *, weights_required: bool = True) -> RetrainMetrics | None:
-    """``run_dir``'s metrics.json if it has one (of this version) and its weights are intact; a damaged
-    one is an error. Without ``weights_required`` (a benchmark needs only the numbers, and commits them
-    without the weights) absent weights are allowed, damaged ones still are not."""
+    """``run_dir``'s metrics.json if it has one (of this version) and its artifacts are intact (the sha256 it
+    records, for runs that record them; readable weights); a damaged one is an error. Without
+    ``weights_required`` (a benchmark needs only the numbers, and commits them without the weights) absent
+    weights are allowed, damaged ones still are not."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
     data = _read_json(path)
+    if isinstance(data.get("checksums"), dict):  # absent in runs of older versions
+        atomic.check_checksums(run_dir, data["checksums"], METRICS_FILE, "remove it or pass --fresh")
     weights = run_dir / WEIGHTS_FILE
     if weights.is_file():
         check_weights(weights)

@@ -26,10 +26,7 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     if load_study_spec(config.study, config.overrides).load_space().is_range:
         return ladder.run_ladder(config, reporter)
     p = plan(config)
-    reporter = reporter or Reporter()
-    for warning in p.warnings:
-        reporter.log(f"warning: {warning}")
-    runs.execute(p, reporter)
+    runs.execute(p, reporter or Reporter())
     results = report.collect(p)
     names = plots.write_plots(results, p.out)
     report.save(results, p.out, report.markdown(results, names), names)

@@ -242,8 +242,11 @@ def execute(p: Plan, reporter: Reporter) -> None:
     """Run every (method, seed) of the config, retrain its picks and, with ground truth, the reference.
 
     Everything lands on disk (see the module's layout); :func:`collect` reads it back."""
+    check_same_plan(p)  # before the storage is created in the folder
     opened = open_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
     check_plan_file(p)
+    for warning in p.warnings:  # after every refusal: a refused run says one line
+        reporter.log(f"warning: {warning}")
     parts = None
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
@@ -530,10 +533,14 @@ def plan_document(p: Plan) -> str:
     return yaml.safe_dump({"study": p.spec(0).model_dump(), "bench": settings}, sort_keys=True)
 
 
-def check_plan_file(p: Plan) -> None:
+def check_same_plan(p: Plan) -> None:
     """An output folder holds one benchmark: re-runs and later pieces must declare the same one."""
-    resolved = plan_document(p)
     path = p.out / PLAN_FILE
-    if path.is_file() and path.read_text() != resolved:
+    if path.is_file() and path.read_text() != plan_document(p):
         raise UserError(f"{p.out} holds a benchmark of another study, budget or retrain seeds ({path}); pass another --out")
-    atomic.write_text(path, resolved)
+
+
+def check_plan_file(p: Plan) -> None:
+    """``check_same_plan``, then the plan is written."""
+    check_same_plan(p)
+    atomic.write_text(p.out / PLAN_FILE, plan_document(p))

@@ -7,7 +7,10 @@ A storage is an Optuna URL (``sqlite:///runs.db``, ``postgresql://…``) or the 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -38,13 +41,11 @@ def absolute_url(url: str) -> str:
 
 
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
-    """The storage at ``url``, created unless ``must_exist`` (then a missing file is a UserError).
-    Errors are one line, with the URL's password hidden."""
+    """The storage at ``url``, created unless ``must_exist`` (then a missing file, or one that is not an Optuna
+    storage, is a UserError and is left as it is). Errors are one line, with the URL's password hidden."""
     path = local_file(url)
-    if path is not None and must_exist and not path.is_file():
-        raise UserError(
-            f"storage {shown_url(url)!r} does not exist: expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})"
-        )
+    if path is not None and must_exist:
+        _check_optuna_file(url, path)
     try:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,35 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseS
         ) from None
     except Exception as err:  # a bad URL, an unreachable server, a refused password, an unwritable folder
         raise UserError(f"storage {shown_url(url)} cannot be opened: {_first_line(err)}") from None
+
+
+def _check_optuna_file(url: str, path: Path) -> None:
+    """``path`` is a storage Optuna wrote: opening anything else would write Optuna's tables or log into it."""
+    expected = f"expected an Optuna storage a study was run with (e.g. {DEFAULT_STORAGE})"
+    if not path.is_file():
+        raise UserError(f"storage {shown_url(url)!r} does not exist: {expected}")
+    optuna_file = _has_optuna_tables(path) if url.startswith("sqlite:///") else _is_journal(path)
+    if not optuna_file:
+        raise UserError(f"storage {shown_url(url)!r} is not an Optuna storage (left untouched): {expected}")
+
+
+def _has_optuna_tables(path: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:  # not an SQLite file at all
+        return False
+    return {"studies", "trials", "version_info"} <= tables
+
+
+def _is_journal(path: Path) -> bool:
+    """An Optuna journal file: JSON lines of operations (empty: none yet)."""
+    try:
+        with path.open(encoding="utf-8") as log:
+            first = log.readline()
+        return not first or "op_code" in json.loads(first)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
 
 
 def shown_url(url: str) -> str:

@@ -143,8 +143,10 @@ def full_weight_bytes(config: SubnetConfig) -> int:
 
 # -- formats --------------------------------------------------------------------------------------
 def _write_common(model: Subnet, config: SubnetConfig, out: Path) -> None:
-    (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
+    """The tokenizer, and config.json last: it records the weights' sha256, checked when they are loaded."""
     load_tokenizer(model.backbone.tokenizer_path).save_pretrained(str(out / TOKENIZER_DIR))
+    checksums = {name: atomic.sha256_of(out / name) for name in (WEIGHTS_FILE, ONNX_FILE) if (out / name).is_file()}
+    (out / CONFIG_FILE).write_text(config.model_copy(update={"checksums": checksums}).model_dump_json(indent=2) + "\n")
 
 
 def write_safetensors(model: Subnet, config: SubnetConfig, out: Path, step) -> None:

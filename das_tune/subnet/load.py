@@ -21,10 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model
 from torch import nn
 
+from das_tune.artifacts.atomic import check_checksums
 from das_tune.artifacts.run_folder import RunFolder, is_run_folder, read_run_folder
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError
-from das_tune.subnet.portable import TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, read_config, rebuild_backbone
+from das_tune.subnet.portable import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, read_config, rebuild_backbone
 from das_tune.subnet.predict import Prediction, task_inputs
 from das_tune.tasks.base import Task
 from das_tune.training.components import build_spec_task, pretrained_backbone
@@ -118,6 +119,7 @@ def load_run(run: RunFolder, task: Task | None = None) -> Subnet:
 
 def load_exported(path: Path) -> Subnet:
     config = read_config(path)
+    check_checksums(path, config.checksums, CONFIG_FILE, "export the run again")
     backbone = rebuild_backbone(config, path / TOKENIZER_DIR)
     try:
         load_model(backbone, path / WEIGHTS_FILE, strict=True)
@@ -133,9 +135,22 @@ def _load_trained(backbone: SkippableBackbone, path: Path) -> None:
         weights = load_file(path)
     except (SafetensorError, OSError) as error:
         raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+    _check_tensors(path, weights, backbone.state_dict())
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     trainable = {name for name, p in backbone.named_parameters() if p.requires_grad}
     untrained = sorted(trainable & set(missing))
     if unexpected or untrained:
         names = ", ".join((unexpected or untrained)[:3])
         raise UserError(f"{path}: does not match the run's subnet (e.g. {names}); was the run retrained with another study?")
+
+
+def _check_tensors(path: Path, weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Every tensor has its parameter's shape and finite values: a damaged file is one line, not a state-dict wall."""
+    for name, tensor in weights.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            raise UserError(
+                f"{path}: tensor {name} has shape {list(tensor.shape)}, the run's subnet {list(expected[name].shape)}; "
+                "remove it or pass --fresh"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: tensor {name} holds NaN or infinite values; remove it or pass --fresh")

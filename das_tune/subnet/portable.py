@@ -46,6 +46,7 @@ class SubnetConfig(BaseModel):
     metric: str | None = None  # the run's test metric, for reference
     value: float | None = None
     source: str | None = None  # the run folder it was exported from
+    checksums: dict[str, str] = {}  # file name → sha256 of the weights written before this file (none in older exports)
 
 
 def is_export_folder(path: Path) -> bool:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.errors import UserError
+from das_tune.errors import UserError, shorten
 from das_tune.tasks.base import Task, model_device, move_to
 
 
@@ -62,9 +63,10 @@ class TaskInputs:
         missing = [field for field in self.fields if row.get(field) is None]
         if missing:
             raise UserError(f"task {task!r} needs {wanted}; missing {', '.join(missing)}")
+        for field in self.texts:
+            _check_text(field, row[field])
         for field in self.images:
-            if isinstance(row[field], str | Path) and not Path(row[field]).expanduser().is_file():
-                raise UserError(f"{field} {row[field]}: no such file")
+            _check_image(field, row[field])
 
     def logits(self, model: SkippableBackbone, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
         texts = [str(row[self.texts[0]]) for row in rows]
@@ -85,6 +87,45 @@ class TaskInputs:
             best = [LabelScore(label=labels[i], score=v) for v, i in zip(row_values, row_indices)]
             results.append(Prediction(label=best[0].label, score=best[0].score, top=best))
         return results
+
+
+MAX_TEXT = 10_000  # characters: far beyond what any tokenizer here keeps; more is a mistake, not an input
+
+
+def _check_text(field: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise UserError(f"field {field!r}: expected text, got {type(value).__name__} {shorten(repr(value))}")
+    if not value.strip():
+        raise UserError(f"field {field!r}: expected text, got {'an empty' if not value else 'a blank'} string")
+    if len(value) > MAX_TEXT:
+        raise UserError(f"field {field!r}: {len(value):,} characters; expected at most {MAX_TEXT:,}")
+
+
+def _check_image(field: str, value: Any) -> None:
+    """A path to an existing file (read later, by ``read_image``), or an image already in memory (the Python API)."""
+    from PIL import Image
+
+    if isinstance(value, str | Path):
+        _check_image_file(Path(value).expanduser(), field)
+    elif not isinstance(value, Image.Image | np.ndarray):
+        raise UserError(f"field {field!r}: expected the path of an image file, got {type(value).__name__} {shorten(repr(value))}")
+
+
+def _check_image_file(path: Path, field: str) -> None:
+    """An image file Pillow can read, of a size that can be decoded: its header only is read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise UserError(f"{field} {shorten(str(path))}: no such file")
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+    except Image.DecompressionBombError as error:  # Pillow refuses twice its limit itself
+        raise UserError(f"{field} {path}: too large to decode ({error})") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"{field} {path}: not an image file that Pillow can read ({error})") from None
+    if width * height > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"{field} {path}: {width}×{height} pixels, too large to decode; expected at most {Image.MAX_IMAGE_PIXELS:,}")
 
 
 TASK_INPUTS: dict[str, TaskInputs] = {
