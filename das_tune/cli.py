@@ -359,10 +359,12 @@ def bench(
     if quiet:
         print(Path(files.out) / files.json_name)
         return
-    if isinstance(results, BenchResults):  # a range's ladder benchmark: results.md holds its table
+    if isinstance(results, BenchResults):  # one size's bench; a range's ladder has its table in results.md only
         out.print(rich_table(results))
-    for name in (files.json_name, files.markdown, *files.plots):
-        print(Path(files.out) / name)
+    folder = Path(files.out)
+    print(f"results: {folder / files.markdown} (the tables), {folder / files.json_name} (every number)")
+    if files.plots:
+        print(f"plots: {', '.join(str(folder / name) for name in files.plots)}")
 
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder (runs/<study>-<sampler>-seed<k>) or an exported subnet folder.")]

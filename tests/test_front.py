@@ -115,6 +115,11 @@ def test_one_search_for_num_skip_1_to_3_end_to_end(cli, tmp_path):
     assert len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}").trials) == len(study.trials)
     assert json.loads((run_dir / FRONT_JSON).read_text())["target"]["met"] is False
 
+    # the run's root is no subnet: one line points to its subnets
+    refused = cli("evaluate", str(run_dir))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert f"e.g. {run_dir / 'front' / 'skip1'} (front/ holds full, skip1, skip2, skip3)" in refused.stderr
+
 
 def test_dashboard_shows_the_studys_pareto_front_and_the_retrained_front(tmp_path):
     import threading
@@ -208,7 +213,7 @@ def test_a_killed_range_search_resumes_to_the_same_trials_and_front(tmp_path):
     worker = Path(__file__).parent / "kill_worker.py"
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True)
+    assert run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True).stderr == ""  # no warning lines under --quiet
     # events counted from each process's start: in the first round, later in the search, near the retrains
     for point, must_land in ((23, True), (90, True), (170, False)):
         command = [sys.executable, str(worker), f"kill:{point}", *RANGE_RUN]

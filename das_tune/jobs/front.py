@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from das_tune.artifacts.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics
-from das_tune.artifacts.run_folder import artifacts_folder, finished_metrics, save_spec
+from das_tune.artifacts.run_folder import FRONT_DIR, artifacts_folder, finished_metrics, save_spec
 from das_tune.errors import UserError
 from das_tune.jobs.runner import Searched, opening, search
 from das_tune.jobs.target import Target, choose
@@ -33,7 +33,6 @@ from das_tune.spec.study import StudySpec
 from das_tune.training.components import Components
 from das_tune.training.retrain import retrain
 
-FRONT_DIR = "front"
 FULL = "full"
 
 
