@@ -31,7 +31,7 @@ from das_tune.artifacts.run_folder import (
     save_spec,
 )
 from das_tune.errors import RunFailure
-from das_tune.jobs.checks import check_resumable, check_study, check_writable_folder
+from das_tune.jobs.checks import check_resumable, check_storage, check_study, check_writable_folder
 from das_tune.progress import Reporter
 from das_tune.samplers import SkipPolicy
 from das_tune.search import executor_entry, executor_name, get_executor
@@ -65,11 +65,16 @@ class FinishedRetrain:
 
 
 @contextmanager
-def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> Iterator[optuna.storages.BaseStorage]:
+def exclusive(
+    spec: StudySpec, storage: optuna.storages.BaseStorage | None = None, *, resuming: bool = False
+) -> Iterator[optuna.storages.BaseStorage]:
     """Inside, this process is the only writer of the run folder and of the study (``das_tune.storage.lease``);
     yields the opened storage (``storage``, the opened ``spec.storage``, if given). The folder is
-    locked first, so that a second run there is refused before it touches any storage."""
+    locked first, so that a second run there is refused before it touches any storage; ``resuming``: then
+    the folder's progress is checked to belong to a study the storage holds (``check_storage``)."""
     with folder_lock(spec.run_dir):
+        if resuming:
+            check_storage(spec)
         storage = storage or open_storage(spec.storage)
         with StudyLease(storage, spec.resolved_study_name, spec.storage):
             yield storage
@@ -102,7 +107,7 @@ def opening(
         from das_tune.search.ray_cluster import check_reachable
 
         check_reachable(spec.ray.address)
-    with exclusive(spec) as storage:
+    with exclusive(spec, resuming=not fresh) as storage:
         if fresh:
             removed = clear_run_folder(spec.run_dir) + (clear(spec.run_dir) if clear else [])
             if removed:
