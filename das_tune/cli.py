@@ -239,7 +239,7 @@ def run(
 def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
     from das_tune.jobs.front import run_front
     from das_tune.progress import reporter
-    from das_tune.report.front import FRONT_JSON, FRONT_PNG
+    from das_tune.report.front import FRONT_JSON, FRONT_PNG, speedup_label
 
     _quiet_optuna()
     with reporter(quiet) as progress:
@@ -251,7 +251,7 @@ def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
                       title=f"das-tune: {front.study_name} (num_skip {', '.join(map(str, front.num_skip))})")
         for p in [front.full, *front.ladder]:
             table.add_row(p.name, ", ".join(p.skipped) or "(none)", f"{p.value:.4f}", f"{p.additional_gmacs:+.4f}",
-                          f"{p.flops_saved:.1%}", f"{p.speedup:.2f}×", "yes" if p.pareto else "")
+                          f"{p.flops_saved:.1%}", speedup_label(p), "yes" if p.pareto else "")
         out.print(table)
         for name in (FRONT_JSON, FRONT_PNG):
             print(spec.run_dir / name)
@@ -647,17 +647,28 @@ def _report(spec, done, quiet: bool) -> None:
     tiny = " — tiny: a random model on a few examples, not a result" if spec.tiny else ""
     table = Table(title=f"das-tune: {spec.resolved_study_name}{tiny}", show_header=False)
     table.add_row("skipped layers", ", ".join(metrics.skipped) or "(none)")
+    if done.tie_break is not None:
+        table.add_row("chosen by a tie-break", done.tie_break)
     table.add_row(f"test {metrics.metric}", f"{metrics.value:.4f}")
     table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")
     table.add_row("FLOPs saved vs full model with adapters", f"{metrics.flops_saved:.1%}")
     table.add_row("trainable params", f"{metrics.trainable_params:,}")
-    latency = f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)"
-    table.add_row("latency full → subnet (batch 1)", latency)
+    table.add_row("latency full → subnet (batch 1, median [interquartile range])", _latency(metrics))
     if metrics.search_seconds is not None:
         table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
     table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")
     table.add_row("artifacts", str(done.artifacts))
     out.print(table)
+
+
+def _latency(metrics) -> str:
+    from das_tune.report.front import speedup_label
+
+    full, subnet = metrics.latency_full_iqr_ms, metrics.latency_subnet_iqr_ms
+    if full is None or subnet is None:  # a metrics.json written before the spread was kept
+        return f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)"
+    return (f"{metrics.latency_full_ms:.2f} [{full[0]:.2f}–{full[1]:.2f}] ms → {metrics.latency_subnet_ms:.2f} "
+            f"[{subnet[0]:.2f}–{subnet[1]:.2f}] ms: {speedup_label(metrics)}")
 
 
 if __name__ == "__main__":  # pragma: no cover - the console script is `app`

@@ -92,6 +92,11 @@ def test_one_search_for_num_skip_1_to_3_end_to_end(cli, tmp_path):
     for p in [front.full, *front.ladder]:
         metrics = RetrainMetrics.read(run_dir / "front" / p.name / "metrics.json")
         assert metrics.skipped == p.skipped and metrics.value == p.value and metrics.additional_gmacs == p.additional_gmacs
+        assert metrics.latency_full_iqr_ms == RetrainMetrics.read(run_dir / "front" / "full" / "metrics.json").latency_full_iqr_ms
+        assert p.speedup_within_noise == metrics.speedup_within_noise
+    # the full model's latency measured once for the whole front: against itself it is 1×, not a second noisy number
+    assert front.full.speedup == 1.0 and front.full.speedup_within_noise is None
+    assert all(p.speedup_within_noise is not None for p in front.ladder)
     assert front.full.skipped == [] and front.full.additional_gmacs > front.ladder[0].additional_gmacs > front.ladder[-1].additional_gmacs
     assert any(p.pareto for p in [front.full, *front.ladder])
     assert (run_dir / FRONT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

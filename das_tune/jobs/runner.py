@@ -62,6 +62,7 @@ class FinishedRetrain:
 
     metrics: RetrainMetrics
     artifacts: Path
+    tie_break: str | None = None  # how the search's choice was a tie-break, in words
 
 
 @contextmanager
@@ -123,10 +124,13 @@ def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options:
     get_executor(executor_name(spec.search))(run)
     study, policy = run.study, run.policy
     _check_observed(study)
+    probabilities = policy.probabilities(study)
+    tied = parts.space.tied_at_cut(probabilities) if probabilities and not parts.space.is_range else []
     found_by = FoundBy(
         sampler=spec.sampler.name, executor=executor_name(spec.search), workers=spec.search.workers,
         study_name=study.study_name, storage=shown_url(spec.storage),
-        observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=policy.probabilities(study),
+        observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=probabilities,
+        tie_break=tied or None,
     )
     return Searched(study, policy, policy.chosen(study), found_by)
 
@@ -156,6 +160,9 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
             save_spec(spec)
         found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
         reporter.log(f"chosen subnet: skip {parts.space.ordered(found.chosen)}")
+        tie = _tie_break(found.found_by, found.chosen, parts.space.num_skip)
+        if tie is not None:
+            reporter.log(f"the choice was a tie-break: {tie}")
         folder = artifacts_folder(spec.run_dir, spec, found.chosen)
         metrics = finished_metrics(spec, found.chosen, folder)
         if metrics is not None:
@@ -168,7 +175,17 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
         from das_tune.report.dashboard import save_study_report
 
         save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
-    return FinishedRetrain(metrics, folder)
+    return FinishedRetrain(metrics, folder, tie)
+
+
+def _tie_break(found_by: FoundBy, chosen: frozenset[str], num_skip: int) -> str | None:
+    tied = found_by.tie_break
+    if not tied or found_by.probabilities is None:
+        return None
+    p = found_by.probabilities[tied[0]]
+    picked = [c for c in tied if c in chosen]
+    return (f"{', '.join(tied)} ended with equal skip probabilities ({p:.2f}), and candidate order picked "
+            f"{', '.join(picked)} among them for the {num_skip} to skip; a longer search (search.search_epochs) can separate them")
 
 
 def retrain_run(

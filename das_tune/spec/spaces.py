@@ -223,6 +223,14 @@ class SkipSpace(BaseModel):
         order = sorted(range(len(self.candidates)), key=lambda i: (-scores[i], i))
         return frozenset(self.candidates[i] for i in order[:size])
 
+    def tied_at_cut(self, scores: Mapping[str, float]) -> list[str]:
+        """The candidates (in candidate order) whose score equals the ``num_skip``-th highest when the cut of
+        :meth:`top` falls among them, so that candidate order, not the scores, chose which of them are in it."""
+        cut = sorted(scores.values(), reverse=True)[self.num_skip - 1]
+        tied = [c for c in self.candidates if math.isclose(scores[c], cut, rel_tol=1e-9, abs_tol=1e-12)]
+        above = sum(scores[c] > cut for c in self.candidates if c not in tied)
+        return tied if above + len(tied) > self.num_skip else []
+
     def encode(self, skipped: frozenset[str] | set[str] | list[str]) -> dict[str, float]:
         """Parameters that decode to ``skipped`` (e.g. for ``study.enqueue_trial``)."""
         skipped = self.validate_subset(skipped)
