@@ -607,6 +607,7 @@ def dashboard(
     """Start optuna-dashboard on the storage (Ctrl-C to stop)."""
     from das_tune.report.dashboard import serve
 
+    _quiet_optuna()
     serve(storage, host=host, port=port, quiet=quiet)
 
 
