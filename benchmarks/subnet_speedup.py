@@ -18,12 +18,12 @@ SKIPS = [["En3"], ["En2", "En4"], ["En1", "En2", "En3", "En4"]]
 def ratios(device: str, repeats: int) -> list[float]:
     model = build_backbone("minilm_vl").to(device)
     inputs = {k: v.to(device) for k, v in model.example_inputs(64).items()}
-    full_flops, full_time = count_flops(model, inputs), measure_latency(model, inputs, repeats)
+    full_flops, full_time = count_flops(model, inputs), measure_latency(model, inputs, repeats).median
     print(f"{device}: full model {full_time * 1e3:.1f} ms, {full_flops / 2e9:.2f} GMACs")
     out = []
     for skipped in SKIPS:
         subnet = model.export(skipped)
-        speedup = full_time / measure_latency(subnet, inputs, repeats)
+        speedup = full_time / measure_latency(subnet, inputs, repeats).median
         reduction = full_flops / count_flops(subnet, inputs)
         out.append(speedup / reduction)
         print(f"  skip {len(skipped)}: speed-up {speedup:.2f}x, FLOPs reduction {reduction:.2f}x, ratio {out[-1]:.2f}")

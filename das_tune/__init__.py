@@ -1,6 +1,6 @@
 """das-tune: Dynamic Architecture Skipping (DAS) as a declarative Optuna search.
 
-The core (spaces and samplers) imports without torch; model and task code loads on first use.
+Every name loads on first use: ``import das_tune`` (and the CLI's parsing) stays free of optuna, torch and Ray.
 """
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ from importlib import import_module
 from typing import Any
 
 from das_tune.errors import UserError
-from das_tune.samplers import DASSampler, chosen_skip, make_sampler
-from das_tune.spec.spaces import SkipSpace, load_space
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "DASSampler": "das_tune.samplers",
+    "chosen_skip": "das_tune.samplers",
+    "make_sampler": "das_tune.samplers",
+    "SkipSpace": "das_tune.spec.spaces",
+    "load_space": "das_tune.spec.spaces",
     "build_backbone": "das_tune.backbones",
     "build_task": "das_tune.tasks",
     "load_subnet": "das_tune.subnet.load",

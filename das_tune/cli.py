@@ -20,9 +20,8 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # typer's own copy of click
 
 from das_tune.errors import RunFailure, UserError, shorten
-from das_tune.samplers import SAMPLERS
 from das_tune.search import EXECUTORS
-from das_tune.spec.study import DEFAULT_STORAGE
+from das_tune.spec.study import DEFAULT_STORAGE, SAMPLER_NAMES
 
 
 class _App(typer.Typer):
@@ -97,13 +96,17 @@ Sets = Annotated[list[str] | None, typer.Option("--set", help="Override any stud
 
 
 def _quiet_libraries() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # environment, not imports: the commands that need transformers import it themselves
+    # environment, not imports: a refused command line never waits for transformers (optuna: _quiet_optuna)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_optuna() -> None:
+    """Optuna's INFO lines off; called once the command line is checked, as this imports optuna."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def exits_cleanly(command):
@@ -169,7 +172,7 @@ BENCH_NUM_SKIP_HELP = (
     "DAS searching each size on its own."
 )
 BENCH_SAMPLERS_HELP = (
-    f"Comma-separated samplers (searches on one supernet): {', '.join(SAMPLERS)}, or das_std (DAS with standardised advantages; "
+    f"Comma-separated samplers (searches on one supernet): {', '.join(SAMPLER_NAMES)}, or das_std (DAS with standardised advantages; "
     "das is the reference rule); with a range also das_per_size."
 )
 BENCH_METHODS_HELP = "Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none)."
@@ -188,7 +191,7 @@ GROUND_TRUTH_HELP = (
 def run(
     study: Annotated[str | None, typer.Option(help="A built-in study name or a study YAML file.")] = None,
     space: Annotated[str | None, typer.Option(help="A search space; its built-in study is used.")] = None,
-    sampler: Annotated[str | None, typer.Option(help=f"One of {', '.join(SAMPLERS)}.")] = None,
+    sampler: Annotated[str | None, typer.Option(help=f"One of {', '.join(SAMPLER_NAMES)}.")] = None,
     num_skip: Annotated[str | None, typer.Option(help=NUM_SKIP_HELP)] = None,
     executor: Annotated[str | None, typer.Option(help=EXECUTOR_HELP)] = None,
     address: Annotated[str | None, typer.Option(help="An existing Ray cluster to run on ('auto' or host:port).")] = None,
@@ -206,9 +209,7 @@ def run(
 
     With a range of --num-skip: one search for every size, each size's pick and the full model
     retrained, the front in front.json / front.png / front.md, and --target / --max-gmacs applied."""
-    from das_tune.jobs.runner import run as run_study
     from das_tune.jobs.target import parse_target
-    from das_tune.progress import reporter
 
     overrides = _overrides(storage, seed, tiny, set_, num_skip=num_skip)
     if sampler is not None:
@@ -226,6 +227,10 @@ def run(
         return
     if rule is not None:
         raise UserError("--target and --max-gmacs choose from a front: give a range of --num-skip, e.g. 1-3")
+    from das_tune.jobs.runner import run as run_study
+    from das_tune.progress import reporter
+
+    _quiet_optuna()
     with reporter(quiet) as progress:
         done = run_study(spec, fresh=fresh, reporter=progress)
     _report(spec, done, quiet)
@@ -234,8 +239,9 @@ def run(
 def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
     from das_tune.jobs.front import run_front
     from das_tune.progress import reporter
-    from das_tune.report.front import FRONT_JSON, FRONT_PNG
+    from das_tune.report.front import FRONT_JSON, FRONT_PNG, speedup_label
 
+    _quiet_optuna()
     with reporter(quiet) as progress:
         front = run_front(spec, fresh=fresh, reporter=progress, target=rule)
     if quiet:
@@ -245,7 +251,7 @@ def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
                       title=f"das-tune: {front.study_name} (num_skip {', '.join(map(str, front.num_skip))})")
         for p in [front.full, *front.ladder]:
             table.add_row(p.name, ", ".join(p.skipped) or "(none)", f"{p.value:.4f}", f"{p.additional_gmacs:+.4f}",
-                          f"{p.flops_saved:.1%}", f"{p.speedup:.2f}×", "yes" if p.pareto else "")
+                          f"{p.flops_saved:.1%}", speedup_label(p), "yes" if p.pareto else "")
         out.print(table)
         for name in (FRONT_JSON, FRONT_PNG):
             print(spec.run_dir / name)
@@ -274,13 +280,14 @@ def retrain(
 
     The run folder's own artifacts are kept: a retrain of another budget or subnet goes to its own
     folder RUN_DIR/retrain-<subnet>-<budget hash> (the same budget and subnet again: the existing result)."""
-    from das_tune.jobs.runner import retrain_run, retrain_subset
-    from das_tune.progress import reporter
-
     overrides = _overrides(storage, seed, tiny, set_)
     layers = _skip_list(skip) if skip is not None else None
     if run_dir is None and (study is None or layers is None):
         raise UserError("give a run folder, or --study with --skip LAYER,LAYER (or --skip none)")
+    from das_tune.jobs.runner import retrain_run, retrain_subset
+    from das_tune.progress import reporter
+
+    _quiet_optuna()
     with reporter(quiet) as progress:
         if run_dir is not None:
             spec, done = retrain_run(run_dir, skip=layers, overrides=overrides, reporter=progress)
@@ -325,14 +332,16 @@ def bench(
     set_: Sets = None,
 ) -> None:
     """Compare DAS with baseline samplers and training-free layer scores: same warm-up, budget and seeds."""
-    from das_tune.bench import BenchConfig, BenchResults, parse_seeds, run_bench
-    from das_tune.bench.report import rich_table
-    from das_tune.jobs.checks import check_writable_folder
-    from das_tune.progress import reporter
     from das_tune.spec.study import default_study_for_space
 
     overrides = _overrides(storage, None, tiny, set_, num_skip=num_skip)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
+    from das_tune.bench import BenchConfig, BenchResults, parse_seeds, run_bench
+    from das_tune.bench.report import rich_table
+    from das_tune.jobs.checks import check_writable_folder
+    from das_tune.progress import reporter
+
+    _quiet_optuna()
     if out_dir is not None:
         check_writable_folder(out_dir, "--out")
     config = BenchConfig(
@@ -350,10 +359,12 @@ def bench(
     if quiet:
         print(Path(files.out) / files.json_name)
         return
-    if isinstance(results, BenchResults):  # a range's ladder benchmark: results.md holds its table
+    if isinstance(results, BenchResults):  # one size's bench; a range's ladder has its table in results.md only
         out.print(rich_table(results))
-    for name in (files.json_name, files.markdown, *files.plots):
-        print(Path(files.out) / name)
+    folder = Path(files.out)
+    print(f"results: {folder / files.markdown} (the tables), {folder / files.json_name} (every number)")
+    if files.plots:
+        print(f"plots: {', '.join(str(folder / name) for name in files.plots)}")
 
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder (runs/<study>-<sampler>-seed<k>) or an exported subnet folder.")]
@@ -606,6 +617,7 @@ def dashboard(
     """Start optuna-dashboard on the storage (Ctrl-C to stop)."""
     from das_tune.report.dashboard import serve
 
+    _quiet_optuna()
     serve(storage, host=host, port=port, quiet=quiet)
 
 
@@ -646,17 +658,28 @@ def _report(spec, done, quiet: bool) -> None:
     tiny = " — tiny: a random model on a few examples, not a result" if spec.tiny else ""
     table = Table(title=f"das-tune: {spec.resolved_study_name}{tiny}", show_header=False)
     table.add_row("skipped layers", ", ".join(metrics.skipped) or "(none)")
+    if done.tie_break is not None:
+        table.add_row("chosen by a tie-break", done.tie_break)
     table.add_row(f"test {metrics.metric}", f"{metrics.value:.4f}")
     table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")
     table.add_row("FLOPs saved vs full model with adapters", f"{metrics.flops_saved:.1%}")
     table.add_row("trainable params", f"{metrics.trainable_params:,}")
-    latency = f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)"
-    table.add_row("latency full → subnet (batch 1)", latency)
+    table.add_row("latency full → subnet (batch 1, median [interquartile range])", _latency(metrics))
     if metrics.search_seconds is not None:
         table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
     table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")
     table.add_row("artifacts", str(done.artifacts))
     out.print(table)
+
+
+def _latency(metrics) -> str:
+    from das_tune.report.front import speedup_label
+
+    full, subnet = metrics.latency_full_iqr_ms, metrics.latency_subnet_iqr_ms
+    if full is None or subnet is None:  # a metrics.json written before the spread was kept
+        return f"{metrics.latency_full_ms:.2f} ms → {metrics.latency_subnet_ms:.2f} ms ({metrics.speedup:.2f}×)"
+    return (f"{metrics.latency_full_ms:.2f} [{full[0]:.2f}–{full[1]:.2f}] ms → {metrics.latency_subnet_ms:.2f} "
+            f"[{subnet[0]:.2f}–{subnet[1]:.2f}] ms: {speedup_label(metrics)}")
 
 
 if __name__ == "__main__":  # pragma: no cover - the console script is `app`

@@ -317,9 +317,10 @@ def test_a_second_bench_process_skips_the_seeds_another_one_runs(tmp_path):
 def test_bench_on_a_journal_file_storage(tmp_path):
     # 4 observations of 15 subsets: a budget the bench accepts
     result = bench(tmp_path, "--space", "minilm_vqa", "--samplers", "das", "--methods", "", "--seeds", "1", "--retrain-seeds", "1",
-                   "--tiny", "--quiet", "--set", "search.search_epochs=1", "--set", "search.round_size=2",
+                   "--tiny", "--set", "search.search_epochs=1", "--set", "search.round_size=2",
                    "--set", "search.observe_every=3", "--storage", "bench.log", "--out", "out", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "results: out/results.md (the tables), out/results.json (every number)" in result.stdout.splitlines()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["storage"] == "bench.log" and not (tmp_path / "out" / "bench.db").exists()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "bench.log")))

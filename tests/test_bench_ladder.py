@@ -11,7 +11,7 @@ import pytest
 from das_tune.bench import stats
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-ARGS = ["--space", "minilm_vqa", "--num-skip", "1-2", "--tiny", "--quiet", "--samplers", "das,das_per_size,random",
+ARGS = ["--space", "minilm_vqa", "--num-skip", "1-2", "--tiny", "--samplers", "das,das_per_size,random",
         "--methods", "last_k", "--seeds", "1", "--retrain-seeds", "1", "--set", "search.search_epochs=1",
         "--set", "search.round_size=2", "--set", "search.observe_every=3", "--out", "out"]
 
@@ -34,6 +34,7 @@ def test_tiny_ladder_bench_against_per_size_searches(tmp_path):
     first = bench(tmp_path, *ARGS)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
+    assert "results: out/results.md (the tables), out/results.json (every number)" in first.stdout.splitlines()
     results = json.loads((out / "results.json").read_text())
     assert results["sizes"] == [1, 2] and results["methods"] == ["das", "das_per_size", "random", "last_k"]
     runs = {r["method"]: r for r in results["runs"]}

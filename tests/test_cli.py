@@ -48,6 +48,11 @@ def test_tiny_run_end_to_end(cli, tmp_path):
     again = cli("run", "--study", "easyvqa_minilm", "--tiny", check=True)  # resumes: nothing new to do
     assert "resuming study" in again.stderr and "already retrained" in again.stderr
     assert len(study_trials(tmp_path / "das_tune.db")[1]) == len(trials)
+    # the run folder with a storage that lacks its study: one line naming both, nothing written to the other storage
+    elsewhere = cli("run", "--study", "easyvqa_minilm", "--tiny", "--storage", "other.log")
+    assert elsewhere.returncode == 2 and len(elsewhere.stderr.strip().splitlines()) == 1, elsewhere.stderr
+    assert "in storage sqlite:///das_tune.db, which other.log does not have: give --storage sqlite:///das_tune.db" in elsewhere.stderr
+    assert not (tmp_path / "other.log").exists()
 
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     longer = cli("run", "--study", "easyvqa_minilm", "--tiny", "--quiet", "--set", "retrain.epochs=2", check=True)

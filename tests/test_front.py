@@ -92,6 +92,11 @@ def test_one_search_for_num_skip_1_to_3_end_to_end(cli, tmp_path):
     for p in [front.full, *front.ladder]:
         metrics = RetrainMetrics.read(run_dir / "front" / p.name / "metrics.json")
         assert metrics.skipped == p.skipped and metrics.value == p.value and metrics.additional_gmacs == p.additional_gmacs
+        assert metrics.latency_full_iqr_ms == RetrainMetrics.read(run_dir / "front" / "full" / "metrics.json").latency_full_iqr_ms
+        assert p.speedup_within_noise == metrics.speedup_within_noise
+    # the full model's latency measured once for the whole front: against itself it is 1×, not a second noisy number
+    assert front.full.speedup == 1.0 and front.full.speedup_within_noise is None
+    assert all(p.speedup_within_noise is not None for p in front.ladder)
     assert front.full.skipped == [] and front.full.additional_gmacs > front.ladder[0].additional_gmacs > front.ladder[-1].additional_gmacs
     assert any(p.pareto for p in [front.full, *front.ladder])
     assert (run_dir / FRONT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -114,6 +119,11 @@ def test_one_search_for_num_skip_1_to_3_end_to_end(cli, tmp_path):
     assert stamps == {name: (run_dir / "front" / name / "metrics.json").stat().st_mtime for name in stamps}
     assert len(optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}").trials) == len(study.trials)
     assert json.loads((run_dir / FRONT_JSON).read_text())["target"]["met"] is False
+
+    # the run's root is no subnet: one line points to its subnets
+    refused = cli("evaluate", str(run_dir))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert f"e.g. {run_dir / 'front' / 'skip1'} (front/ holds full, skip1, skip2, skip3)" in refused.stderr
 
 
 def test_dashboard_shows_the_studys_pareto_front_and_the_retrained_front(tmp_path):
@@ -208,7 +218,7 @@ def test_a_killed_range_search_resumes_to_the_same_trials_and_front(tmp_path):
     worker = Path(__file__).parent / "kill_worker.py"
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True)
+    assert run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True).stderr == ""  # no warning lines under --quiet
     # events counted from each process's start: in the first round, later in the search, near the retrains
     for point, must_land in ((23, True), (90, True), (170, False)):
         command = [sys.executable, str(worker), f"kill:{point}", *RANGE_RUN]

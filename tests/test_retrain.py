@@ -6,12 +6,13 @@ import pytest
 from safetensors.torch import load_file
 
 from das_tune.artifacts.results import FoundBy, RetrainMetrics
-from das_tune.artifacts.run_folder import METRICS_FILE, WEIGHTS_FILE
+from das_tune.artifacts.run_folder import METRICS_FILE, WEIGHTS_FILE, read_run
+from das_tune.jobs.runner import run
 from das_tune.progress import Reporter
 from das_tune.spec.study import RetrainSpec, load_study_spec
 from das_tune.training import loop
 from das_tune.training.components import build_components
-from das_tune.training.retrain import Trained, budget_warning, retrain
+from das_tune.training.retrain import Trained, budget_warning, full_model_latency, retrain
 
 
 class Warnings(Reporter):
@@ -22,8 +23,8 @@ class Warnings(Reporter):
         self.lines.append(message)
 
 
-def tiny_spec(tmp_path, **retrain_fields):
-    overrides = {"tiny": True, "output_dir": str(tmp_path / "runs"), "storage": f"sqlite:///{tmp_path}/s.db"}
+def tiny_spec(tmp_path, *, sets=None, **retrain_fields):
+    overrides = {"tiny": True, "output_dir": str(tmp_path / "runs"), "storage": f"sqlite:///{tmp_path}/s.db", **(sets or {})}
     overrides.update({f"retrain.{k}": v for k, v in retrain_fields.items()})
     return load_study_spec("easyvqa_minilm", overrides)
 
@@ -58,3 +59,28 @@ def test_budget_warning_names_the_fix():
     plateau = budget_warning(spec, Trained(val, best_epoch=2, epochs_run=5), "accuracy", last_gain=0.1)
     assert "stopped at epoch 5 of 8 on a plateau from epoch 2" in plateau and "retrain.patience" in plateau
     assert budget_warning(spec, Trained(val, best_epoch=4, epochs_run=7), "accuracy", last_gain=0.1) is None
+
+
+@pytest.mark.slow
+def test_latency_has_its_spread_and_the_full_model_is_measured_once(tmp_path):
+    spec = tiny_spec(tmp_path, epochs=1, max_steps_per_epoch=1)
+    parts = build_components(spec)
+    full = full_model_latency(parts)
+    assert full.q25 <= full.median <= full.q75
+    metrics = retrain(spec, parts, frozenset({"En1"}), FoundBy(sampler="test"), Reporter(), full_latency=full)
+    assert metrics.latency_full_ms == full.median * 1e3 and metrics.latency_full_iqr_ms == (full.q25 * 1e3, full.q75 * 1e3)
+    low, high = metrics.latency_subnet_iqr_ms
+    assert low <= metrics.latency_subnet_ms <= high
+    assert metrics.speedup_within_noise == (low <= full.q75 * 1e3 and full.q25 * 1e3 <= high)
+    reference = retrain(spec, parts, frozenset(), FoundBy(sampler="test"), Reporter(), out_dir=tmp_path / "full", full_latency=full)
+    assert reference.speedup == 1.0 and reference.speedup_within_noise is None  # the full model against itself
+
+
+@pytest.mark.slow
+def test_a_choice_among_tied_gates_says_it_was_a_tie_break(tmp_path):
+    # a gate step of 0: DAS's gates never leave 0 (p = 0.50), as the reference rule's can on a short budget
+    spec = tiny_spec(tmp_path, sets={"sampler.options.das.lr": 0.0}, epochs=1, max_steps_per_epoch=1)
+    done = run(spec)
+    assert done.tie_break.startswith("En0, En1, En2, En3, En4, En5 ended with equal skip probabilities (0.50)")
+    assert "candidate order picked En0, En1 among them for the 2 to skip" in done.tie_break
+    assert read_run(spec.run_dir)[1].tie_break == ["En0", "En1", "En2", "En3", "En4", "En5"]  # subnet.json says it too

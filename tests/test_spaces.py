@@ -86,3 +86,12 @@ def test_unknown_layer_in_a_skip_set():
     space = load_space("minilm_vqa")
     with pytest.raises(UserError, match="FV0"):
         space.encode({"FV0", "En1"})
+
+
+def test_ties_at_the_cut_are_named():
+    space = SkipSpace(candidates=["A", "B", "C", "D"], num_skip=2)
+    assert space.tied_at_cut(dict.fromkeys("ABCD", 0.5)) == ["A", "B", "C", "D"]
+    assert space.tied_at_cut({"A": 0.9, "B": 0.6, "C": 0.6, "D": 0.1}) == ["B", "C"]  # one of B and C goes in
+    assert space.tied_at_cut({"A": 0.9, "B": 0.6, "C": 0.6, "D": 0.6}) == ["B", "C", "D"]
+    assert space.tied_at_cut({"A": 0.9, "B": 0.8, "C": 0.5, "D": 0.5}) == []  # the tie is below the cut
+    assert space.tied_at_cut({"A": 0.9, "B": 0.9, "C": 0.5, "D": 0.1}) == []  # both tied ones are in

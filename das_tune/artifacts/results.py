@@ -59,6 +59,8 @@ class FoundBy(_Result):
     observations: int = 0
     search_seconds: float | None = None
     probabilities: dict[str, float] | None = None  # the sampler's skip probabilities, if it has any
+    # candidates whose probabilities tied at the cut: candidate order chose which of them are skipped
+    tie_break: list[str] | None = None
 
 
 class SubnetFile(FoundBy):
@@ -84,9 +86,14 @@ class RetrainMetrics(Outcome, CostCounts):
     test: dict[str, float]
     val: dict[str, float]
     skipped: list[str]
-    latency_full_ms: float
+    latency_full_ms: float  # medians of timed passes at batch 1
     latency_subnet_ms: float
-    speedup: float
+    speedup: float  # of the medians
+    # the passes' interquartile ranges, and whether they overlap (the speed-up is then within the noise);
+    # None in files written before they were kept
+    latency_full_iqr_ms: tuple[float, float] | None = None
+    latency_subnet_iqr_ms: tuple[float, float] | None = None
+    speedup_within_noise: bool | None = None
     retrain_seconds: float
     best_epoch: int  # the epoch whose weights are the result (best val metric)
     epochs_run: int  # fewer than retrain.epochs when patience stopped it
@@ -321,6 +328,7 @@ class FrontPoint(Outcome):
     trainable_params: int
     latency_subnet_ms: float
     speedup: float
+    speedup_within_noise: bool | None = Field(default=None, description="the latencies' interquartile ranges overlap")
     folder: str = Field(description="its run folder (metrics.json, subnet.json, adapters): usable by predict/export/evaluate")
     pareto: bool = Field(default=False, description="no other retrained point is at least as good in both metric and GMACs, better in one")
 

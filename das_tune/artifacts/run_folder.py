@@ -35,6 +35,7 @@ from das_tune.spec.study import StudySpec, override_spec
 SUBNET_FILE, METRICS_FILE, WEIGHTS_FILE, SPEC_FILE = "subnet.json", "metrics.json", "adapters.safetensors", "study.yaml"
 RUN_FILES = (SPEC_FILE, SUBNET_FILE, WEIGHTS_FILE, METRICS_FILE)
 CHECKED_FILES = (WEIGHTS_FILE, SUBNET_FILE, SPEC_FILE)  # metrics.json, written last, records their sha256
+FRONT_DIR = "front"  # a num_skip range's run: a run folder per retrained subnet, front/skip<m> and front/full
 CHECKPOINT = "search_state.pt"
 WARMUP_CHECKPOINT = "warmup_state.pt"  # the supernet after the warm-up: shareable by other searches
 PROGRESS_FILES = (CHECKPOINT, WARMUP_CHECKPOINT)
@@ -113,6 +114,18 @@ class RunFolder:
         return self.path / WEIGHTS_FILE
 
 
+def not_a_run_folder(path: Path, reason: str) -> UserError:
+    """``path: reason``; for the root of a num_skip range's run, where its subnets are instead."""
+    subnets = sorted(p.name for p in (path / FRONT_DIR).glob("*") if (p / SUBNET_FILE).is_file())
+    if not subnets:
+        return UserError(f"{path}: {reason}")
+    example = next((name for name in subnets if name.startswith("skip")), subnets[0])
+    return UserError(
+        f"{path}: a num_skip range's run, with a run folder per subnet: give one of them, e.g. {path / FRONT_DIR / example} "
+        f"({FRONT_DIR}/ holds {', '.join(subnets)})"
+    )
+
+
 def is_run_folder(path: Path) -> bool:
     """Holds any of a run's files (a partial one is then reported by what it lacks)."""
     return any((path / name).is_file() for name in RUN_FILES)
@@ -123,7 +136,7 @@ def read_run_folder(path: str | Path, overrides: dict[str, Any] | None = None) -
     path = Path(path)
     missing = [name for name in RUN_FILES if not (path / name).is_file()]
     if missing:
-        raise UserError(f"{path}: not a das-tune run folder (missing {', '.join(missing)})")
+        raise not_a_run_folder(path, f"not a das-tune run folder (missing {', '.join(missing)})")
     spec, subnet = read_run(path)
     if overrides:
         spec = override_spec(spec, overrides, str(path / SPEC_FILE))
@@ -138,7 +151,7 @@ def read_run(run_dir: Path) -> tuple[StudySpec, SubnetFile]:
     spec_path, subnet_path = run_dir / SPEC_FILE, run_dir / SUBNET_FILE
     for path in (spec_path, subnet_path):
         if not path.is_file():
-            raise UserError(f"{run_dir}: not a das-tune run folder (expected {path.name} in it)")
+            raise not_a_run_folder(run_dir, f"not a das-tune run folder (expected {path.name} in it)")
     try:
         subnet = SubnetFile.model_validate(_read_json(subnet_path))
     except ValidationError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -141,10 +142,23 @@ def _skip_flops(layer: SkippableLayer, x: torch.Tensor) -> int:
     return 0 if layer.skip_adapter is None else _count(lambda: layer.skip_adapter(x), layer)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of repeated passes: the median and the interquartile range."""
+
+    median: float
+    q25: float
+    q75: float
+
+    def overlaps(self, other: Timing) -> bool:
+        """Whether the two interquartile ranges overlap: a difference of medians then is within the noise."""
+        return self.q25 <= other.q75 and other.q25 <= self.q75
+
+
 def measure_latency(
     model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3
-) -> float:
-    """Median seconds of one ``features`` pass (eval, no gradients; CUDA synchronised)."""
+) -> Timing:
+    """Seconds of one ``features`` pass over ``repeats`` timed passes (eval, no gradients; CUDA synchronised)."""
     sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs.values()) else (lambda: None)
     times = []
     with evaluating(model):
@@ -155,4 +169,5 @@ def measure_latency(
             sync()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    q25, median, q75 = statistics.quantiles(times, n=4)
+    return Timing(median=median, q25=q25, q75=q75)

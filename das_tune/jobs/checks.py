@@ -16,11 +16,21 @@ from pathlib import Path
 
 import optuna
 
-from das_tune.artifacts.run_folder import CHECKPOINT, checkpoint_workers, checkpoint_workers_message, load_checkpoint
+from das_tune.artifacts.run_folder import (
+    CHECKPOINT,
+    PROGRESS_FILES,
+    SPEC_FILE,
+    SUBNET_FILE,
+    checkpoint_workers,
+    checkpoint_workers_message,
+    load_checkpoint,
+)
 from das_tune.errors import UserError
 from das_tune.samplers import sampler_from_record, sampler_record
 from das_tune.search import check_executor, executor_entry
+from das_tune.spec import yaml_reader
 from das_tune.spec.study import StudySpec
+from das_tune.storage.opener import absolute_url, holds_study, shown_url
 from das_tune.training import loop
 from das_tune.training.components import Components
 
@@ -83,6 +93,22 @@ def check_resumable(spec: StudySpec) -> None:
     written = checkpoint_workers(state)
     if written != spec.search.workers:
         raise UserError(checkpoint_workers_message(path, written, spec.search.workers))
+
+
+def check_storage(spec: StudySpec) -> None:
+    """A run folder's progress (search checkpoints, a retrain) resumes only with the storage that holds its
+    study: in another one the search would start an empty study and find nothing to choose from."""
+    folder = spec.run_dir
+    if not (folder / SPEC_FILE).is_file() or not any((folder / name).is_file() for name in (*PROGRESS_FILES, SUBNET_FILE)):
+        return
+    recorded = yaml_reader.load(StudySpec, folder / SPEC_FILE).storage
+    if absolute_url(recorded) == absolute_url(spec.storage) or holds_study(spec.storage, spec.resolved_study_name):
+        return  # the same storage, or the study moved along to the new one
+    here = shown_url(spec.storage)
+    raise UserError(
+        f"{folder} holds the progress of study {spec.resolved_study_name!r} in storage {shown_url(recorded)}, which {here} "
+        f"does not have: give --storage {shown_url(recorded)} to resume it, or --fresh to start again in {here}"
+    )
 
 
 def check_writable_folder(folder: Path, field: str) -> None:

@@ -20,7 +20,8 @@ from functools import partial
 from pathlib import Path
 
 from das_tune.artifacts.results import FoundBy, FrontFile, FrontPoint, RetrainMetrics
-from das_tune.artifacts.run_folder import artifacts_folder, finished_metrics, save_spec
+from das_tune.artifacts.run_folder import FRONT_DIR, artifacts_folder, finished_metrics, save_spec
+from das_tune.backbones.flops import Timing
 from das_tune.errors import UserError
 from das_tune.jobs.runner import Searched, opening, search
 from das_tune.jobs.target import Target, choose
@@ -31,9 +32,8 @@ from das_tune.samplers import SAMPLERS, SINGLE_OBJECTIVE
 from das_tune.search import ONESHOT, executor_name
 from das_tune.spec.study import StudySpec
 from das_tune.training.components import Components
-from das_tune.training.retrain import retrain
+from das_tune.training.retrain import full_model_latency, retrain
 
-FRONT_DIR = "front"
 FULL = "full"
 
 
@@ -47,9 +47,10 @@ def run_front(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None
         found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
         picks = found.policy.picks(found.study)
         reporter.log("picks: " + found.policy.describe(found.study))
-        full = _point(FULL, 0, _retrain(spec, parts, frozenset(), FULL, found.found_by, reporter), found, "the reference: every layer kept")
+        retrain_point = partial(_retrain, spec, parts, found_by=found.found_by, reporter=reporter, full_latency=full_model_latency(parts))
+        full = _point(FULL, 0, retrain_point(frozenset(), FULL), found, "the reference: every layer kept")
         ladder = [
-            _point(f"skip{m}", m, _retrain(spec, parts, subset, f"skip{m}", found.found_by, reporter), found, _chosen_by(found, m))
+            _point(f"skip{m}", m, retrain_point(subset, f"skip{m}"), found, _chosen_by(found, m))
             for m, subset in sorted(picks.items()) if m > 0
         ]
         front = _front(spec, parts, found, full, _mark_pareto(full, ladder), picks, target)
@@ -88,10 +89,12 @@ def check_front(spec: StudySpec, parts: Components, target: Target | None) -> No
 
 
 def _retrain(
-    spec: StudySpec, parts: Components, skipped: frozenset[str], name: str, found_by: FoundBy, reporter: Reporter
+    spec: StudySpec, parts: Components, skipped: frozenset[str], name: str, *, found_by: FoundBy, reporter: Reporter,
+    full_latency: Timing,
 ) -> tuple[RetrainMetrics, Path]:
     """Retrain one point into its own run folder (a single-size run folder: predict/export/evaluate read
-    it); reused when finished; a folder holding another subnet or budget is kept (``artifacts_folder``)."""
+    it); reused when finished; a folder holding another subnet or budget is kept (``artifacts_folder``).
+    Every point is compared with one measurement of the full model's latency, ``full_latency``."""
     size = len(skipped) or min(m for m in parts.space.sizes if m > 0)  # the full model: a valid num_skip for subnet.json
     rung = spec.model_copy(update={"num_skip": size, "output_dir": str(spec.run_dir / FRONT_DIR), "study_name": name})
     folder = artifacts_folder(rung.run_dir, rung, skipped)
@@ -100,7 +103,7 @@ def _retrain(
         reporter.log(f"{name} was already retrained: {folder}")
         return metrics, folder
     reporter.log(f"retraining {name}: skip {parts.space.ordered(skipped) or 'nothing'}")
-    return retrain(rung, parts, skipped, found_by, reporter, out_dir=folder), folder
+    return retrain(rung, parts, skipped, found_by, reporter, out_dir=folder, full_latency=full_latency), folder
 
 
 def _clear_front(run_dir: Path) -> list[str]:

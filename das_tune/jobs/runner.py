@@ -31,7 +31,7 @@ from das_tune.artifacts.run_folder import (
     save_spec,
 )
 from das_tune.errors import RunFailure
-from das_tune.jobs.checks import check_resumable, check_study, check_writable_folder
+from das_tune.jobs.checks import check_resumable, check_storage, check_study, check_writable_folder
 from das_tune.progress import Reporter
 from das_tune.samplers import SkipPolicy
 from das_tune.search import executor_entry, executor_name, get_executor
@@ -62,14 +62,20 @@ class FinishedRetrain:
 
     metrics: RetrainMetrics
     artifacts: Path
+    tie_break: str | None = None  # how the search's choice was a tie-break, in words
 
 
 @contextmanager
-def exclusive(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> Iterator[optuna.storages.BaseStorage]:
+def exclusive(
+    spec: StudySpec, storage: optuna.storages.BaseStorage | None = None, *, resuming: bool = False
+) -> Iterator[optuna.storages.BaseStorage]:
     """Inside, this process is the only writer of the run folder and of the study (``das_tune.storage.lease``);
     yields the opened storage (``storage``, the opened ``spec.storage``, if given). The folder is
-    locked first, so that a second run there is refused before it touches any storage."""
+    locked first, so that a second run there is refused before it touches any storage; ``resuming``: then
+    the folder's progress is checked to belong to a study the storage holds (``check_storage``)."""
     with folder_lock(spec.run_dir):
+        if resuming:
+            check_storage(spec)
         storage = storage or open_storage(spec.storage)
         with StudyLease(storage, spec.resolved_study_name, spec.storage):
             yield storage
@@ -102,7 +108,7 @@ def opening(
         from das_tune.search.ray_cluster import check_reachable
 
         check_reachable(spec.ray.address)
-    with exclusive(spec) as storage:
+    with exclusive(spec, resuming=not fresh) as storage:
         if fresh:
             removed = clear_run_folder(spec.run_dir) + (clear(spec.run_dir) if clear else [])
             if removed:
@@ -118,10 +124,13 @@ def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options:
     get_executor(executor_name(spec.search))(run)
     study, policy = run.study, run.policy
     _check_observed(study)
+    probabilities = policy.probabilities(study)
+    tied = parts.space.tied_at_cut(probabilities) if probabilities and not parts.space.is_range else []
     found_by = FoundBy(
         sampler=spec.sampler.name, executor=executor_name(spec.search), workers=spec.search.workers,
         study_name=study.study_name, storage=shown_url(spec.storage),
-        observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=policy.probabilities(study),
+        observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=probabilities,
+        tie_break=tied or None,
     )
     return Searched(study, policy, policy.chosen(study), found_by)
 
@@ -151,6 +160,9 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
             save_spec(spec)
         found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
         reporter.log(f"chosen subnet: skip {parts.space.ordered(found.chosen)}")
+        tie = _tie_break(found.found_by, found.chosen, parts.space.num_skip)
+        if tie is not None:
+            reporter.log(f"the choice was a tie-break: {tie}")
         folder = artifacts_folder(spec.run_dir, spec, found.chosen)
         metrics = finished_metrics(spec, found.chosen, folder)
         if metrics is not None:
@@ -163,7 +175,17 @@ def run(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None = Non
         from das_tune.report.dashboard import save_study_report
 
         save_study_report(found.study, parts.space, policy=found.policy, chosen=found.chosen, result=metrics, artifacts_dir=folder)
-    return FinishedRetrain(metrics, folder)
+    return FinishedRetrain(metrics, folder, tie)
+
+
+def _tie_break(found_by: FoundBy, chosen: frozenset[str], num_skip: int) -> str | None:
+    tied = found_by.tie_break
+    if not tied or found_by.probabilities is None:
+        return None
+    p = found_by.probabilities[tied[0]]
+    picked = [c for c in tied if c in chosen]
+    return (f"{', '.join(tied)} ended with equal skip probabilities ({p:.2f}), and candidate order picked "
+            f"{', '.join(picked)} among them for the {num_skip} to skip; a longer search (search.search_epochs) can separate them")
 
 
 def retrain_run(

@@ -31,6 +31,7 @@ load of tens of seconds and ~70 MB of JSON): keep one study per seed, as the
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -106,7 +107,9 @@ def save_front_report(
     (observed loss vs additional GMACs), the retrained front, and a note with the front's table."""
 
     policy = policy or study_policy(study, space)
-    study.set_metric_names(list(OBJECTIVE_NAMES))  # the dashboard names the two objectives
+    with warnings.catch_warnings():  # experimental in Optuna since 3.2, and the only way to name the objectives
+        warnings.filterwarnings("ignore", r".*set_metric_names is experimental", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(OBJECTIVE_NAMES))  # the dashboard names the two objectives
     trials = observations(study, space)
     history = policy.history(study)
     largest = frozenset(front.ladder[-1].skipped) if front.ladder else frozenset()

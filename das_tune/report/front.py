@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from das_tune.artifacts import atomic
-from das_tune.artifacts.results import FrontFile, write_json
+from das_tune.artifacts.results import FrontFile, FrontPoint, RetrainMetrics, write_json
 from das_tune.spec.spaces import size_label
 
 FRONT_JSON, FRONT_PNG, FRONT_MD = "front.json", "front.png", "front.md"
@@ -30,13 +30,18 @@ def markdown(front: FrontFile) -> str:
     for p in [front.full, *front.ladder]:
         lines.append(
             f"| {p.name} | {', '.join(p.skipped) or '—'} | {p.chosen_by} | {p.value:.4f} | {p.additional_gmacs:+.4f} | "
-            f"{p.flops_saved:.1%} | {p.latency_subnet_ms:.2f} | {p.speedup:.2f}× | {'yes' if p.pareto else ''} |"
+            f"{p.flops_saved:.1%} | {p.latency_subnet_ms:.2f} | {speedup_label(p)} | {'yes' if p.pareto else ''} |"
         )
     if front.missing:
         lines += ["", f"No pick for num_skip {', '.join(map(str, front.missing))}: the search never observed a subset of that size."]
     if front.target is not None:
         lines += ["", f"**Target** {front.target.rule}: {front.target.reason}."]
     return "\n".join(lines) + "\n"
+
+
+def speedup_label(point: FrontPoint | RetrainMetrics) -> str:
+    """The speed-up, said to be within the noise when its two latencies' interquartile ranges overlap."""
+    return f"{point.speedup:.2f}×" + (" (within noise)" if point.speedup_within_noise else "")
 
 
 def plot_front(front: FrontFile, path: Path) -> None:

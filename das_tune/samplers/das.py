@@ -107,7 +107,7 @@ class DASSampler(BaseSampler):
         if round_size < 1:
             raise ValueError(f"round_size: expected an integer ≥ 1, got {round_size}")
         self.space = space
-        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else int(seed)
+        self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
         self.round_size = round_size
         self.lr = float(lr)
         self.reward = reward

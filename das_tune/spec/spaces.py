@@ -37,19 +37,20 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from das_tune.errors import UserError, shorten
 from das_tune.spec import resources, yaml_reader
 
+if TYPE_CHECKING:  # optuna and numpy load on first use: a refused command line never waits for them
+    import numpy as np
+    import optuna
+    from optuna.distributions import BaseDistribution
+
 PARAM_PREFIX = "skip."
 SIZE_PARAM = "num_skip"  # a range's size parameter (no "skip." prefix: it cannot clash with a layer's key)
-KEY_DISTRIBUTION = FloatDistribution(0.0, 1.0)
 _LAYER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 
@@ -182,6 +183,8 @@ class SkipSpace(BaseModel):
     @cached_property
     def size_distribution(self) -> BaseDistribution | None:
         """A range's size parameter: an integer (stepped when the sizes are evenly spaced), else a categorical."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
         if not self.is_range:
             return None
         sizes = self.sizes
@@ -192,7 +195,9 @@ class SkipSpace(BaseModel):
 
     @cached_property
     def distributions(self) -> dict[str, BaseDistribution]:
-        keys: dict[str, BaseDistribution] = {name: KEY_DISTRIBUTION for name in self.param_names}
+        from optuna.distributions import FloatDistribution
+
+        keys: dict[str, BaseDistribution] = {name: FloatDistribution(0.0, 1.0) for name in self.param_names}
         if self.size_distribution is not None:
             keys[SIZE_PARAM] = self.size_distribution
         return keys
@@ -218,6 +223,14 @@ class SkipSpace(BaseModel):
         order = sorted(range(len(self.candidates)), key=lambda i: (-scores[i], i))
         return frozenset(self.candidates[i] for i in order[:size])
 
+    def tied_at_cut(self, scores: Mapping[str, float]) -> list[str]:
+        """The candidates (in candidate order) whose score equals the ``num_skip``-th highest when the cut of
+        :meth:`top` falls among them, so that candidate order, not the scores, chose which of them are in it."""
+        cut = sorted(scores.values(), reverse=True)[self.num_skip - 1]
+        tied = [c for c in self.candidates if math.isclose(scores[c], cut, rel_tol=1e-9, abs_tol=1e-12)]
+        above = sum(scores[c] > cut for c in self.candidates if c not in tied)
+        return tied if above + len(tied) > self.num_skip else []
+
     def encode(self, skipped: frozenset[str] | set[str] | list[str]) -> dict[str, float]:
         """Parameters that decode to ``skipped`` (e.g. for ``study.enqueue_trial``)."""
         skipped = self.validate_subset(skipped)
@@ -230,6 +243,8 @@ class SkipSpace(BaseModel):
 
     def suggest(self, trial: optuna.Trial) -> frozenset[str]:
         """Suggest the keys (and a range's size) on ``trial``, record the decoded subset as user attr ``skipped``."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
         params: dict[str, Any] = {name: trial.suggest_float(name, 0.0, 1.0) for name in self.param_names}
         size = self.size_distribution
         if isinstance(size, IntDistribution):

@@ -36,6 +36,10 @@ class TaskSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+# The names of das_tune.samplers.SAMPLERS (a test keeps them equal), here so that the CLI's help needs no optuna.
+SAMPLER_NAMES = ("das", "random", "tpe", "cmaes", "qmc", "gp", "nsga2")
+
+
 class SamplerSpec(_Strict):
     """The sampler by name, and options per sampler name (so ``--sampler tpe`` keeps DAS's aside)."""
 

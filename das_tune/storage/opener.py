@@ -141,3 +141,11 @@ def fail_running(study: optuna.Study, phase: str | None = None) -> int:
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def holds_study(url: str, name: str) -> bool:
+    """Whether the storage at ``url`` holds study ``name``; a local file that does not exist is not created."""
+    path = local_file(url)
+    if path is not None and not path.is_file():
+        return False
+    return study_exists(open_storage(url), name)

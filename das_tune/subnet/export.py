@@ -12,13 +12,16 @@ Formats:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +186,7 @@ def write_onnx(model: Subnet, config: SubnetConfig, out: Path, step) -> OnnxChec
     names = list(example)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = tuple({0: batch, 1: sequence} if t.dim() == 2 else {0: batch} for t in example.values())
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         torch.onnx.export(
             _Positional(model.backbone, names).eval(), tuple(example.values()), str(out / ONNX_FILE),
             input_names=names, output_names=["logits"], dynamic_shapes=(shapes,), dynamo=True,
@@ -192,6 +195,26 @@ def write_onnx(model: Subnet, config: SubnetConfig, out: Path, step) -> OnnxChec
     _write_common(model, config, out)
     step("checking the ONNX graph against PyTorch with onnxruntime")
     return check_onnx(model, out / ONNX_FILE)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's ONNX exporter without the warnings that do not concern this export: torchvision's ops it
+    cannot register (none is used here), its own use of a deprecated pytree check, and an axis name given
+    to several inputs (the same batch and sequence for each, as meant)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registration.addFilter(_not_torchvision)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+            warnings.filterwarnings("ignore", r"# The axis name: \w+ will not be used", UserWarning)
+            yield
+    finally:
+        registration.removeFilter(_not_torchvision)
+
+
+def _not_torchvision(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("torchvision is not installed")
 
 
 def onnx_session(path: Path):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, load_model
 from torch import nn
 
 from das_tune.artifacts.atomic import check_checksums
-from das_tune.artifacts.run_folder import RunFolder, is_run_folder, read_run_folder
+from das_tune.artifacts.run_folder import RunFolder, is_run_folder, not_a_run_folder, read_run_folder
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError
 from das_tune.subnet.portable import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, is_export_folder, read_config, rebuild_backbone
@@ -30,7 +30,7 @@ from das_tune.subnet.predict import Prediction, task_inputs
 from das_tune.tasks.base import Task
 from das_tune.training.components import build_spec_task, pretrained_backbone
 
-NOT_A_FOLDER = "{path}: not a das-tune run folder (study.yaml, subnet.json, ...) or exported subnet (config.json, model.safetensors)"
+NOT_A_FOLDER = "not a das-tune run folder (study.yaml, subnet.json, ...) or exported subnet (config.json, model.safetensors)"
 
 
 class Subnet(nn.Module):
@@ -89,7 +89,7 @@ def summarize(path: str | Path) -> FolderSummary:
     if is_run_folder(path):
         spec = read_run_folder(path).spec
         return FolderSummary(task=spec.task.name, backbone=spec.backbone.name)
-    raise UserError(NOT_A_FOLDER.format(path=path))
+    raise not_a_run_folder(path, NOT_A_FOLDER)
 
 
 def load_subnet(path: str | Path, overrides: dict[str, Any] | None = None) -> Subnet:
@@ -105,7 +105,7 @@ def load_subnet(path: str | Path, overrides: dict[str, Any] | None = None) -> Su
         return load_exported(path)
     if is_run_folder(path):
         return load_run(read_run_folder(path, overrides))
-    raise UserError(NOT_A_FOLDER.format(path=path))
+    raise not_a_run_folder(path, NOT_A_FOLDER)
 
 
 def load_run(run: RunFolder, task: Task | None = None) -> Subnet:

@@ -59,7 +59,8 @@ def read_config(path: Path) -> SubnetConfig:
         if (path / HF_HEAD_CONFIG).is_file() and f'"{FORMAT}"' not in text:
             raise UserError(
                 f"{path}: a Hugging Face folder (das-tune export --format hf), not a das-tune subnet: load it with "
-                f"transformers (AutoModel.from_pretrained) and its head from {HF_HEAD_CONFIG}; load_subnet and predict "
+                f"transformers (AutoModel.from_pretrained(DIR, add_pooling_layer=False): it has no pooler) and its head from "
+                f"{HF_HEAD_CONFIG}; load_subnet and predict "
                 "read a run folder or a --format safetensors export"
             )
         return SubnetConfig.model_validate_json(text)

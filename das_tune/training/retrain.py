@@ -10,11 +10,12 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from das_tune.artifacts.results import FoundBy, RetrainMetrics
 from das_tune.artifacts.run_folder import retrain_budget, write_artifacts
 from das_tune.backbones.base import SkippableBackbone
-from das_tune.backbones.flops import CostModel, measure_latency
+from das_tune.backbones.flops import CostModel, Timing, measure_latency
 from das_tune.errors import RunFailure
 from das_tune.progress import Reporter
 from das_tune.spec.study import RetrainSpec, StudySpec
@@ -25,10 +26,12 @@ STILL_LEARNING = 0.01  # a last epoch that raised the best val metric by this mu
 
 
 def retrain(
-    spec: StudySpec, parts: Components, skipped: frozenset[str], found_by: FoundBy, reporter: Reporter, out_dir: Path | None = None
+    spec: StudySpec, parts: Components, skipped: frozenset[str], found_by: FoundBy, reporter: Reporter, out_dir: Path | None = None,
+    full_latency: Timing | None = None,
 ) -> RetrainMetrics:
     """Train ``skipped``'s subnet from the pre-trained weights with fresh adapters; write artifacts
-    into ``out_dir`` (default: the run folder)."""
+    into ``out_dir`` (default: the run folder). ``full_latency``: the full model's, measured once for
+    several retrains (default: measured here)."""
     loop.seed_everything(spec.seed)
     full = parts.fresh_backbone()
     parts.task.attach(full)
@@ -37,7 +40,7 @@ def retrain(
     trained = _train(spec, parts, subnet, reporter)
     test = loop.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
     seconds = time.perf_counter() - start
-    metrics = _metrics(spec, parts, full, subnet, skipped, trained, test, seconds, found_by.search_seconds)
+    metrics = _metrics(spec, parts, full, subnet, skipped, trained, test, seconds, found_by.search_seconds, full_latency)
     write_artifacts(spec, subnet.trainable_state_dict(), skipped, found_by, metrics, out_dir or spec.run_dir)
     return metrics
 
@@ -84,6 +87,22 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
     return trained
 
 
+def full_model_latency(parts: Components) -> Timing:
+    """The full model's latency at batch 1 (every layer, fresh adapters, the task head), for the retrains
+    of one run to share."""
+    full = parts.fresh_backbone()
+    parts.task.attach(full)
+    return measure_latency(full, full.example_inputs(batch_size=1))
+
+
+def _latency_fields(full: Timing, subnet: Timing) -> dict[str, Any]:
+    return {
+        "latency_full_ms": full.median * 1e3, "latency_subnet_ms": subnet.median * 1e3, "speedup": full.median / subnet.median,
+        "latency_full_iqr_ms": (full.q25 * 1e3, full.q75 * 1e3), "latency_subnet_iqr_ms": (subnet.q25 * 1e3, subnet.q75 * 1e3),
+        "speedup_within_noise": None if subnet is full else full.overlaps(subnet),  # the full model: 1× by definition
+    }
+
+
 def budget_warning(retrain: RetrainSpec, trained: Trained, metric: str, last_gain: float) -> str | None:
     """One line with the fix, for a retrain that was still learning when its budget ended (its last epoch
     was its best, by at least ``STILL_LEARNING``), or that stopped on a plateau reached in the first quarter
@@ -108,17 +127,19 @@ def _metrics(
     test: dict[str, float],
     seconds: float,
     search_seconds: float | None,
+    full_latency: Timing | None,
 ) -> RetrainMetrics:
     costs = CostModel(full)
     cost, unskipped = costs.cost(skipped), costs.cost(())
     inputs = full.example_inputs(batch_size=1)
     full.set_skipped(())
-    full_ms = measure_latency(full, inputs) * 1e3
-    subnet_ms = measure_latency(subnet, inputs) * 1e3
+    full_latency = full_latency or measure_latency(full, inputs)
+    # the full model against itself is 1× by definition, not a second noisy measurement
+    subnet_latency = measure_latency(subnet, inputs) if skipped else full_latency
     return RetrainMetrics(
         metric=parts.task.metric, value=test[parts.task.metric], test=test, val=trained.val, skipped=parts.space.ordered(skipped),
         **cost.model_dump(), additional_gmacs=cost.additional_gmacs, flops_saved=1 - cost.flops / unskipped.flops,
-        latency_full_ms=full_ms, latency_subnet_ms=subnet_ms, speedup=full_ms / subnet_ms, retrain_seconds=seconds,
+        **_latency_fields(full_latency, subnet_latency), retrain_seconds=seconds,
         best_epoch=trained.best_epoch, epochs_run=trained.epochs_run,
         search_seconds=search_seconds, retrain_budget=retrain_budget(spec),
     )

@@ -1,3 +1,5 @@
-from .sampler import DASSampler, SkipSpace
+from .sampler import DASSampler
+from .sampler import SkipSpace
+
 
 __all__ = ["DASSampler", "SkipSpace"]

@@ -11,6 +11,7 @@ import os
 import optuna
 import optunahub
 
+
 IMPORTANCE = {"L0": 0.9, "L1": 0.1, "L2": 0.6, "L3": 0.8, "L4": 0.05, "L5": 0.7}
 
 test_local = True

@@ -23,17 +23,26 @@ dependency on das-tune; das-tune's tests check that both draw the same trials).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution
-from optuna.samplers import BaseSampler, TPESampler
-from optuna.study import Study, StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.distributions import BaseDistribution
+from optuna.distributions import FloatDistribution
+from optuna.samplers import BaseSampler
+from optuna.samplers import TPESampler
+from optuna.study import Study
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
 
 PARAM_PREFIX = "skip."
 
@@ -49,9 +58,13 @@ class SkipSpace:
     def __init__(self, candidates: Iterable[str], num_skip: int) -> None:
         candidates = tuple(candidates)
         if len(candidates) < 2 or len(set(candidates)) != len(candidates):
-            raise ValueError(f"candidates: expected at least two distinct layer names, got {list(candidates)}")
+            raise ValueError(
+                f"candidates: expected at least two distinct layer names, got {list(candidates)}"
+            )
         if not 1 <= num_skip < len(candidates):
-            raise ValueError(f"num_skip: expected an integer from 1 to {len(candidates) - 1}, got {num_skip}")
+            raise ValueError(
+                f"num_skip: expected an integer from 1 to {len(candidates) - 1}, got {num_skip}"
+            )
         self.candidates = candidates
         self.num_skip = int(num_skip)
         self.param_names = tuple(PARAM_PREFIX + c for c in candidates)
@@ -68,7 +81,9 @@ class SkipSpace:
         skipped = frozenset(skipped)
         unknown = sorted(skipped - set(self.candidates))
         if unknown or len(skipped) != self.num_skip:
-            raise ValueError(f"expected {self.num_skip} of {list(self.candidates)}, got {sorted(skipped)}")
+            raise ValueError(
+                f"expected {self.num_skip} of {list(self.candidates)}, got {sorted(skipped)}"
+            )
         return {PARAM_PREFIX + c: float(c in skipped) for c in self.candidates}
 
     def suggest(self, trial: optuna.Trial) -> frozenset[str]:
@@ -92,7 +107,7 @@ class SkipSpace:
     def num_subsets(self) -> int:
         return math.comb(len(self.candidates), self.num_skip)
 
-    def all_subsets(self):
+    def all_subsets(self) -> Iterator[frozenset[str]]:
         return (frozenset(s) for s in itertools.combinations(self.candidates, self.num_skip))
 
 
@@ -108,6 +123,11 @@ def _default_reward(direction: StudyDirection) -> Reward:
     return lambda value: value
 
 
+def _value(trial: FrozenTrial) -> float:
+    """The trial's value; NaN when it has none."""
+    return math.nan if trial.value is None else trial.value
+
+
 # Copied from das_tune.samplers.das._sigmoid
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
@@ -120,7 +140,9 @@ def random_log_keys(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.log(rng.uniform(np.finfo(float).tiny, 1.0, size=len(p))) / weights
 
 
-def draw_subset(space: SkipSpace, probabilities: dict[str, float], rng: np.random.Generator) -> frozenset[str]:
+def draw_subset(
+    space: SkipSpace, probabilities: dict[str, float], rng: np.random.Generator
+) -> frozenset[str]:
     """``num_skip`` layers drawn without replacement with probability ∝ ``probabilities``."""
     p = np.array([probabilities[c] for c in space.candidates])
     top = np.argsort(-random_log_keys(p, rng), kind="stable")[: space.num_skip]
@@ -160,12 +182,16 @@ class DASSampler(BaseSampler):
         if round_size < 1:
             raise ValueError(f"round_size: expected an integer ≥ 1, got {round_size}")
         self.space = space
-        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else int(seed)
+        self.seed = (
+            int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
+        )
         self.round_size = round_size
         self.lr = float(lr)
         self.reward = reward
         self.standardize = standardize
-        self.fallback = fallback if fallback is not None else TPESampler(seed=self.seed, multivariate=False)
+        self.fallback = (
+            fallback if fallback is not None else TPESampler(seed=self.seed, multivariate=False)
+        )
         self._cache: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
 
     # Copied from das_tune.samplers.das.DASSampler.__getstate__
@@ -208,7 +234,9 @@ class DASSampler(BaseSampler):
         return frozenset(self.space.candidates[i] for i in order[: self.space.num_skip])
 
     # -- BaseSampler ------------------------------------------------------------------------------
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
         self._raise_error_if_multi_objective(study)
         other = self.fallback.infer_relative_search_space(study, trial)
         own = self.space.distributions
@@ -228,11 +256,17 @@ class DASSampler(BaseSampler):
             params.update(self.fallback.sample_relative(study, trial, rest))
             for name, distribution in rest.items():
                 if name not in params:
-                    params[name] = self.fallback.sample_independent(study, trial, name, distribution)
+                    params[name] = self.fallback.sample_independent(
+                        study, trial, name, distribution
+                    )
         return params
 
     def sample_independent(
-        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
     ) -> Any:
         self._raise_error_if_multi_objective(study)
         return self.fallback.sample_independent(study, trial, param_name, param_distribution)
@@ -305,13 +339,13 @@ class DASSampler(BaseSampler):
                 self._cache[cache_key] = (done, gates.copy())
         return gates
 
-    # Copied from das_tune.samplers.das.DASSampler._apply_round with t.values[0]->t.value
+    # Copied from das_tune.samplers.das.DASSampler._apply_round with t.values[0]->_value(t)
     def _apply_round(self, gates: np.ndarray, members: list[FrozenTrial], reward: Reward) -> None:
         observed = []
         for t in members:
             subset = self.space.subset_of(t)
-            if t.state == TrialState.COMPLETE and subset is not None and math.isfinite(t.value):
-                observed.append((reward(t.value), subset))
+            if t.state == TrialState.COMPLETE and subset is not None and math.isfinite(_value(t)):
+                observed.append((reward(_value(t)), subset))
         if len(observed) < 2:
             return
         p = _sigmoid(gates)
@@ -326,4 +360,3 @@ class DASSampler(BaseSampler):
             for name in subset:
                 delta[index[name]] += advantage
         gates += self.lr * delta * p * (1.0 - p)
-
