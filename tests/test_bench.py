@@ -17,12 +17,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import yaml
 
 from das_tune.artifacts.results import SearchRecord
 from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
-from das_tune.bench.runs import ground_truth_order, plan_document
+from das_tune.bench.runs import check_plan_file, ground_truth_order, plan_document
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
@@ -351,6 +352,22 @@ def test_a_bench_refused_by_its_folder_says_one_line_and_writes_nothing(tmp_path
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "holds a benchmark of another study" in lines[0], result.stderr
     assert [p.name for p in out.iterdir()] == ["plan.yaml"]  # no bench.db either
+
+def test_a_bench_folder_takes_other_search_settings_until_a_search_has_started(tmp_path):
+    base = {"tiny": True, "num_skip": 2, "search.search_epochs": 1}
+    first = plan(BenchConfig(study="easyvqa_minilm", samplers=(), methods=("first_k",), ground_truth=True, overrides=base, out=tmp_path))
+    check_plan_file(first)  # a piece of ground truth only
+    other_search = plan(BenchConfig(study="easyvqa_minilm", overrides={**base, "search.observe_every": 6}, out=tmp_path))
+    check_plan_file(other_search)  # no search has run: the ground truth is kept, the plan takes the new search
+    assert yaml.safe_load((tmp_path / "plan.yaml").read_text())["search"]["search"]["observe_every"] == 6
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "das-seed0.json").write_text("{}")
+    with pytest.raises(UserError, match="holds searches with other search settings"):
+        check_plan_file(first)
+    with pytest.raises(UserError, match="another study, retrain budget"):
+        check_plan_file(plan(BenchConfig(study="easyvqa_minilm", overrides={**base, "search.observe_every": 6, "retrain.lr": 3e-3},
+                                         out=tmp_path)))
+
 
 def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     tiny = {"tiny": True, "search.search_epochs": 1}

@@ -527,17 +527,35 @@ def check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> N
         )
 
 
+SEARCH_FIELDS = ("sampler", "search", "ray")  # what the searches depend on; the retrains depend on the rest
+
+
 def plan_document(p: Plan) -> str:
-    """What the results in an output folder depend on: the resolved study and the bench's own settings."""
+    """What the results in an output folder depend on: the bench's own settings, what every retrain depends
+    on (``truth``) and what the searches depend on (``search``)."""
     settings = {"retrain_seeds": p.config.retrain_seeds, "reference": [subset_key(p.space, s) for s in p.reference]}
-    return yaml.safe_dump({"study": p.spec(0).model_dump(), "bench": settings}, sort_keys=True)
+    study = p.spec(0).model_dump()
+    search = {name: study.pop(name) for name in SEARCH_FIELDS}
+    return yaml.safe_dump({"bench": settings, "truth": study, "search": search}, sort_keys=True)
 
 
 def check_same_plan(p: Plan) -> None:
-    """An output folder holds one benchmark: re-runs and later pieces must declare the same one."""
+    """An output folder holds one benchmark: re-runs and later pieces must declare the same one. Its search
+    settings may change while no search has started there (e.g. after a piece of ground truth only)."""
     path = p.out / PLAN_FILE
-    if path.is_file() and path.read_text() != plan_document(p):
-        raise UserError(f"{p.out} holds a benchmark of another study, budget or retrain seeds ({path}); pass another --out")
+    if not path.is_file():
+        return
+    held, resolved = yaml.safe_load(path.read_text()), yaml.safe_load(plan_document(p))
+    if held.get("bench") != resolved["bench"] or held.get("truth") != resolved["truth"]:
+        raise UserError(f"{p.out} holds a benchmark of another study, retrain budget or retrain seeds ({path}); pass another --out")
+    if held.get("search") != resolved["search"] and searches_started(p):
+        changed = sorted(k for k in SEARCH_FIELDS if held["search"].get(k) != resolved["search"][k])
+        raise UserError(f"{p.out} holds searches with other {', '.join(changed)} settings ({path}); pass another --out")
+
+
+def searches_started(p: Plan) -> bool:
+    """Whether any search or warm-up of this benchmark has written to its folder."""
+    return any((p.out / "records").glob("*.json")) or any((p.out / "runs").glob("*"))
 
 
 def check_plan_file(p: Plan) -> None:
