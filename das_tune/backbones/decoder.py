@@ -143,7 +143,7 @@ def load_causal_lm(checkpoint: str | None, config: Any, dtype: str) -> nn.Module
 class DecoderBackbone(LayerSkipBackbone):
     """A decoder LM: frozen embeddings → skippable layers → final norm; the LM head stays frozen."""
 
-    tiny_ignores = ("tokenizer", "num_layers")
+    tiny_ignores = ("tokenizer", "num_layers", "dtype")
     family = "llama"
 
     def __init__(
@@ -256,6 +256,19 @@ class DecoderBackbone(LayerSkipBackbone):
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[batch, positions, vocabulary]``: the frozen LM head on every position."""
         return self.causal_lm.lm_head(self.hidden_states(input_ids, attention_mask))
+
+    def continuation_log_likelihood(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``[rows]``: the mean log-probability of each row's target tokens (``preprocess_continuations``),
+        the LM head run only where a target token is predicted."""
+        hidden = self.hidden_states(input_ids, attention_mask)[:, :-1]
+        predicts = target_mask[:, 1:]
+        log_probs = self.causal_lm.lm_head(hidden[predicts]).float().log_softmax(-1)
+        token = log_probs.gather(1, input_ids[:, 1:][predicts][:, None])[:, 0]
+        rows = predicts.nonzero()[:, 0]
+        total = torch.zeros(len(input_ids), device=token.device).index_add(0, rows, token)
+        return total / predicts.sum(1).clamp(min=1)
 
     def label_word_rows(self, words: list[str]) -> torch.Tensor:
         """The LM head's rows of each word's first token (a verbalizer), ``[len(words), hidden]``."""
