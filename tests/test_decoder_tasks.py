@@ -105,10 +105,10 @@ def test_tiny_studies_search_retrain_evaluate_and_predict(study, cli, tmp_path):
     run_dir = tmp_path / "runs" / f"{study}-das-seed0-tiny"
     subnet = json.loads((run_dir / "subnet.json").read_text())
     assert len(subnet["skipped"]) == (4 if study == "llama_layers" else 8)
-    assert all(name[0] == ("L" if study == "llama_layers" else name[0]) for name in subnet["skipped"])
+    assert {name[0] for name in subnet["skipped"]} <= ({"L"} if study == "llama_layers" else {"A", "F"})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     evaluated = cli("evaluate", str(run_dir), "--quiet", check=True)
-    assert f"{metrics['test']['accuracy']:.4f}" in evaluated.stdout
+    assert float(evaluated.stdout.split()[-1]) == pytest.approx(metrics["test"]["accuracy"])
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     predicted = cli("predict", str(run_dir), "--jsonl", "q.jsonl", "--quiet", check=True)
     answers = [json.loads(line) for line in predicted.stdout.splitlines()]
