@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 
 import das_tune
-from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
