@@ -159,3 +159,31 @@ def test_a_folder_that_is_not_a_decoder_is_one_line(tmp_path):
         build_backbone("llama")
     with pytest.raises(UserError, match="unknown dtype"):
         build_backbone("llama", tiny=True, num_layers=2, dtype="float8")
+
+
+# -- training-free baselines (ShortGPT's Block Influence, angular distance, last-k) on decoders ------------
+@pytest.mark.parametrize("granularity, idle", [("layer", ["L2"]), ("sublayer", ["A1", "F3"])])
+def test_training_free_baselines_pick_the_blocks_that_do_nothing(granularity, idle):
+    from das_tune.bench.baselines import METHODS, layer_scores, sample_batches
+    from das_tune.spec.spaces import SkipSpace
+    from das_tune.tasks import build_task
+
+    model = tiny("mistral", granularity, petl="lora")  # LoRA starts at zero: a block with zero outputs adds nothing
+    outputs = {"L": ("o_proj", "down_proj"), "A": ("o_proj",), "F": ("down_proj",)}  # what each kind of block adds
+    with torch.no_grad():
+        for name in idle:
+            for param_name, param in model.causal_lm.model.layers[int(name[1:])].named_parameters():
+                if any(out in param_name for out in outputs[name[0]]):
+                    param.zero_()
+    task = build_task("scienceqa", tiny=True)
+    task.attach(model)
+    space = SkipSpace(candidates=tuple(model.layer_names), num_skip=len(idle))
+    batches = sample_batches(task, model, batch_size=4, num_batches=2)
+    for method in ("block_influence", "angular"):
+        scores = layer_scores(method, space, model, task, batches)
+        assert set(scores) == set(model.layer_names)
+        # input == output: 0 up to float rounding (arccos is steep at 1: ~1e-4 for a cosine 1e-8 short of 1)
+        assert all(scores[name] == pytest.approx(0.0, abs=1e-3) for name in idle)
+        assert space.top(scores) == frozenset(idle)
+    assert space.top(layer_scores("last_k", space, model, task, batches)) == frozenset(model.layer_names[-len(idle):])
+    assert set(METHODS) == {"block_influence", "angular", "last_k", "first_k"}
