@@ -187,3 +187,15 @@ def test_training_free_baselines_pick_the_blocks_that_do_nothing(granularity, id
         assert space.top(scores) == frozenset(idle)
     assert space.top(layer_scores("last_k", space, model, task, batches)) == frozenset(model.layer_names[-len(idle):])
     assert set(METHODS) == {"block_influence", "angular", "last_k", "first_k"}
+
+
+def test_llama_7b_layer_gmacs_on_the_meta_device_match_the_analytic_count():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decoder_flops.py"
+    spec = importlib.util.spec_from_file_location("decoder_flops", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main(lengths=(1024,), out=None) < 0.02  # attention is 4 % of a layer here: it must be counted
+    assert benchmark.matmul_params(benchmark.llama_7b().candidates()["L5"].layer) == 4 * 4096**2 + 3 * 4096 * 11008 + 4 * 8 * 4096
