@@ -90,6 +90,16 @@ def test_greedy_generation_equals_the_subnets(exported, use_cache):
         assert torch.allclose(hf(input_ids=ours).logits, subnet.token_logits(ours), atol=1e-4)
 
 
+def test_a_safetensors_export_rebuilds_the_subnet_without_the_checkpoint(exported):
+    _, run_dir, folder = exported
+    run_cli("export", str(run_dir), "--out", "st", "--quiet", cwd=folder.parent, check=True)
+    rebuilt, subnet = das_tune.load_subnet(folder.parent / "st").backbone, das_tune.load_subnet(run_dir).backbone
+    prompt = subnet.preprocess(["Question: What colour is the cup?\nAnswer:"])["input_ids"]
+    assert rebuilt.layer_names == subnet.layer_names and rebuilt.skipped == subnet.skipped
+    with torch.no_grad():
+        assert torch.equal(rebuilt.token_logits(prompt), subnet.token_logits(prompt))
+
+
 def test_skip_adapters_adapters_and_onnx_are_refused_in_one_line(tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
     run_cli("retrain", "--study", "llama_layers", "--skip", "L0,L1,L2,L3", "--tiny", "--quiet",

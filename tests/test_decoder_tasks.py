@@ -83,6 +83,19 @@ def test_classification_through_the_lm_head_starts_as_the_lm_next_token_logits(b
     assert task.loss(backbone, batch).requires_grad
 
 
+@pytest.mark.parametrize("name", ["scienceqa", "sst2_lm", "sst2"])
+def test_a_bfloat16_decoder_trains_every_head_in_float32(name):
+    model = build_backbone("qwen2", tiny=True, num_layers=2, dtype="bfloat16", petl="lora")
+    task = build_task(name, tiny=True)
+    task.attach(model)
+    batch = next(iter(task.loader("train", model, 4)))
+    task.loss(model, batch).backward()
+    lora = [p for n, p in model.named_parameters() if "lora_A" in n]
+    assert lora[0].dtype == torch.bfloat16 and all(p.grad is not None for p in lora)
+    assert all(p.dtype == torch.float32 for p in model.task_head.parameters())
+    assert set(task.evaluate(model, iter([batch]))) == {task.metric, "loss"}
+
+
 def test_the_decoder_tasks_refuse_an_encoder():
     encoder = build_backbone("minilm", tiny=True)
     for name in ("scienceqa", "sst2_lm"):

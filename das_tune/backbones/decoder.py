@@ -247,11 +247,12 @@ class DecoderBackbone(LayerSkipBackbone):
         return self.causal_lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **ignored) -> torch.Tensor:
+        """The last token's final-normalised hidden state, in float32 whatever the model's dtype (heads are float32)."""
         hidden = self.hidden_states(input_ids, attention_mask)
         if attention_mask is None:
-            return hidden[:, -1]
+            return hidden[:, -1].float()
         last = attention_mask.sum(1) - 1
-        return hidden[torch.arange(len(hidden), device=hidden.device), last]
+        return hidden[torch.arange(len(hidden), device=hidden.device), last].float()
 
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[batch, positions, vocabulary]``: the frozen LM head on every position."""

@@ -36,7 +36,7 @@ class LMHeadClassification:
         with torch.no_grad():
             head.weight.copy_(backbone.label_word_rows(list(self.words)))
             head.bias.zero_()
-        backbone.task_head = head.to(next(backbone.parameters()).dtype)
+        backbone.task_head = head
 
     def collate(self, examples: Sequence[TextExample], backbone: SkippableBackbone) -> Batch:
         prompts = [self.template.format(text=e.text, pair=e.pair) for e in examples]
