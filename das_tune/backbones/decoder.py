@@ -124,6 +124,7 @@ def check_decoder(model: nn.Module, where: str) -> nn.ModuleList:
 def load_causal_lm(checkpoint: str | None, config: Any, dtype: str) -> nn.Module:
     """A frozen causal LM: from the local folder ``checkpoint``, or random from ``config``."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -134,7 +135,7 @@ def load_causal_lm(checkpoint: str | None, config: Any, dtype: str) -> nn.Module
         found = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:
         raise UserError(f"{folder}: not a Hugging Face model folder ({str(error).splitlines()[0]})") from None
-    if getattr(found, "is_encoder_decoder", False) or type(found) not in AutoModelForCausalLM._model_mapping:
+    if getattr(found, "is_encoder_decoder", False) or found.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UserError(f"{folder}: a {found.model_type!r} model, not a decoder language model (Llama, Mistral, Qwen2 …)")
     return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=DTYPES[dtype]).eval()
 
@@ -171,7 +172,6 @@ class DecoderBackbone(LayerSkipBackbone):
         self.feature_dim = dim
         self.tokenizer_path = tokenizer_path
         self.max_text_len = max_text_len
-        self.granularity = granularity
         self.freeze()
 
     @classmethod
