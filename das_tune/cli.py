@@ -526,7 +526,11 @@ def export_command(
     run_dir: RunDir,
     out_dir: Annotated[Path, typer.Option("--out", help="A new folder to write.")],
     format: Annotated[
-        str, typer.Option("--format", help="safetensors (load_subnet loads it), onnx, or hf (BERT-family, plain layer removal).")
+        str,
+        typer.Option(
+            "--format",
+            help="safetensors (load_subnet loads it), onnx, or hf (BERT-family encoders, Llama-family decoders; plain layer removal).",
+        ),
     ] = "safetensors",
     quiet: Quiet = False,
     set_: Sets = None,

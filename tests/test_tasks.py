@@ -44,7 +44,7 @@ def with_head(backbone, task):
 
 # -- registry -------------------------------------------------------------------------------------
 def test_registry_names():
-    assert set(TASKS) == {"vqav2", "nlvr2", "f30k", "mnli", "sst2", "easyvqa"}
+    assert set(TASKS) == {"vqav2", "nlvr2", "f30k", "mnli", "sst2", "easyvqa", "scienceqa", "sst2_lm", "mnli_lm"}
 
 
 def test_unknown_task_and_option_are_user_errors():

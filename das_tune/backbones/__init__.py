@@ -6,6 +6,7 @@ from torch import nn
 
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.backbones.bert import MiniLM, TextEncoderBackbone
+from das_tune.backbones.decoder import DecoderBackbone, MistralBackbone, Qwen2Backbone
 from das_tune.backbones.meter import MeterBackbone
 from das_tune.backbones.vilt import ViltBackbone
 from das_tune.backbones.vl_bert import MiniLMVL, SingleStreamVL
@@ -19,6 +20,9 @@ BACKBONES: dict[str, type[SkippableBackbone]] = {
     "minilm_vl": MiniLMVL,
     "meter": MeterBackbone,
     "vilt": ViltBackbone,
+    "llama": DecoderBackbone,
+    "mistral": MistralBackbone,
+    "qwen2": Qwen2Backbone,
 }
 
 
@@ -40,6 +44,6 @@ def build_backbone(
 
 
 __all__ = [
-    "BACKBONES", "MeterBackbone", "MiniLM", "MiniLMVL", "SingleStreamVL", "SkippableBackbone", "TextEncoderBackbone",
-    "ViltBackbone", "build_backbone",
+    "BACKBONES", "DecoderBackbone", "MeterBackbone", "MiniLM", "MiniLMVL", "MistralBackbone", "Qwen2Backbone",
+    "SingleStreamVL", "SkippableBackbone", "TextEncoderBackbone", "ViltBackbone", "build_backbone",
 ]

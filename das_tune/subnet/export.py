@@ -34,8 +34,10 @@ from das_tune.artifacts import atomic
 from das_tune.artifacts.run_folder import read_run_folder
 from das_tune.backbones.adapters import ParallelAdapter
 from das_tune.backbones.base import SkippableBackbone
+from das_tune.backbones.decoder import DecoderBackbone
 from das_tune.backbones.processing import load_tokenizer
 from das_tune.errors import UserError
+from das_tune.subnet.hf_decoder import check_decoder_hf, write_hf_decoder
 from das_tune.subnet.load import FolderSummary, Subnet, load_subnet, summarize
 from das_tune.subnet.portable import (
     CONFIG_FILE,
@@ -261,19 +263,27 @@ def _check_format(folder: FolderSummary, format: str) -> None:
     """What can be told from the folder's small files, before the model is built."""
     if format == "onnx" and task_inputs(folder.task).pass_per_image:
         raise UserError(f"--format onnx: task {folder.task!r} runs the backbone once per image; export it as safetensors")
-    if format == "hf" and folder.backbone not in HF_BACKBONES:
+    if format == "onnx" and folder.backbone in DECODER_BACKBONES:
         raise UserError(
-            f"--format hf: backbone {folder.backbone!r} is not a BERT-family text encoder ({', '.join(HF_BACKBONES)}); "
-            "export it as safetensors or onnx"
+            f"--format onnx: backbone {folder.backbone!r} is a decoder, which das-tune does not export to ONNX; export "
+            "--format hf and convert that folder with an exporter for causal LMs (e.g. optimum-cli export onnx)"
+        )
+    if format == "hf" and folder.backbone not in (*HF_BACKBONES, *DECODER_BACKBONES):
+        raise UserError(
+            f"--format hf: backbone {folder.backbone!r} is not a BERT-family text encoder ({', '.join(HF_BACKBONES)}) "
+            f"or a decoder ({', '.join(DECODER_BACKBONES)}); export it as safetensors or onnx"
         )
 
 
 # -- Hugging Face: plain layer removal on a BERT-family encoder --------------------------------------
 HF_BACKBONES = ("bert", "minilm")
+DECODER_BACKBONES = ("llama", "mistral", "qwen2")  # causal LMs: das_tune/subnet/hf_decoder.py
 
 
 def _check_hf(model: Subnet) -> None:
     backbone = model.backbone
+    if isinstance(backbone, DecoderBackbone):
+        return check_decoder_hf(backbone)
     widened = [layer.name for layer in backbone.layers if layer.skipped and layer.skip_adapter is not None]
     if widened:
         raise UserError(
@@ -304,6 +314,9 @@ def write_hf(model: Subnet, config: SubnetConfig, out: Path, step) -> None:
     from transformers import AutoModel
 
     backbone = model.backbone
+    head = {"head": config.head, "task": config.task, "labels": config.labels, "skipped": config.skipped, "source": config.source}
+    if isinstance(backbone, DecoderBackbone):
+        return write_hf_decoder(backbone, head, out, merged_layer)
     kept = [layer.layer for layer in backbone.layers if not layer.skipped]
     hf_config = copy.deepcopy(backbone.encoder_config)
     hf_config.num_hidden_layers = len(kept)
@@ -313,9 +326,7 @@ def write_hf(model: Subnet, config: SubnetConfig, out: Path, step) -> None:
         target.load_state_dict(merged_layer(layer).state_dict())
     hf_model.save_pretrained(str(out))
     load_tokenizer(backbone.tokenizer_path).save_pretrained(str(out))
-    head = {"pooling": backbone.pooling, "head": config.head, "task": config.task, "labels": config.labels,
-            "skipped": config.skipped, "source": config.source}
-    (out / HF_HEAD_CONFIG).write_text(json.dumps(head, indent=2) + "\n")
+    (out / HF_HEAD_CONFIG).write_text(json.dumps({"pooling": backbone.pooling, **head}, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in backbone.task_head.state_dict().items()}, str(out / HF_HEAD_WEIGHTS))
 
 

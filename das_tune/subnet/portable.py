@@ -137,8 +137,19 @@ def _meter_core(architecture: dict[str, Any]) -> nn.Module:
     return MeterCore(architecture["sizes"], architecture["image_size"]).eval()
 
 
+def _lm_config(backbone: SkippableBackbone) -> dict[str, Any]:
+    return {"config": backbone.lm_config.to_dict()}
+
+
+def _causal_lm(architecture: dict[str, Any]) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**architecture["config"])
+    return AutoModelForCausalLM.from_config(config, dtype=config.dtype).eval()
+
+
 def _architectures() -> dict[str, Architecture]:
-    from das_tune.backbones import MeterBackbone, SingleStreamVL, TextEncoderBackbone, ViltBackbone
+    from das_tune.backbones import BACKBONES, MeterBackbone, SingleStreamVL, TextEncoderBackbone, ViltBackbone
 
     text = Architecture(TextEncoderBackbone, _hf_config, _hf_encoder, ("tokenizer", "num_layers"))
     single_stream = Architecture(SingleStreamVL, _hf_config, _hf_encoder, ("tokenizer", "num_layers", "vl_weights"))
@@ -150,6 +161,10 @@ def _architectures() -> dict[str, Architecture]:
         "minilm_vl": single_stream,
         "vilt": Architecture(ViltBackbone, _hf_config, _vilt, ("tokenizer", "image_size", "random_weights")),
         "meter": Architecture(MeterBackbone, meter_sizes, _meter_core, ("tokenizer", "image_size", "random_weights")),
+        **{
+            name: Architecture(BACKBONES[name], _lm_config, _causal_lm, ("tokenizer", "num_layers", "dtype"))
+            for name in ("llama", "mistral", "qwen2")
+        },
     }
 
 

@@ -19,6 +19,8 @@ from pydantic import BaseModel
 from das_tune.backbones.base import SkippableBackbone
 from das_tune.errors import UserError, shorten
 from das_tune.tasks.base import Task, model_device, move_to
+from das_tune.tasks.prompted import MNLIPromptTask, SST2PromptTask
+from das_tune.tasks.scienceqa import LETTERS, Problem, choice_batch, choice_logits
 
 
 class LabelScore(BaseModel):
@@ -89,6 +91,52 @@ class TaskInputs:
         return results
 
 
+@dataclass(frozen=True)
+class ChoiceInputs(TaskInputs):
+    """Multiple choice (ScienceQA): ``question``, ``choices`` (a list of texts) and an optional ``context``;
+    each choice is scored by the answer's likelihood and the label is the chosen choice's letter."""
+
+    def check(self, task: str, row: Mapping[str, Any]) -> None:
+        unknown = sorted(set(row) - set(self.fields))
+        if unknown:
+            raise UserError(f"task {task!r} takes {', '.join(self.fields)}; {', '.join(unknown)} is not one of its inputs")
+        choices = row.get("choices")
+        if row.get("question") is None or not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
+            raise UserError(f"task {task!r} needs a question and choices: a list of 2-{len(LETTERS)} answers")
+        _check_text("question", row["question"])
+        for choice in choices:
+            _check_text("choices", choice)
+        if row.get("context") is not None:
+            _check_text("context", row["context"])
+
+    def logits(self, model: SkippableBackbone, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        problems = [
+            Problem("", str(row["question"]), tuple(str(c) for c in row["choices"]), 0, str(row.get("context") or ""))
+            for row in rows
+        ]
+        batch = choice_batch([(p.prompt(), p.answers()) for p in problems], [0] * len(problems), model)
+        return choice_logits(model, move_to(batch, model_device(model)))
+
+    def predictions(self, logits: torch.Tensor, labels: Sequence[str], top: int) -> list[Prediction]:
+        counts = (logits > torch.finfo(logits.dtype).min).sum(-1).tolist()  # a row's own choices, not the padding
+        return [
+            p.model_copy(update={"top": [t for t in p.top if labels.index(t.label) < n]})
+            for p, n in zip(super().predictions(logits, labels, top), counts)
+        ]
+
+
+@dataclass(frozen=True)
+class PromptInputs(TaskInputs):
+    """Classification through a decoder's LM head: the fields go into the task's prompt ``template``."""
+
+    template: str = "{text}"
+
+    def logits(self, model: SkippableBackbone, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        pair = self.texts[1] if len(self.texts) > 1 else None
+        prompts = [self.template.format(text=row[self.texts[0]], pair=row[pair] if pair else None) for row in rows]
+        return model(**move_to(model.preprocess(prompts), model_device(model)))
+
+
 MAX_TEXT = 10_000  # characters: far beyond what any tokenizer here keeps; more is a mistake, not an input
 
 
@@ -137,6 +185,11 @@ TASK_INPUTS: dict[str, TaskInputs] = {
     "mnli": TaskInputs(("premise", "hypothesis"), (), labels=lambda task: _ordered(task.labels)),
     "nlvr2": TaskInputs(("sentence",), ("image", "image2"), pass_per_image=True, labels=lambda task: ["False", "True"]),
     "f30k": TaskInputs(("caption",), ("image",), labels=lambda task: ["no match", "match"]),
+    "sst2_lm": PromptInputs(("sentence",), (), labels=lambda task: list(task.words), template=SST2PromptTask.template),
+    "mnli_lm": PromptInputs(
+        ("premise", "hypothesis"), (), labels=lambda task: _ordered(task.labels), template=MNLIPromptTask.template
+    ),
+    "scienceqa": ChoiceInputs(("question", "choices", "context"), (), labels=lambda task: list(LETTERS)),
 }
 
 

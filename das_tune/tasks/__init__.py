@@ -11,11 +11,14 @@ from das_tune.tasks.easyvqa import EasyVQATask
 from das_tune.tasks.f30k import F30KTask
 from das_tune.tasks.glue import MNLITask, SST2Task
 from das_tune.tasks.nlvr2 import NLVR2Task
+from das_tune.tasks.prompted import MNLIPromptTask, SST2PromptTask
+from das_tune.tasks.scienceqa import ScienceQATask
 from das_tune.tasks.synthetic import WRITERS, tiny_data_dir
 from das_tune.tasks.vqav2 import VQAv2Task
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (VQAv2Task, NLVR2Task, F30KTask, MNLITask, SST2Task, EasyVQATask)
+    cls.name: cls
+    for cls in (VQAv2Task, NLVR2Task, F30KTask, MNLITask, SST2Task, EasyVQATask, ScienceQATask, SST2PromptTask, MNLIPromptTask)
 }
 
 

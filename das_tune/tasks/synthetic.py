@@ -8,6 +8,7 @@ answer, label or caption follows from the image or the words, so a tiny model ca
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import shutil
@@ -203,12 +204,40 @@ def write_mnli(folder: Path, seed: int = 0) -> None:
         write_tsv(folder / name, MNLI_HEADER, rows)
 
 
+# -- ScienceQA (problems.json, pid_splits.json), text problems ----------------------------------------
+THINGS = ("ball", "box", "cup", "kite")
+
+
+def write_scienceqa(folder: Path, seed: int = 0) -> None:
+    """Text problems whose answer is in the context: "The ball is red." → "What colour is the ball?"."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    problems, splits = {}, {}
+    for split, count in (("train", 64), ("val", 16), ("test", 16)):
+        splits[split] = []
+        for _ in range(count):
+            thing, colour = rng.choice(THINGS), rng.choice(list(COLOURS))
+            choices = rng.sample([c for c in COLOURS if c != colour], rng.randint(1, 3)) + [colour]
+            rng.shuffle(choices)
+            pid = str(len(problems) + 1)
+            problems[pid] = {
+                "question": f"What colour is the {thing}?", "choices": choices, "answer": choices.index(colour),
+                "hint": f"The {thing} is {colour}.", "image": None, "split": split, "subject": "language science",
+            }
+            splits[split].append(pid)
+    (folder / "problems.json").write_text(json.dumps(problems, indent=1))
+    (folder / "pid_splits.json").write_text(json.dumps(splits))
+
+
 WRITERS: dict[str, Callable[[Path], None]] = {
     "vqav2": write_vqav2,
     "nlvr2": write_nlvr2,
     "f30k": write_f30k,
     "sst2": write_sst2,
     "mnli": write_mnli,
+    "sst2_lm": write_sst2,
+    "mnli_lm": write_mnli,
+    "scienceqa": write_scienceqa,
 }
 
 
