@@ -82,13 +82,21 @@ def check_sampler(spec: StudySpec, parts: Components) -> None:
 
 
 def check_resumable(spec: StudySpec) -> None:
-    """The run folder's unfinished search resumes exactly only on the number of workers that checkpointed
-    it (each data-parallel rank's generator and gradients are in it)."""
+    """The run folder's search checkpoint goes on only with its study's trials (a new, empty study in a deleted
+    storage's place would lose them), and an unfinished one resumes exactly only on the number of workers
+    that checkpointed it (each data-parallel rank's generator and gradients are in it)."""
     path = spec.run_dir / CHECKPOINT
     if not path.is_file():
         return
     state = load_checkpoint(path)
-    if state["study_name"] != spec.resolved_study_name or state["position"].get("finished"):
+    if state["study_name"] != spec.resolved_study_name:
+        return
+    if not holds_study(spec.storage, spec.resolved_study_name):
+        raise UserError(
+            f"{path}: a search of study {spec.resolved_study_name!r}, which storage {shown_url(spec.storage)} does not hold "
+            "(deleted, or another storage?); pass the storage it ran with (--storage), or --fresh to start again"
+        )
+    if state["position"].get("finished"):
         return
     written = checkpoint_workers(state)
     if written != spec.search.workers:

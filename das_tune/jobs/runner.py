@@ -38,7 +38,7 @@ from das_tune.search import executor_entry, executor_name, get_executor
 from das_tune.search.prepare import prepare_search
 from das_tune.spec.study import StudySpec, load_study_spec, override_spec
 from das_tune.storage.lease import StudyLease, folder_lock
-from das_tune.storage.opener import open_storage, shown_url
+from das_tune.storage.opener import open_storage, shown_url, storage_failures
 from das_tune.training.components import Components, build_components
 from das_tune.training.loop import seed_everything
 from das_tune.training.retrain import retrain
@@ -77,7 +77,7 @@ def exclusive(
         if resuming:
             check_storage(spec)
         storage = storage or open_storage(spec.storage)
-        with StudyLease(storage, spec.resolved_study_name, spec.storage):
+        with StudyLease(storage, spec.resolved_study_name, spec.storage), storage_failures(spec.storage):
             yield storage
 
 

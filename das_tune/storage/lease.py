@@ -27,6 +27,7 @@ the folder keeps their checkpoints and artifacts apart. The OS drops it when the
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -104,7 +105,7 @@ class StudyLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._delete(self._id)
+        self._release()
 
     def _acquire(self) -> None:
         for _ in range(5):
@@ -152,6 +153,19 @@ class StudyLease:
                 self.storage.set_study_system_attr(self._id, HOLDER_ATTR, beat)
             except Exception:  # a busy database: the next beat will do
                 pass
+
+    def _release(self) -> None:
+        """Delete the lease, whatever ended the block. A Ctrl-C can cut a storage session short and leave it
+        unusable: a fresh session is tried once. If the storage still refuses (a full disk, a deleted file),
+        the lease stays, never masking what ended the run: its holder is this ending process, which the
+        next run finds dead and takes over."""
+        for _ in range(2):
+            try:
+                self._delete(self._id)
+                return
+            except Exception:
+                with contextlib.suppress(Exception):
+                    getattr(self.storage, "remove_session", lambda: None)()
 
     def _delete(self, study_id: int | None) -> None:
         if study_id is None:

@@ -8,17 +8,21 @@ A storage is an Optuna URL (``sqlite:///runs.db``, ``postgresql://…``) or the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from das_tune.errors import UserError
+from das_tune.errors import RunFailure, UserError
 from das_tune.spec.study import DEFAULT_STORAGE
 
 SQLITE_TIMEOUT_S = 60  # several processes on one SQLite file wait for each other's writes
@@ -125,6 +129,32 @@ def _rdb(url: str) -> optuna.storages.BaseStorage:
 def _schema_race(err: Exception) -> bool:
     text = str(err).lower()
     return any(s in text for s in ("already exists", "unique constraint", "duplicate", "database is locked"))
+
+
+@contextmanager
+def storage_failures(url: str) -> Iterator[None]:
+    """Inside, an SQLite storage that fails under the run is one line instead of Optuna's wall: its file deleted or
+    moved (``RunFailure``), its disk full (the file system's ENOSPC, which the CLI reports as such)."""
+    try:
+        yield
+    except Exception as error:
+        cause = _sqlite_cause(error)
+        if cause is None:
+            raise
+        if cause.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(local_file(url))) from None
+        if cause.sqlite_errorname == "SQLITE_READONLY_DBMOVED":
+            raise RunFailure(
+                f"storage {shown_url(url)}: its SQLite file was deleted or moved while the run wrote to it; "
+                "put it back and run again, or run again with --fresh"
+            ) from None
+        raise
+
+
+def _sqlite_cause(error: BaseException | None) -> sqlite3.Error | None:
+    while error is not None and not isinstance(error, sqlite3.Error):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def fail_running(study: optuna.Study, phase: str | None = None) -> int:
