@@ -64,21 +64,21 @@ def reference(finished_run) -> dict:
 @pytest.mark.timeout(1800)
 def test_killed_at_random_points_then_resumed_and_fresh_equal_an_uninterrupted_run(finished_run, reference, tmp_path):
     shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)  # a finished study
+    # --fresh on the finished study, killed in its 3rd round: a partly run study
+    partial = das_tune(*RUN, "--fresh", cwd=tmp_path, stop="kill:70")
+    assert partial.returncode == -signal.SIGKILL
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
+    assert 0 < len(study.trials) < 27 and not (tmp_path / "runs" / STUDY / "metrics.json").exists()
+
     # an event: a trial asked, a key suggested, a trial told, a training step, a checkpoint renamed;
-    # counted from each process's start. The first process starts the finished study with --fresh.
+    # counted from each process's start. The first process starts the partly run study again with --fresh.
     points = random.Random(14).sample(range(1, 45), 4)
     for i, point in enumerate(points):
         killed = das_tune(*RUN, *(["--fresh"] if i == 0 else []), cwd=tmp_path, stop=f"kill:{point}")
         assert killed.returncode == -signal.SIGKILL, f"kill:{point} did not land: {killed.stderr[-2000:]}"
     das_tune(*RUN, cwd=tmp_path, check=True)
-    assert outcome(tmp_path) == reference  # same trials (number, subset, value), choice and retrain
-
-    # --fresh on a partly run study (killed in its 3rd round): a first run again
-    partial = das_tune(*RUN, "--fresh", cwd=tmp_path, stop="kill:70")
-    assert partial.returncode == -signal.SIGKILL
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
-    assert 0 < len(study.trials) < 27 and not (tmp_path / "runs" / STUDY / "metrics.json").exists()
-    das_tune(*RUN, "--fresh", cwd=tmp_path, check=True)
+    # same trials (number, subset, value), choice and retrain: --fresh left nothing of the finished study or the
+    # partly run one, and no kill lost or changed anything
     assert outcome(tmp_path) == reference
 
 
