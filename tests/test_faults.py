@@ -12,7 +12,7 @@ import pytest
 from conftest import FINISHED_RUN, FINISHED_STUDY, run_cli
 
 from das_tune.storage.lease import StudyLease
-from das_tune.storage.opener import open_storage
+from das_tune.storage.opener import OpenedStorage
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,8 @@ def one_line(result: subprocess.CompletedProcess, code: int, *words: str) -> str
 def test_releasing_the_lease_never_hides_what_ended_the_run(tmp_path):
     """Ctrl-C while the storage cannot delete the lease (here: its file is gone) stays a KeyboardInterrupt."""
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    storage = open_storage(url)
     with pytest.raises(KeyboardInterrupt):
-        with StudyLease(storage, "s", url):
+        with StudyLease(OpenedStorage.open(url), "s"):
             (tmp_path / "studies.db").unlink()
             raise KeyboardInterrupt
 

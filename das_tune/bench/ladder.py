@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
-
 from das_tune.artifacts.results import (
     CostRatio,
     LadderPick,
@@ -66,7 +64,7 @@ from das_tune.progress import Reporter
 from das_tune.samplers import SINGLE_OBJECTIVE
 from das_tune.search import ONESHOT
 from das_tune.spec.study import StudySpec, load_study_spec
-from das_tune.storage.opener import open_storage
+from das_tune.storage.opener import OpenedStorage
 from das_tune.training import loop
 from das_tune.training.components import Components, build_components, build_spec_task
 
@@ -112,7 +110,7 @@ def _size_spec(p: Plan, seed: int, size: int, **fields) -> StudySpec:
 # -- running --------------------------------------------------------------------------------------
 def execute(p: Plan, reporter: Reporter) -> None:
     """Every (method, seed) of the config, then every pick's retrains and the full model's."""
-    opened = open_storage(p.storage)
+    opened = OpenedStorage.open(p.storage)
     check_plan_file(p)
     for seed in p.config.seeds:
         reporter.log(f"seed {seed}: one range search per sampler, {len(p.config.methods)} training-free methods")
@@ -127,7 +125,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
         reporter.log(f"{busy} retrains were running in other processes; re-run when they end to collect them")
 
 
-def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
+def _seed_work(p: Plan, seed: int, opened: OpenedStorage, reporter: Reporter) -> Components:
     parts, warm = seed_supernet(p, seed, reporter)
     record_missing(p, seed, p.config.methods, LadderRecord, lambda method: _training_free(p, seed, method, parts, warm))
     ranged = [s for s in p.config.samplers if s != PER_SIZE]
@@ -149,7 +147,7 @@ def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: War
 
 
 def _range_search(
-    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: optuna.storages.BaseStorage, reporter: Reporter
+    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: OpenedStorage, reporter: Reporter
 ) -> LadderRecord:
     """One sampler's search of the whole range from the seed's shared warm-up (resumed if interrupted)."""
     spec = p.spec(seed, sampler)
@@ -163,7 +161,7 @@ def _range_search(
     )
 
 
-def _size_search(p: Plan, seed: int, size: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> LadderRecord:
+def _size_search(p: Plan, seed: int, size: int, opened: OpenedStorage, reporter: Reporter) -> LadderRecord:
     """DAS searching one size on its own, from its own warm-up of that size's supernet."""
     loop.seed_everything(seed)
     warm_spec = _size_spec(p, seed, size, study_name=f"{p.base.name}-warmup-skip{size}-seed{seed}")
@@ -179,7 +177,7 @@ def _size_search(p: Plan, seed: int, size: int, opened: optuna.storages.BaseStor
 
 
 def _search(
-    spec: StudySpec, parts: Components, opened: optuna.storages.BaseStorage, reporter: Reporter, warm_checkpoint: Path
+    spec: StudySpec, parts: Components, opened: OpenedStorage, reporter: Reporter, warm_checkpoint: Path
 ) -> runner.Searched:
     with runner.exclusive(spec, opened):
         check_not_foreign(spec, opened)

@@ -55,7 +55,7 @@ from das_tune.search.supernet import warm_up
 from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import SearchSpec, StudySpec, load_study_spec
 from das_tune.storage.lease import folder_lock
-from das_tune.storage.opener import open_storage, study_exists
+from das_tune.storage.opener import OpenedStorage, study_exists
 from das_tune.training import loop
 from das_tune.training.components import Components, build_components, build_spec_task
 from das_tune.training.retrain import retrain
@@ -243,7 +243,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
 
     Everything lands on disk (see the module's layout); :func:`collect` reads it back."""
     check_same_plan(p)  # before the storage is created in the folder
-    opened = open_storage(p.storage)  # a storage that refuses us is bad input, found before anything is written
+    opened = OpenedStorage.open(p.storage)  # a storage that refuses us is bad input, found before anything is written
     check_plan_file(p)
     for warning in p.warnings:  # after every refusal: a refused run says one line
         reporter.log(f"warning: {warning}")
@@ -289,7 +289,7 @@ def run_seed_once(p: Plan, seed: int, reporter: Reporter, work: Callable[[], Com
         return None
 
 
-def _run_seed(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components | None:
+def _run_seed(p: Plan, seed: int, opened: OpenedStorage, reporter: Reporter) -> Components | None:
     parts = run_seed_once(p, seed, reporter, lambda: _seed_work(p, seed, opened, reporter))
     return parts if parts is not None else _retrain_beside(p, seed, reporter)
 
@@ -309,7 +309,7 @@ def _retrain_beside(p: Plan, seed: int, reporter: Reporter) -> Components | None
     return parts
 
 
-def _seed_work(p: Plan, seed: int, opened: optuna.storages.BaseStorage, reporter: Reporter) -> Components:
+def _seed_work(p: Plan, seed: int, opened: OpenedStorage, reporter: Reporter) -> Components:
     parts, warm = seed_supernet(p, seed, reporter)
     record_missing(p, seed, p.config.methods, SearchRecord, lambda method: _training_free(p, seed, method, parts, warm))
     record_missing(p, seed, p.config.samplers, SearchRecord, lambda sampler: _search(p, seed, sampler, parts, warm, opened, reporter))
@@ -366,7 +366,7 @@ def _training_free(p: Plan, seed: int, method: str, parts: Components, warm: War
 
 
 def _search(
-    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: optuna.storages.BaseStorage, reporter: Reporter
+    p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: OpenedStorage, reporter: Reporter
 ) -> SearchRecord:
     """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
     spec = p.spec(seed, sampler)
@@ -517,12 +517,12 @@ def retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], re
         return None
 
 
-def check_not_foreign(spec: StudySpec, opened: optuna.storages.BaseStorage) -> None:
+def check_not_foreign(spec: StudySpec, opened: OpenedStorage) -> None:
     """A study of this name that this benchmark did not start (e.g. one of ``das-tune run``) is not extended."""
     ours = (spec.run_dir / CHECKPOINT).is_file()
-    if not ours and study_exists(opened, spec.resolved_study_name):
+    if not ours and study_exists(opened.optuna, spec.resolved_study_name):
         raise UserError(
-            f"study {spec.resolved_study_name!r} already exists in {spec.storage} but was not started by this "
+            f"study {spec.resolved_study_name!r} already exists in {opened.shown} but was not started by this "
             f"benchmark (no {spec.run_dir / CHECKPOINT}); pass another --storage or --out"
         )
 

@@ -82,21 +82,13 @@ def check_sampler(spec: StudySpec, parts: Components) -> None:
 
 
 def check_resumable(spec: StudySpec) -> None:
-    """The run folder's search checkpoint goes on only with its study's trials (a new, empty study in a deleted
-    storage's place would lose them), and an unfinished one resumes exactly only on the number of workers
-    that checkpointed it (each data-parallel rank's generator and gradients are in it)."""
+    """An unfinished search checkpoint resumes exactly only on the number of workers that checkpointed it
+    (each data-parallel rank's generator and gradients are in it)."""
     path = spec.run_dir / CHECKPOINT
     if not path.is_file():
         return
     state = load_checkpoint(path)
-    if state["study_name"] != spec.resolved_study_name:
-        return
-    if not holds_study(spec.storage, spec.resolved_study_name):
-        raise UserError(
-            f"{path}: a search of study {spec.resolved_study_name!r}, which storage {shown_url(spec.storage)} does not hold "
-            "(deleted, or another storage?); pass the storage it ran with (--storage), or --fresh to start again"
-        )
-    if state["position"].get("finished"):
+    if state["study_name"] != spec.resolved_study_name or state["position"].get("finished"):
         return
     written = checkpoint_workers(state)
     if written != spec.search.workers:
@@ -105,18 +97,26 @@ def check_resumable(spec: StudySpec) -> None:
 
 def check_storage(spec: StudySpec) -> None:
     """A run folder's progress (search checkpoints, a retrain) resumes only with the storage that holds its
-    study: in another one the search would start an empty study and find nothing to choose from."""
+    study: in another one, or in a new empty one in a deleted storage's place, the search would start an
+    empty study and lose its trials. Called under the run folder's lock: a folder in use is refused first."""
     folder = spec.run_dir
     if not (folder / SPEC_FILE).is_file() or not any((folder / name).is_file() for name in (*PROGRESS_FILES, SUBNET_FILE)):
         return
     recorded = yaml_reader.load(StudySpec, folder / SPEC_FILE).storage
-    if absolute_url(recorded) == absolute_url(spec.storage) or holds_study(spec.storage, spec.resolved_study_name):
-        return  # the same storage, or the study moved along to the new one
     here = shown_url(spec.storage)
-    raise UserError(
-        f"{folder} holds the progress of study {spec.resolved_study_name!r} in storage {shown_url(recorded)}, which {here} "
-        f"does not have: give --storage {shown_url(recorded)} to resume it, or --fresh to start again in {here}"
-    )
+    if holds_study(spec.storage, spec.resolved_study_name):
+        return
+    if absolute_url(recorded) != absolute_url(spec.storage):
+        raise UserError(
+            f"{folder} holds the progress of study {spec.resolved_study_name!r} in storage {shown_url(recorded)}, which {here} "
+            f"does not have: give --storage {shown_url(recorded)} to resume it, or --fresh to start again in {here}"
+        )
+    checkpoint = folder / CHECKPOINT
+    if checkpoint.is_file() and load_checkpoint(checkpoint)["study_name"] == spec.resolved_study_name:
+        raise UserError(
+            f"{checkpoint}: a search of study {spec.resolved_study_name!r}, which storage {here} does not hold "
+            "(deleted, or another storage?); pass the storage it ran with (--storage), or --fresh to start again"
+        )
 
 
 def check_writable_folder(folder: Path, field: str) -> None:

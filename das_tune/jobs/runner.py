@@ -38,7 +38,7 @@ from das_tune.search import executor_entry, executor_name, get_executor
 from das_tune.search.prepare import prepare_search
 from das_tune.spec.study import StudySpec, load_study_spec, override_spec
 from das_tune.storage.lease import StudyLease, folder_lock
-from das_tune.storage.opener import open_storage, shown_url, storage_failures
+from das_tune.storage.opener import OpenedStorage, shown_url, storage_failures
 from das_tune.training.components import Components, build_components
 from das_tune.training.loop import seed_everything
 from das_tune.training.retrain import retrain
@@ -66,9 +66,7 @@ class FinishedRetrain:
 
 
 @contextmanager
-def exclusive(
-    spec: StudySpec, storage: optuna.storages.BaseStorage | None = None, *, resuming: bool = False
-) -> Iterator[optuna.storages.BaseStorage]:
+def exclusive(spec: StudySpec, storage: OpenedStorage | None = None, *, resuming: bool = False) -> Iterator[OpenedStorage]:
     """Inside, this process is the only writer of the run folder and of the study (``das_tune.storage.lease``);
     yields the opened storage (``storage``, the opened ``spec.storage``, if given). The folder is
     locked first, so that a second run there is refused before it touches any storage; ``resuming``: then
@@ -76,8 +74,8 @@ def exclusive(
     with folder_lock(spec.run_dir):
         if resuming:
             check_storage(spec)
-        storage = storage or open_storage(spec.storage)
-        with StudyLease(storage, spec.resolved_study_name, spec.storage), storage_failures(spec.storage):
+        storage = storage or OpenedStorage.open(spec.storage)
+        with StudyLease(storage, spec.resolved_study_name), storage_failures(storage.url):
             yield storage
 
 
@@ -90,7 +88,7 @@ def opening(
     folders: Sequence[Path] = (),
     check: Callable[[Components], None] | None = None,
     clear: Callable[[Path], list[str]] | None = None,
-) -> Iterator[tuple[Components, optuna.storages.BaseStorage]]:
+) -> Iterator[tuple[Components, OpenedStorage]]:
     """How every search job opens: its run folder (and ``folders``) checked before the model is built,
     the components built and checked (``check``: the job's own needs), a Ray cluster reached — all before
     anything is written — then ``exclusive``; with ``fresh`` the run folder is cleared (``clear``: the

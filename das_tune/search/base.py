@@ -17,13 +17,12 @@ from das_tune.training.components import Components
 
 @dataclass
 class SearchRun:
-    """A study's search, ready to run: the spec and its components, the opened study and storage, the
+    """A study's search, ready to run: the spec and its components, the opened study, the
     sampler's skip policy (the only view of the sampler an executor has) and the cost model."""
 
     spec: StudySpec
     parts: Components
     study: optuna.Study
-    storage: optuna.storages.BaseStorage  # the study's, opened once per run
     policy: SkipPolicy
     costs: CostModel
     reporter: Reporter

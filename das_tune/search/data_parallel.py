@@ -265,4 +265,4 @@ def _follower(spec: StudySpec, parts: Components) -> SearchRun:
     """A rank above 0: the study's skip policy (to draw subnets), no study, storage or cost model."""
     record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
     policy = skip_policy(sampler_from_record(record, parts.space), parts.space, spec.search.round_size)
-    return SearchRun(spec, parts, study=None, storage=None, policy=policy, costs=None, reporter=Reporter())  # type: ignore[arg-type]
+    return SearchRun(spec, parts, study=None, policy=policy, costs=None, reporter=Reporter())  # type: ignore[arg-type]

@@ -16,30 +16,26 @@ from das_tune.samplers import SAMPLER_ATTR, sampler_from_record, sampler_record,
 from das_tune.search.base import SearchRun
 from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import StudySpec
-from das_tune.storage.opener import open_storage, shown_url, study_exists
+from das_tune.storage.opener import OpenedStorage, study_exists
 from das_tune.training.components import Components
 
 SETTINGS_ATTR = "das_tune:settings"  # study system attr: StudySpec.search_settings() at creation
 
 
 def open_spec_study(
-    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None = None
+    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: OpenedStorage | None = None
 ) -> optuna.Study:
     """The spec's study in ``storage`` (default: opened from ``spec.storage``), created or resumed."""
-    return _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)[0]
+    return _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
 
 
-def _open_study(
-    spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: optuna.storages.BaseStorage | None
-) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+def _open_study(spec: StudySpec, parts: Components, *, fresh: bool, reporter: Reporter, storage: OpenedStorage | None) -> optuna.Study:
     record = sampler_record(spec.sampler.name, spec.seed, spec.sampler.own_options, spec.search.round_size)
     sampler = sampler_from_record(record, parts.space)  # a bad sampler name or option fails before the storage is opened
-    storage = storage or open_storage(spec.storage)
-    study = open_study(
-        storage, spec.resolved_study_name, sampler, record, parts.space,
-        url=spec.storage, fresh=fresh, log=reporter.log, settings=spec.search_settings(),
+    storage = storage or OpenedStorage.open(spec.storage)
+    return open_study(
+        storage, spec.resolved_study_name, sampler, record, parts.space, fresh=fresh, log=reporter.log, settings=spec.search_settings()
     )
-    return study, storage
 
 
 def prepare_search(
@@ -48,24 +44,23 @@ def prepare_search(
     *,
     fresh: bool = False,
     reporter: Reporter,
-    storage: optuna.storages.BaseStorage | None = None,
+    storage: OpenedStorage | None = None,
     warmup_checkpoint: Path | None = None,
 ) -> SearchRun:
     """The spec's study opened (``storage``: the opened ``spec.storage``, opened here if not given),
     its sampler's skip policy and the cost model: what an executor runs."""
-    study, storage = _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
+    study = _open_study(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
     policy = skip_policy(study.sampler, parts.space, spec.search.round_size)
-    return SearchRun(spec, parts, study, storage, policy, CostModel(parts.model), reporter, warmup_checkpoint)
+    return SearchRun(spec, parts, study, policy, CostModel(parts.model), reporter, warmup_checkpoint)
 
 
 def open_study(
-    storage: optuna.storages.BaseStorage,
+    opened: OpenedStorage,
     name: str,
     sampler: optuna.samplers.BaseSampler,
     sampler_record: dict,
     space: SkipSpace,
     *,
-    url: str,
     fresh: bool = False,
     log=print,
     settings: dict[str, Any] | None = None,
@@ -75,15 +70,15 @@ def open_study(
 
     Call it holding the study's lease (``das_tune.storage.lease``). Trials a dead process left RUNNING are the
     executor's to recover (the one-shot search re-scores them in their own round, Ray Tune retries them).
-    ``url`` names the storage in messages.
     """
+    storage = opened.optuna
     if study_exists(storage, name):
         if fresh:
             count = len(optuna.load_study(study_name=name, storage=storage).trials)
             optuna.delete_study(study_name=name, storage=storage)
-            log(f"--fresh: deleted study {name!r} ({count} trials) from {shown_url(url)}")
+            log(f"--fresh: deleted study {name!r} ({count} trials) from {opened.shown}")
         else:
-            return _resume(storage, url, name, sampler, sampler_record, space, log, settings)
+            return _resume(opened, name, sampler, sampler_record, space, log, settings)
     directions = ["minimize", "minimize"] if space.is_range else ["minimize"]  # a range: (observed loss, additional GMACs)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
     storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, sampler_record)
@@ -108,14 +103,15 @@ def _check_settings(name: str, recorded: dict[str, Any] | None, settings: dict[s
     )
 
 
-def _resume(storage, url: str, name: str, sampler, sampler_record: dict, space: SkipSpace, log, settings) -> optuna.Study:
+def _resume(opened: OpenedStorage, name: str, sampler, sampler_record: dict, space: SkipSpace, log, settings) -> optuna.Study:
+    storage = opened.optuna
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     attrs = storage.get_study_system_attrs(study._study_id)
     _check_settings(name, attrs.get(SETTINGS_ATTR), settings)
     recorded = attrs.get(SAMPLER_ATTR)
     if recorded is not None and recorded != sampler_record:
         raise UserError(
-            f"study {name!r} in {shown_url(url)} was run with sampler {recorded}, not {sampler_record}; "
+            f"study {name!r} in {opened.shown} was run with sampler {recorded}, not {sampler_record}; "
             "pass --fresh to start it again or --set study_name=NEW for a new study"
         )
     if (

@@ -38,12 +38,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import optuna
 import psutil
 from optuna.exceptions import DuplicatedStudyError
 from optuna.study import StudyDirection
 
 from das_tune.errors import FolderInUse, UserError
+from das_tune.storage.opener import OpenedStorage
 
 LEASE_PREFIX = "das-tune:lease:"
 HOLDER_ATTR = "das_tune:holder"
@@ -87,8 +87,8 @@ class _Lease:
 class StudyLease:
     """``with StudyLease(storage, name):`` — this process is the study's only writer inside."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, url: str = "") -> None:
-        self.storage, self.study_name, self.url = storage, study_name, url
+    def __init__(self, storage: OpenedStorage, study_name: str) -> None:
+        self.storage, self.study_name, self.url = storage.optuna, study_name, storage.shown
         self._prefix = f"{LEASE_PREFIX}{study_name}:"
         self._id: int | None = None
         self._holder = Holder.this_process()

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -42,6 +43,23 @@ def absolute_url(url: str) -> str:
     if path is None:
         return url
     return "sqlite:///" + str(path.resolve()) if url.startswith("sqlite:///") else str(path.resolve())
+
+
+@dataclass(frozen=True)
+class OpenedStorage:
+    """An opened Optuna storage and the URL it was opened from: what travels through a job, so that every
+    message names the storage the same way (``shown``: the password hidden)."""
+
+    url: str
+    optuna: optuna.storages.BaseStorage
+
+    @classmethod
+    def open(cls, url: str) -> OpenedStorage:
+        return cls(url, open_storage(url))
+
+    @property
+    def shown(self) -> str:
+        return shown_url(self.url)
 
 
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.BaseStorage:
