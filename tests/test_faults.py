@@ -2,6 +2,8 @@
 run, a full disk. Each is one line with the right exit code, leaves no partial file, and a rerun after the
 fault is mended ends as an uninterrupted run does."""
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import FINISHED_RUN, FINISHED_STUDY, run_cli
+from PIL import Image
 
 from das_tune.storage.lease import StudyLease
 from das_tune.storage.opener import OpenedStorage
@@ -56,3 +59,77 @@ def test_a_storage_deleted_under_a_run_is_one_line_and_the_rerun_writes_nothing(
     run_cli(*args, "--fresh", cwd=tmp_path, check=True)
     study = optuna.load_study(study_name=FINISHED_STUDY, storage=f"sqlite:///{tmp_path / 'das_tune.db'}")
     assert len(study.trials) == 27 and (tmp_path / "runs" / FINISHED_STUDY / "metrics.json").is_file()
+
+
+# -- a full disk -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs, unmounted afterwards (root only: skipped, saying why, elsewhere)."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is a small tmpfs here, and mounting one needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte; returns the file that does."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while f.write(bytes(1 << 16)):
+                pass
+        except OSError:
+            pass
+    return filler
+
+
+def grow(disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if p.name.endswith((".tmp", ".partial")) or p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """RUN, uninterrupted, on a disk with room; its folder."""
+    folder = tmp_path_factory.mktemp("reference")
+    run_cli(*RUN, cwd=folder, check=True)
+    return folder / "runs" / "easyvqa_minilm-das-seed0-tiny"
+
+
+def test_a_run_on_a_full_disk_says_so_in_one_line_and_resumes_once_there_is_room(small_disk, reference):
+    one_line(run_cli(*RUN, cwd=small_disk), 1, "no space left on the device of", str(small_disk))
+    assert not leftovers(small_disk)
+    grow(small_disk)
+    run_cli(*RUN, cwd=small_disk, check=True)
+    done = small_disk / "runs" / reference.name
+    assert (done / "adapters.safetensors").read_bytes() == (reference / "adapters.safetensors").read_bytes()
+    for name, key in (("subnet.json", "skipped"), ("metrics.json", "value")):
+        assert json.loads((done / name).read_text())[key] == json.loads((reference / name).read_text())[key]
+
+
+def test_export_and_predict_onto_a_full_disk_say_so_and_leave_nothing(small_disk, reference, tmp_path):
+    filler = fill(small_disk)
+    one_line(run_cli("export", str(reference), "--out", str(small_disk / "x"), cwd=tmp_path), 1, "no space left", "disk/x")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    (tmp_path / "in.jsonl").write_text('{"question": "what?", "image": "red.png"}\n' * 200)
+    predict = ["predict", str(reference), "--quiet", "--jsonl", "in.jsonl", "--out", str(small_disk / "answers.jsonl")]
+    one_line(run_cli(*predict, cwd=tmp_path), 1, "no space left", "disk/answers.jsonl")
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+    filler.unlink()
+    grow(small_disk)
+    run_cli("export", str(reference), "--out", str(small_disk / "x"), cwd=tmp_path, check=True)
+    run_cli("export", str(reference), "--out", "y", cwd=tmp_path, check=True)
+    assert (small_disk / "x" / "model.safetensors").read_bytes() == (tmp_path / "y" / "model.safetensors").read_bytes()
+    run_cli(*predict, cwd=tmp_path, check=True)
+    assert (small_disk / "answers.jsonl").read_text() == run_cli(*predict[:-2], cwd=tmp_path, check=True).stdout

@@ -7,12 +7,14 @@ Lightning's ``_atomic_save`` and fsspec's transactions do.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +53,36 @@ def write_with(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
+        with space_named(path):
+            write(tmp)
+            with tmp.open("rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE & ~umask())  # mkstemp's 0600 would survive the rename
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def space_named(path: Path) -> Iterator[None]:
+    """Inside, a write that runs out of room raises the file system's own error naming ``path`` (not a temporary
+    file), also when a library wrapped it in an error of its own."""
+    try:
+        yield
+    except Exception as error:
+        if not out_of_space(error):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+
+
+def out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error`` or one it was raised from is a full disk or quota. torch's writer keeps the OSError of the
+    Python file it wrote to as its context; safetensors' Rust writer says it only in its text."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or "(os error 28)" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def write_text(path: Path, text: str) -> None:

@@ -209,7 +209,12 @@ RANKS_KEY = "ranks"  # a data-parallel checkpoint's per-rank states; its length 
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic.write_with(path, lambda tmp: torch.save(state, tmp))
+    atomic.write_with(path, lambda tmp: _save(state, tmp))
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    with path.open("wb") as f:  # through a Python file: a full disk is then an OSError, not torch's bare stream error
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from das_tune.artifacts import atomic
+from das_tune.artifacts.run_folder import write_checkpoint
 from das_tune.backbones.bert import load_encoder, masked_mean
 from das_tune.backbones.layered import additive_mask
 from das_tune.backbones.processing import load_tokenizer, minilm_path
@@ -333,7 +334,7 @@ class Pretraining:
                 self._save()
         weights = self.out_dir / WEIGHTS
         metadata = {"lora_scale": str(self.model.lora_scale), "lora_rank": str(self.spec.lora_rank), "steps": str(self.step)}
-        save_file(self.model.vl_weights(), weights, metadata=metadata)
+        atomic.write_with(weights, lambda tmp: save_file(self.model.vl_weights(), tmp, metadata=metadata))
         return weights
 
     def _train_step(self) -> dict[str, float]:
@@ -381,7 +382,7 @@ class Pretraining:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(), "cuda_rng": loop.cuda_rng_state(),
         }
-        atomic.write_with(self.out_dir / STATE, lambda tmp: torch.save(state, tmp))
+        write_checkpoint(self.out_dir / STATE, state)
         log = {"spec": self.spec.model_dump(), "images": len(self.data.train_ids), "eval_images": len(self.data.eval_ids),
                "entries": self.log}
         atomic.write_json_data(log, self.out_dir / LOG)

@@ -104,7 +104,8 @@ def export_subnet(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # moved into place when complete
     try:
         step(f"writing {format}")
-        check = WRITERS[format](model, config, staging, step)
+        with atomic.space_named(out):
+            check = WRITERS[format](model, config, staging, step)
         atomic.share_like_created(staging)
         if out.exists():
             out.rmdir()
