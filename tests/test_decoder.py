@@ -98,6 +98,8 @@ def test_flops_fall_by_the_skipped_blocks_cost(name, granularity):
         assert all(cost > 0 for cost in block_costs)
         assert full - subnet_flops == sum(block_costs)
         assert costs.cost(skip).flops == subnet_flops
+    adapted = tiny(name, granularity)  # skip-adapters in, parallel adapters out: the CostModel still adds up
+    assert CostModel(adapted, inputs).cost(SKIP[granularity]).flops == count_flops(adapted.export(SKIP[granularity]), inputs)
     if granularity == "layer":  # a layer's cost is its attention block's plus its MLP block's
         blocks = CostModel(tiny(name, "sublayer", skip_adapter_width=0), inputs).delta_flops
         assert costs.delta_flops["L2"] == blocks["A2"] + blocks["F2"]

@@ -4,6 +4,8 @@ alone and whose greedy ``generate()`` equals das-tune's own subnet's, with and w
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,6 +90,27 @@ def test_greedy_generation_equals_the_subnets(exported, use_cache):
     assert ours.shape[1] == prompt.shape[1] + 12
     with torch.no_grad():  # and the logits themselves, not only their arg-max
         assert torch.allclose(hf(input_ids=ours).logits, subnet.token_logits(ours), atol=1e-4)
+
+
+TRANSFORMERS_ONLY = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = torch.tensor(json.loads(sys.argv[2]))
+out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=int(sys.argv[3]))
+assert "das_tune" not in sys.modules
+print(json.dumps(out.tolist()))
+"""
+
+
+def test_a_process_with_transformers_alone_generates_the_same_tokens(exported):
+    _, run_dir, folder = exported
+    subnet = das_tune.load_subnet(run_dir).backbone
+    prompt = subnet.preprocess(["The box is red. What colour is the box?"])["input_ids"]
+    args = [sys.executable, "-c", TRANSFORMERS_ONLY, str(folder), json.dumps(prompt.tolist()), str(subnet.pad_id())]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == subnet.generate(prompt, max_new_tokens=8).tolist()
 
 
 def test_a_safetensors_export_rebuilds_the_subnet_without_the_checkpoint(exported):

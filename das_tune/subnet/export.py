@@ -7,7 +7,8 @@ Formats:
     hf           a Hugging Face model folder with fewer layers (``AutoModel.from_pretrained``), for
                  BERT-family text encoders with plain layer removal (skip-adapter width 0) and kept
                  layers without parallel adapters (LoRA is merged into the weights); the pooling and
-                 the task head go beside it in das_tune_head.json / das_tune_head.safetensors
+                 the task head go beside it in das_tune_head.json / das_tune_head.safetensors; for
+                 decoders (Llama, Mistral, Qwen2) a causal LM folder that generates (hf_decoder.py)
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def _check_format(folder: FolderSummary, format: str) -> None:
         )
 
 
-# -- Hugging Face: plain layer removal on a BERT-family encoder --------------------------------------
+# -- Hugging Face: plain layer removal on a BERT-family encoder or a decoder ------------------------
 HF_BACKBONES = ("bert", "minilm")
 DECODER_BACKBONES = ("llama", "mistral", "qwen2")  # causal LMs: das_tune/subnet/hf_decoder.py
 
