@@ -13,6 +13,7 @@ import json
 import os
 import random
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,9 +159,17 @@ def _sqlite_cause(error: BaseException | None) -> sqlite3.Error | None:
 
 
 def holds_study(url: str, name: str) -> bool:
-    """Whether the storage at ``url`` holds study ``name``; a local file that does not exist is not created."""
+    """Whether the storage at ``url`` holds study ``name``. A local file that does not exist is not created: it
+    holds nothing if it could be created, else this is the one-line error that opening it would give."""
     path = local_file(url)
-    return (path is None or path.is_file()) and study_exists(open_storage(url), name)
+    if path is None or path.is_file():
+        return study_exists(open_storage(url), name)
+    folder = next(p for p in path.parents if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".das-tune-probe-", dir=folder))
+    except OSError as err:
+        raise UserError(f"storage {shown_url(url)} cannot be opened: {err.strerror}") from None
+    return False
 
 
 def fail_running(study: optuna.Study, phase: str | None = None) -> int:
