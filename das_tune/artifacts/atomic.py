@@ -79,7 +79,7 @@ def out_of_space(error: BaseException | None) -> bool:
     """Whether ``error`` or one it was raised from is a full disk or quota. torch's writer keeps the OSError of the
     Python file it wrote to as its context; safetensors' Rust writer says it only in its text."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or "(os error 28)" in str(error):
+        if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or "(os error 28)" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False

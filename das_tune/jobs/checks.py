@@ -30,7 +30,7 @@ from das_tune.samplers import sampler_from_record, sampler_record
 from das_tune.search import check_executor, executor_entry
 from das_tune.spec import yaml_reader
 from das_tune.spec.study import StudySpec
-from das_tune.storage.opener import absolute_url, holds_study, local_file, shown_url
+from das_tune.storage.opener import absolute_url, holds_study, shown_url
 from das_tune.training import loop
 from das_tune.training.components import Components
 
@@ -104,10 +104,8 @@ def check_storage(spec: StudySpec) -> None:
         return
     recorded = yaml_reader.load(StudySpec, folder / SPEC_FILE).storage
     here = shown_url(spec.storage)
-    if holds_study(spec.storage, spec.resolved_study_name):
+    if holds_study(spec.storage, spec.resolved_study_name):  # a storage that cannot be made: its one-line error
         return
-    if not _creatable(spec.storage):
-        return  # a storage that cannot be made at all: its opener says why, in its own words
     if absolute_url(recorded) != absolute_url(spec.storage):
         raise UserError(
             f"{folder} holds the progress of study {spec.resolved_study_name!r} in storage {shown_url(recorded)}, which {here} "
@@ -119,18 +117,6 @@ def check_storage(spec: StudySpec) -> None:
             f"{checkpoint}: a search of study {spec.resolved_study_name!r}, which storage {here} does not hold "
             "(deleted, or another storage?); pass the storage it ran with (--storage), or --fresh to start again"
         )
-
-
-def _creatable(url: str) -> bool:
-    """A server, an existing file, or a new file whose folder can be written."""
-    path = local_file(url)
-    if path is None or path.is_file():
-        return True
-    try:
-        check_writable_folder(path.parent, "storage")
-    except UserError:
-        return False
-    return True
 
 
 def check_writable_folder(folder: Path, field: str) -> None:

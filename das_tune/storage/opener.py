@@ -13,6 +13,7 @@ import json
 import os
 import random
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,6 +176,20 @@ def _sqlite_cause(error: BaseException | None) -> sqlite3.Error | None:
     return error
 
 
+def holds_study(url: str, name: str) -> bool:
+    """Whether the storage at ``url`` holds study ``name``. A local file that does not exist is not created: it
+    holds nothing if it could be created, else this is the one-line error that opening it would give."""
+    path = local_file(url)
+    if path is None or path.is_file():
+        return study_exists(open_storage(url), name)
+    folder = next(p for p in path.parents if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".das-tune-probe-", dir=folder))
+    except OSError as err:
+        raise UserError(f"storage {shown_url(url)} cannot be opened: {err.strerror}") from None
+    return False
+
+
 def fail_running(study: optuna.Study, phase: str | None = None) -> int:
     """Mark the study's RUNNING trials (of ``phase``, if given) FAIL; only for a study this process
     holds the lease of, where RUNNING trials can only be a dead process's. Returns how many."""
@@ -189,11 +204,3 @@ def fail_running(study: optuna.Study, phase: str | None = None) -> int:
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
-
-
-def holds_study(url: str, name: str) -> bool:
-    """Whether the storage at ``url`` holds study ``name``; a local file that does not exist is not created."""
-    path = local_file(url)
-    if path is not None and not path.is_file():
-        return False
-    return study_exists(open_storage(url), name)
