@@ -21,6 +21,7 @@ from das_tune.errors import UserError
 from das_tune.samplers import sampler_from_record, sampler_record
 from das_tune.search import check_executor, executor_entry
 from das_tune.spec.study import StudySpec
+from das_tune.storage.lease import folder_lock
 from das_tune.storage.opener import holds_study, shown_url
 from das_tune.training import loop
 from das_tune.training.components import Components
@@ -83,6 +84,8 @@ def check_resumable(spec: StudySpec) -> None:
     if state["study_name"] != spec.resolved_study_name:
         return
     if not holds_study(spec.storage, spec.resolved_study_name):
+        with folder_lock(spec.run_dir):  # a folder another run is writing is refused as that first
+            pass
         raise UserError(
             f"{path}: a search of study {spec.resolved_study_name!r}, which storage {shown_url(spec.storage)} does not hold "
             "(deleted, or another storage?); pass the storage it ran with (--storage), or --fresh to start again"
