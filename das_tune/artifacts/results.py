@@ -13,7 +13,6 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from das_tune.artifacts import atomic
-from das_tune.backbones.flops import CostCounts
 
 Result = TypeVar("Result", bound="_Result")
 
@@ -78,10 +77,21 @@ class SubnetFile(FoundBy):
         return FoundBy.model_validate(self.model_dump(include=set(FoundBy.model_fields)))
 
 
+class CostCounts(_Result):
+    """What a subnet costs, as counts; "additional" is relative to the original model without adapters.
+    The fields of ``backbones.flops.Cost``: this module stays free of torch (the CLI's refusals import it),
+    so it cannot import that class; tests/test_retrain.py checks the two declare the same fields."""
+
+    macs: int
+    flops: int
+    additional_macs: int
+    additional_flops: int
+    params: int
+    trainable_params: int
+
+
 class RetrainMetrics(Outcome, CostCounts):
     """``metrics.json``: the retrained subnet's test metric (at its best val epoch), costs, latency and wall-clock."""
-
-    model_config = ConfigDict(extra="ignore", frozen=False)
 
     test: dict[str, float]
     val: dict[str, float]

@@ -47,8 +47,9 @@ RAY_TRAIN_FOLDER = "ray_train"  # the data-parallel executor's Ray Train storage
 
 def write_artifacts(
     spec: StudySpec, weights: dict[str, torch.Tensor], skipped: frozenset[str], found_by: FoundBy, metrics: RetrainMetrics, run_dir: Path
-) -> None:
-    """The four artifacts, each atomically; metrics.json last, so that its presence means "done"."""
+) -> RetrainMetrics:
+    """The four artifacts, each atomically; metrics.json last, so that its presence means "done". Returns
+    the metrics as written (with the checksums of the other three)."""
     space = spec.load_space()
     info = SubnetFile(
         space=space.name, candidates=list(space.candidates), num_skip=space.num_skip, skipped=space.ordered(skipped),
@@ -60,7 +61,9 @@ def write_artifacts(
     write_json(info, run_dir / SUBNET_FILE)
     save_spec(spec, run_dir)
     checksums = {name: atomic.sha256_of(run_dir / name) for name in CHECKED_FILES}
-    write_json(metrics.model_copy(update={"checksums": checksums}), run_dir / METRICS_FILE)
+    written = metrics.model_copy(update={"checksums": checksums})
+    write_json(written, run_dir / METRICS_FILE)
+    return written
 
 
 def save_spec(spec: StudySpec, run_dir: Path | None = None) -> None:

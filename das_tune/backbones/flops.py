@@ -64,9 +64,9 @@ def _numel(module: nn.Module | None, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-class CostCounts(BaseModel):
-    """What a subnet costs, as counts; "additional" is relative to the original model without adapters.
-    The one declaration of these fields: ``metrics.json`` (``RetrainMetrics``) carries them too."""
+class Cost(BaseModel):
+    """What a subnet costs; "additional" is relative to the original model without adapters
+    (``metrics.json`` carries the same counts: ``artifacts.results.CostCounts``)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -76,10 +76,6 @@ class CostCounts(BaseModel):
     additional_flops: int
     params: int
     trainable_params: int
-
-
-class Cost(CostCounts):
-    """A subnet's counts and what is derived from them."""
 
     @property
     def additional_gmacs(self) -> float:

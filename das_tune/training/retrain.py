@@ -41,8 +41,7 @@ def retrain(
     test = loop.evaluate(subnet, parts.task, "test", spec.retrain.batch_size)
     seconds = time.perf_counter() - start
     metrics = _metrics(spec, parts, full, subnet, skipped, trained, test, seconds, found_by.search_seconds, full_latency)
-    write_artifacts(spec, subnet.trainable_state_dict(), skipped, found_by, metrics, out_dir or spec.run_dir)
-    return metrics
+    return write_artifacts(spec, subnet.trainable_state_dict(), skipped, found_by, metrics, out_dir or spec.run_dir)
 
 
 @dataclass(frozen=True)
