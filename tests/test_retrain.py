@@ -50,6 +50,16 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
     assert RetrainMetrics.read(spec.run_dir / METRICS_FILE) == metrics  # the typed file carries the epochs
 
 
+@pytest.mark.slow
+def test_a_retrain_whose_val_metric_reaches_its_maximum_stops_there_without_a_warning(tmp_path):
+    spec = tiny_spec(tmp_path, epochs=4, patience=None)
+    parts = build_components(spec)
+    parts.task.metric_max = 0.0  # any val accuracy reaches it
+    warnings = Warnings()
+    metrics = retrain(spec, parts, frozenset({"En1"}), FoundBy(sampler="test"), warnings)
+    assert (metrics.best_epoch, metrics.epochs_run, warnings.lines) == (1, 1, [])
+
+
 def test_budget_warning_names_the_fix():
     spec = RetrainSpec(epochs=8, patience=3)
     val = {"accuracy": 0.8}
@@ -59,6 +69,8 @@ def test_budget_warning_names_the_fix():
     plateau = budget_warning(spec, Trained(val, best_epoch=2, epochs_run=5), "accuracy", last_gain=0.1)
     assert "stopped at epoch 5 of 8 on a plateau from epoch 2" in plateau and "retrain.patience" in plateau
     assert budget_warning(spec, Trained(val, best_epoch=4, epochs_run=7), "accuracy", last_gain=0.1) is None
+    perfect = Trained({"accuracy": 1.0}, best_epoch=2, epochs_run=2)  # stopped at the ceiling, not on a plateau
+    assert budget_warning(spec, perfect, "accuracy", last_gain=0.1) is None
 
 
 @pytest.mark.slow

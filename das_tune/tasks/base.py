@@ -51,6 +51,7 @@ class Task(ABC):
 
     name: str
     metric: str
+    metric_max = 1.0  # the headline metric's ceiling: a retrain whose val metric reaches it cannot pick a better epoch
     tiny_defaults: dict[str, Any] = {}  # options that ``build_task(..., tiny=True)`` applies
 
     @abstractmethod

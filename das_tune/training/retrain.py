@@ -79,9 +79,12 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
         elif retrain.patience is not None and epoch + 1 - best.best_epoch >= retrain.patience:
             reporter.log(f"val {task.metric} has not improved for {retrain.patience} epochs: stopping")
             break
+        if best.val[task.metric] >= task.metric_max:  # no later epoch could be kept: the rest is wasted time
+            reporter.log(f"val {task.metric} reached its maximum ({task.metric_max:g}): stopping")
+            break
     subnet.load_state_dict(best_state, strict=False)
     trained = replace(best, epochs_run=epoch + 1)
-    if warning := budget_warning(retrain, trained, task.metric, gain):
+    if warning := budget_warning(retrain, trained, task.metric, gain, task.metric_max):
         reporter.warn(warning)
     return trained
 
@@ -102,14 +105,15 @@ def _latency_fields(full: Timing, subnet: Timing) -> dict[str, Any]:
     }
 
 
-def budget_warning(retrain: RetrainSpec, trained: Trained, metric: str, last_gain: float) -> str | None:
+def budget_warning(retrain: RetrainSpec, trained: Trained, metric: str, last_gain: float, metric_max: float = 1.0) -> str | None:
     """One line with the fix, for a retrain that was still learning when its budget ended (its last epoch
-    was its best, by at least ``STILL_LEARNING``), or that stopped on a plateau reached in the first quarter
-    of its budget (a retrain can sit on one for epochs before it improves)."""
+    was its best, by at least ``STILL_LEARNING``), or that stopped on a plateau below ``metric_max`` reached
+    in the first quarter of its budget (a retrain can sit on one for epochs before it improves)."""
     if trained.best_epoch == retrain.epochs > 1 and last_gain >= STILL_LEARNING:
         return (f"the retrain was still learning: its last epoch ({retrain.epochs}) raised val {metric} by {last_gain:.4f} "
                 f"to {trained.val[metric]:.4f}; raise retrain.epochs (or retrain.max_steps_per_epoch)")
-    if trained.epochs_run < retrain.epochs and 4 * trained.best_epoch <= retrain.epochs:
+    plateau = trained.val[metric] < metric_max
+    if plateau and trained.epochs_run < retrain.epochs and 4 * trained.best_epoch <= retrain.epochs:
         return (f"the retrain stopped at epoch {trained.epochs_run} of {retrain.epochs} on a plateau from epoch "
                 f"{trained.best_epoch} (val {metric} {trained.val[metric]:.4f}); "
                 "if that is low, raise retrain.patience (or set it to null)")
