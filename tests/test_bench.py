@@ -273,8 +273,9 @@ class LogCollector(Reporter):
 @pytest.mark.slow
 def test_a_second_bench_process_skips_the_retrains_another_one_holds(tmp_path):
     # one ground-truth retrain's folder is held, as a second `das-tune bench` on the same folder holds
-    # the retrain it works on: this process does every other retrain and leaves that one to its holder
-    config = BenchConfig(study="easyvqa_minilm", samplers=(), methods=("first_k",), seeds=(0,), ground_truth=True,
+    # the retrain it works on: this process does every other retrain and leaves that one to its holder;
+    # a ground truth alone (no sampler, no method) trains no warm-up
+    config = BenchConfig(study="easyvqa_minilm", samplers=(), methods=(), seeds=(0,), ground_truth=True,
                          overrides={"tiny": True, "num_skip": 1}, out=tmp_path / "out")
     held = tmp_path / "out" / "retrain" / "seed1" / "En3"
     reporter = LogCollector()
@@ -286,6 +287,7 @@ def test_a_second_bench_process_skips_the_retrains_another_one_holds(tmp_path):
     assert any("1 retrains were running in other processes" in line for line in reporter.lines)
     again = run_bench(config, LogCollector())
     assert (held / "metrics.json").is_file() and len(again.ground_truth.subsets) == 6
+    assert again.runs == [] and not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "records").exists()
 
 
 @pytest.mark.slow
@@ -336,6 +338,7 @@ def test_bench_rejects_bad_input_before_running(tmp_path):
         (["--space", "minilm_vqa", "--set", "num_skip=1"], "observe 18 subsets of only 6"),
         (["--space", "minilm_vqa", "--seeds", "3-x"], "--seeds"),
         (["--space", "minilm_vqa", "--ground-truth", "--retrain-seeds", "1"], "--retrain-seeds"),
+        (["--space", "minilm_vqa", "--samplers", "", "--methods", ""], "nothing to measure"),
     ]:
         result = bench(tmp_path, "--tiny", *args, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -165,8 +165,8 @@ def plan(config: BenchConfig) -> Plan:
             f"unknown sampler/method {unknown}: expected samplers from {', '.join([*SAMPLER_VARIANTS, *SAMPLERS])} "
             f"and methods from {', '.join(METHODS)}"
         )
-    if not config.samplers and not config.methods:
-        raise UserError("nothing to compare: give --samplers and/or --methods")
+    if not (config.samplers or config.methods or config.ground_truth or config.supernet_steps):
+        raise UserError("nothing to measure: give --samplers, --methods, --ground-truth or --supernet-steps")
     if not config.seeds:
         raise UserError("--seeds: expected at least one seed")
     if config.retrain_seeds < 1 or (config.ground_truth and config.retrain_seeds < 2):
@@ -248,7 +248,8 @@ def execute(p: Plan, reporter: Reporter) -> None:
     for warning in p.warnings:  # after every refusal: a refused run says one line
         reporter.log(f"warning: {warning}")
     parts = None
-    for seed in p.config.seeds:
+    searched = p.config.samplers or p.config.methods  # a ground truth alone needs no warm-up
+    for seed in p.config.seeds if searched else ():
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
         parts = _run_seed(p, seed, opened, reporter) or parts
     for seed in p.config.seeds:
