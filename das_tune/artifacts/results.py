@@ -79,8 +79,8 @@ class SubnetFile(FoundBy):
 
 class CostCounts(_Result):
     """What a subnet costs, as counts; "additional" is relative to the original model without adapters.
-    The fields of ``backbones.flops.Cost``: this module stays free of torch (the CLI's refusals import it),
-    so it cannot import that class; tests/test_retrain.py checks the two declare the same fields."""
+    ``backbones.flops.CostModel`` counts them (its ``Cost`` adds the derived figures); declared here, in
+    a module free of torch, because ``metrics.json`` carries them and the CLI's refusals read that file."""
 
     macs: int
     flops: int

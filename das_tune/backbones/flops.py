@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from das_tune.artifacts.results import CostCounts
 from das_tune.backbones.adapters import Adapter, SkippableLayer
 from das_tune.backbones.base import evaluating
 from das_tune.backbones.layered import LayerSkipBackbone
@@ -64,18 +65,10 @@ def _numel(module: nn.Module | None, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-class Cost(BaseModel):
-    """What a subnet costs; "additional" is relative to the original model without adapters
-    (``metrics.json`` carries the same counts: ``artifacts.results.CostCounts``)."""
+class Cost(CostCounts):
+    """What a subnet costs, as the CostModel counts it (frozen: one per skip set)."""
 
     model_config = ConfigDict(frozen=True)
-
-    macs: int
-    flops: int
-    additional_macs: int
-    additional_flops: int
-    params: int
-    trainable_params: int
 
     @property
     def additional_gmacs(self) -> float:
