@@ -36,9 +36,10 @@ CASES = {  # family, granularity, skipped: whole layers; a lone attention block 
 }
 
 
-def retrained_run(tmp_path, family: str, granularity: str, skip: str):
+def retrained_run(tmp_path, family: str, granularity: str, skip: str, skip_adapters: bool = False):
     names = [f"L{i}" for i in range(LAYERS)] if granularity == "layer" else [f"{k}{i}" for i in range(LAYERS) for k in "AF"]
-    (tmp_path / "space.yaml").write_text(PRUNE_SPACE.format(family=family, granularity=granularity, names=", ".join(names)))
+    space = PRUNE_SPACE.format(family=family, granularity=granularity, names=", ".join(names))
+    (tmp_path / "space.yaml").write_text(space.replace("skip_adapter_width: 0\n", "") if skip_adapters else space)
     (tmp_path / "study.yaml").write_text(PRUNE_STUDY.format(space=tmp_path / "space.yaml", family=family, layers=LAYERS))
     args = ["retrain", "--study", "study.yaml", "--skip", skip, "--tiny", "--quiet", "--set", "backbone.options.num_layers=6"]
     run_cli(*args, cwd=tmp_path, check=True, timeout=900)
@@ -46,13 +47,22 @@ def retrained_run(tmp_path, family: str, granularity: str, skip: str):
     return run_dir
 
 
+_EXPORTED: dict[str, tuple[str, object, object]] = {}  # case → (case, run folder, hf folder), built once per process
+
+
+def exported_case(case: str, tmp_path_factory) -> tuple:
+    if case not in _EXPORTED:
+        family, granularity, skip = CASES[case]
+        folder = tmp_path_factory.mktemp(case)
+        run_dir = retrained_run(folder, family, granularity, skip)
+        run_cli("export", str(run_dir), "--out", "hf", "--format", "hf", "--quiet", cwd=folder, check=True)
+        _EXPORTED[case] = case, run_dir, folder / "hf"
+    return _EXPORTED[case]
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def exported(request, tmp_path_factory):
-    family, granularity, skip = CASES[request.param]
-    folder = tmp_path_factory.mktemp(request.param)
-    run_dir = retrained_run(folder, family, granularity, skip)
-    run_cli("export", str(run_dir), "--out", "hf", "--format", "hf", "--quiet", cwd=folder, check=True)
-    return request.param, run_dir, folder / "hf"
+    return exported_case(request.param, tmp_path_factory)
 
 
 def test_the_folder_loads_with_fewer_layers_renumbered(exported):
@@ -103,8 +113,10 @@ print(json.dumps(out.tolist()))
 """
 
 
-def test_a_process_with_transformers_alone_generates_the_same_tokens(exported):
-    _, run_dir, folder = exported
+# once, on the case whose config changes most (Qwen2's layer_types): every case's folder is compared with
+# its subnet in-process above; this checks that nothing of das_tune is needed to load and run one
+def test_a_process_with_transformers_alone_generates_the_same_tokens(tmp_path_factory):
+    _, run_dir, folder = exported_case("qwen2-layers", tmp_path_factory)
     subnet = das_tune.load_subnet(run_dir).backbone
     prompt = subnet.preprocess(["The box is red. What colour is the box?"])["input_ids"]
     args = [sys.executable, "-c", TRANSFORMERS_ONLY, str(folder), json.dumps(prompt.tolist()), str(subnet.pad_id())]
@@ -113,8 +125,8 @@ def test_a_process_with_transformers_alone_generates_the_same_tokens(exported):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == subnet.generate(prompt, max_new_tokens=8).tolist()
 
 
-def test_a_safetensors_export_rebuilds_the_subnet_without_the_checkpoint(exported):
-    _, run_dir, folder = exported
+def test_a_safetensors_export_rebuilds_the_subnet_without_the_checkpoint(tmp_path_factory):
+    _, run_dir, folder = exported_case("mistral-sublayers", tmp_path_factory)  # a sublayer rebuild: the most involved
     run_cli("export", str(run_dir), "--out", "st", "--quiet", cwd=folder.parent, check=True)
     rebuilt, subnet = das_tune.load_subnet(folder.parent / "st").backbone, das_tune.load_subnet(run_dir).backbone
     prompt = subnet.preprocess(["Question: What colour is the cup?\nAnswer:"])["input_ids"]
@@ -124,11 +136,7 @@ def test_a_safetensors_export_rebuilds_the_subnet_without_the_checkpoint(exporte
 
 
 def test_skip_adapters_adapters_and_onnx_are_refused_in_one_line(tmp_path):
-    run_dir = tmp_path / "runs" / "tiny"
-    run_cli("retrain", "--study", "llama_layers", "--skip", "L0,L1,L2,L3", "--tiny", "--quiet",
-            "--set", "retrain.max_steps_per_epoch=1", "--set", "task.options.test_limit=4", "--set", "task.options.val_limit=4",
-            cwd=tmp_path, check=True, timeout=900)
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = retrained_run(tmp_path, "llama", "layer", "L1,L4", skip_adapters=True)
     for fmt, message in (("hf", "have skip-adapters"), ("onnx", "is a decoder, which das-tune does not export to ONNX")):
         result = run_cli("export", str(run_dir), "--out", "x", "--format", fmt, cwd=tmp_path)
         assert result.returncode == 2, result.stderr

@@ -119,6 +119,8 @@ def test_tiny_studies_search_retrain_evaluate_and_predict(study, cli, tmp_path):
     subnet = json.loads((run_dir / "subnet.json").read_text())
     assert len(subnet["skipped"]) == (4 if study == "llama_layers" else 8)
     assert {name[0] for name in subnet["skipped"]} <= ({"L"} if study == "llama_layers" else {"A", "F"})
+    if study == "llama_sublayers":  # evaluate and predict do not depend on the granularity: once is enough
+        return
     metrics = json.loads((run_dir / "metrics.json").read_text())
     evaluated = cli("evaluate", str(run_dir), "--quiet", check=True)
     assert float(evaluated.stdout.split()[-1]) == pytest.approx(metrics["test"]["accuracy"])

@@ -513,6 +513,7 @@ def retrained(p: Plan, seed: int, parts: Components, skipped: frozenset[str], re
             if done is not None:
                 return done
             save_spec(spec)
+            reporter.log(f"retraining {subset_key(p.space, skipped) or 'the full model'} at retrain seed {seed} in {spec.run_dir}")
             return retrain(spec, parts, skipped, FoundBy(sampler=BENCH), reporter)
     except FolderInUse:
         return None
