@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from das_tune.artifacts import atomic
+from das_tune.backbones.cost import CostCounts
 
 Result = TypeVar("Result", bound="_Result")
 
@@ -75,19 +76,6 @@ class SubnetFile(FoundBy):
     @property
     def found_by(self) -> FoundBy:
         return FoundBy.model_validate(self.model_dump(include=set(FoundBy.model_fields)))
-
-
-class CostCounts(_Result):
-    """What a subnet costs, as counts; "additional" is relative to the original model without adapters.
-    ``backbones.flops.CostModel`` counts them (its ``Cost`` adds the derived figures); declared here, in
-    a module free of torch, because ``metrics.json`` carries them and the CLI's refusals read that file."""
-
-    macs: int
-    flops: int
-    additional_macs: int
-    additional_flops: int
-    params: int
-    trainable_params: int
 
 
 class RetrainMetrics(Outcome, CostCounts):

@@ -1,39 +1,51 @@
-"""Skippable backbones by name: ``build_backbone("minilm_vl", tiny=True)``."""
+"""Skippable backbones by name: ``build_backbone("minilm_vl", tiny=True)``.
+
+A backbone's module is imported when the backbone is first used, so importing this package (and its
+torch-free parts, such as ``backbones.cost``) does not import torch: the CLI refuses bad input fast.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from das_tune.backbones.base import SkippableBackbone
-from das_tune.backbones.bert import MiniLM, TextEncoderBackbone
-from das_tune.backbones.decoder import DecoderBackbone, MistralBackbone, Qwen2Backbone
-from das_tune.backbones.meter import MeterBackbone
-from das_tune.backbones.vilt import ViltBackbone
-from das_tune.backbones.vl_bert import MiniLMVL, SingleStreamVL
 from das_tune.errors import UserError
 
-# name → class; ``cls.build(checkpoint=None, tiny=False, **options)``, ``cls.tiny_ignores``
-BACKBONES: dict[str, type[SkippableBackbone]] = {
-    "bert": TextEncoderBackbone,
-    "minilm": MiniLM,
-    "bert_vl": SingleStreamVL,
-    "minilm_vl": MiniLMVL,
-    "meter": MeterBackbone,
-    "vilt": ViltBackbone,
-    "llama": DecoderBackbone,
-    "mistral": MistralBackbone,
-    "qwen2": Qwen2Backbone,
+if TYPE_CHECKING:
+    from torch import nn
+
+    from das_tune.backbones.base import SkippableBackbone
+
+# name → (module under das_tune.backbones, class); ``cls.build(checkpoint=None, tiny=False, **options)``, ``cls.tiny_ignores``
+REGISTRY: dict[str, tuple[str, str]] = {
+    "bert": ("bert", "TextEncoderBackbone"),
+    "minilm": ("bert", "MiniLM"),
+    "bert_vl": ("vl_bert", "SingleStreamVL"),
+    "minilm_vl": ("vl_bert", "MiniLMVL"),
+    "meter": ("meter", "MeterBackbone"),
+    "vilt": ("vilt", "ViltBackbone"),
+    "llama": ("decoder", "DecoderBackbone"),
+    "mistral": ("decoder", "MistralBackbone"),
+    "qwen2": ("decoder", "Qwen2Backbone"),
 }
+_CLASSES = {cls: module for module, cls in REGISTRY.values()} | {"SkippableBackbone": "base"}
+
+
+def backbone_class(name: str) -> type[SkippableBackbone]:
+    """The class registered as ``name`` (its module imported now)."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown backbone {name!r}; expected one of {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name]
+    return getattr(importlib.import_module(f"das_tune.backbones.{module}"), cls)
 
 
 def build_backbone(
-    name: str, checkpoint: str | None = None, tiny: bool = False, task_head: nn.Module | None = None, **options
+    name: str, checkpoint: str | None = None, tiny: bool = False, task_head: nn.Module | None = None, **options: Any
 ) -> SkippableBackbone:
     """Build the backbone ``name`` (random tiny, or from a local ``checkpoint``), with an optional head."""
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; expected one of {', '.join(sorted(BACKBONES))}")
+    cls = backbone_class(name)
     try:
-        backbone = BACKBONES[name].build(checkpoint=checkpoint, tiny=tiny, **options)
+        backbone = cls.build(checkpoint=checkpoint, tiny=tiny, **options)
     except TypeError as error:
         if "unexpected keyword argument" not in str(error):
             raise
@@ -43,7 +55,11 @@ def build_backbone(
     return backbone
 
 
-__all__ = [
-    "BACKBONES", "DecoderBackbone", "MeterBackbone", "MiniLM", "MiniLMVL", "MistralBackbone", "Qwen2Backbone",
-    "SingleStreamVL", "SkippableBackbone", "TextEncoderBackbone", "ViltBackbone", "build_backbone",
-]
+def __getattr__(name: str) -> Any:
+    """The backbone classes, imported on first access (``from das_tune.backbones import MiniLMVL``)."""
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f"das_tune.backbones.{_CLASSES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["REGISTRY", "backbone_class", "build_backbone", *sorted(_CLASSES)]

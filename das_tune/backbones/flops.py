@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from pydantic import ConfigDict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from das_tune.artifacts.results import CostCounts
 from das_tune.backbones.adapters import Adapter, SkippableLayer
 from das_tune.backbones.base import evaluating
+from das_tune.backbones.cost import Cost
 from das_tune.backbones.layered import LayerSkipBackbone
 
 
@@ -63,21 +62,6 @@ def _numel(module: nn.Module | None, trainable_only: bool = False) -> int:
     if module is None:
         return 0
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-class Cost(CostCounts):
-    """What a subnet costs, as the CostModel counts it (frozen: one per skip set)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    @property
-    def additional_gmacs(self) -> float:
-        """The paper's "FLOPs" (Table A): additional multiply-accumulates, in G."""
-        return self.additional_macs / 1e9
-
-    def trial_attrs(self) -> dict[str, float | int]:
-        """What each trial records of its subnet (user attributes, shown in the dashboard)."""
-        return {"additional_gmacs": self.additional_gmacs, "trainable_params": self.trainable_params}
 
 
 class CostModel:

@@ -313,14 +313,14 @@ def _make_tiny(data: dict[str, Any], *, backbone: str | None, task: str | None) 
     """Tiny mode, as each piece owns it: the backbone (named ``backbone`` once overridden) drops the
     options its tiny model sets itself, the task applies its small sizes, no local files are read, and
     the budgets are cut to a few steps."""
-    from das_tune.backbones import BACKBONES
+    from das_tune.backbones import REGISTRY, backbone_class
     from das_tune.tasks import TASKS
 
     for field in LOCAL_PATHS:
         _pop_dotted(data, field)
     options = _get_dotted(data, "backbone.options")
-    if backbone in BACKBONES and isinstance(options, dict):
-        for key in BACKBONES[backbone].tiny_ignores:
+    if backbone in REGISTRY and isinstance(options, dict):
+        for key in backbone_class(backbone).tiny_ignores:
             options.pop(key, None)
     if task in TASKS and isinstance(data.get("task"), dict):
         options = data["task"].get("options")

@@ -149,7 +149,7 @@ def _causal_lm(architecture: dict[str, Any]) -> nn.Module:
 
 
 def _architectures() -> dict[str, Architecture]:
-    from das_tune.backbones import BACKBONES, MeterBackbone, SingleStreamVL, TextEncoderBackbone, ViltBackbone
+    from das_tune.backbones import MeterBackbone, SingleStreamVL, TextEncoderBackbone, ViltBackbone, backbone_class
 
     text = Architecture(TextEncoderBackbone, _hf_config, _hf_encoder, ("tokenizer", "num_layers"))
     single_stream = Architecture(SingleStreamVL, _hf_config, _hf_encoder, ("tokenizer", "num_layers", "vl_weights"))
@@ -162,7 +162,7 @@ def _architectures() -> dict[str, Architecture]:
         "vilt": Architecture(ViltBackbone, _hf_config, _vilt, ("tokenizer", "image_size", "random_weights")),
         "meter": Architecture(MeterBackbone, meter_sizes, _meter_core, ("tokenizer", "image_size", "random_weights")),
         **{
-            name: Architecture(BACKBONES[name], _lm_config, _causal_lm, ("tokenizer", "num_layers", "dtype"))
+            name: Architecture(backbone_class(name), _lm_config, _causal_lm, ("tokenizer", "num_layers", "dtype"))
             for name in ("llama", "mistral", "qwen2")
         },
     }
