@@ -106,12 +106,14 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", type=Path, required=True, help="a `das-tune bench --ground-truth` output folder")
-    parser.add_argument("--main-job", type=Path, default=ROOT / "docs" / "main_job.json")
+    parser.add_argument("--main-job", type=Path, default=ROOT / "docs" / "main_job.json",
+                        help="the main job's measurement with the bench's retrain budget (its full model is the first row)")
     parser.add_argument("--json", type=Path, help="write the table here")
     parser.add_argument("--das-seed", type=int, help="DAS's pick from the bench's search at this seed (not the main job's)")
     parser.add_argument("--others", type=int, help="show this many subsets of the bench's reference sample (default: all retrained)")
     args = parser.parse_args()
     result = table_b(args.bench, json.loads(args.main_job.read_text()), args.das_seed, args.others)
+    result["main_job"] = args.main_job.name  # the measurement its full model comes from (under docs/)
     text = json.dumps(result, indent=2) + "\n"
     if args.json:
         args.json.write_text(text)
