@@ -668,7 +668,7 @@ def _report(spec, done, quiet: bool) -> None:
     table.add_row("additional GMACs (paper's 'FLOPs')", f"{metrics.additional_gmacs:+.4f}")
     table.add_row("FLOPs saved vs full model with adapters", f"{metrics.flops_saved:.1%}")
     table.add_row("trainable params", f"{metrics.trainable_params:,}")
-    table.add_row("latency full → subnet (batch 1, median [interquartile range])", _latency(metrics))
+    table.add_row(rich_escape("latency full → subnet (batch 1, median [interquartile range])"), _latency(metrics))
     if metrics.search_seconds is not None:
         table.add_row("search wall-clock", f"{metrics.search_seconds:.0f} s")
     table.add_row("retrain wall-clock", f"{metrics.retrain_seconds:.0f} s")

@@ -140,3 +140,19 @@ def test_piped_output_is_not_cut_to_80_columns_and_the_version_prints(tmp_path):
     assert studies.returncode == 0 and "easyvqa_minilm_sublayers" in studies.stdout and "…" not in studies.stdout
     version = run_cli("--version", cwd=tmp_path, timeout=120)
     assert version.returncode == 0 and version.stdout.strip().startswith("das-tune 0.")
+
+
+def test_the_run_summary_shows_its_labels_whole(capsys, monkeypatch):
+    # rich reads "[interquartile range]" as markup and drops it unless escaped
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from das_tune import cli
+    from das_tune.artifacts.results import RetrainMetrics
+
+    monkeypatch.setattr(cli, "out", Console(width=200))
+    committed = Path(__file__).resolve().parents[1] / "bench" / "minilm_vqa-skip3" / "retrain" / "seed0" / "En0+En1+En2"
+    done = SimpleNamespace(metrics=RetrainMetrics.read(committed / "metrics.json"), tie_break=None, artifacts="runs/x")
+    cli._report(SimpleNamespace(tiny=False, resolved_study_name="x"), done, quiet=False)
+    assert "latency full → subnet (batch 1, median [interquartile range])" in capsys.readouterr().out
