@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 
 class Reporter:
@@ -37,7 +38,7 @@ class RichReporter(Reporter):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<16}"),
+            TextColumn("[bold]{task.description:<16}", table_column=Column(no_wrap=True, min_width=16)),  # never squeezed
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
