@@ -227,8 +227,9 @@ def reference_subsets(space: SkipSpace, size: int) -> tuple[frozenset[str], ...]
 
 
 def ground_truth_order(p: Plan) -> list[frozenset[str]]:
-    """The reference subsets in the fixed random order they are retrained in: a ground truth stopped
-    part-way is a random sample of it, not the first subsets in candidate order."""
+    """The reference subsets in the fixed random order they are retrained in, one retrain seed after the
+    other: a ground truth stopped part-way has a random sample of the subsets, all of them at the first
+    retrain seed before any at the second."""
     order = np.random.default_rng(REFERENCE_SEED).permutation(len(p.reference))
     return [p.reference[i] for i in order]
 
@@ -258,10 +259,10 @@ def execute(p: Plan, reporter: Reporter) -> None:
                 reporter.log(f"seed {seed}: a uniform supernet of {losses.steps} steps scored the reference on val")
     if p.config.ground_truth:
         parts = parts or build_components(p.spec(p.config.seeds[0]))
-        subsets = [s for s in ground_truth_order(p) if any(_retrain_metrics(p, r, s) is None for r in p.retrain_seeds)]
+        todo = [(r, s) for r in p.retrain_seeds for s in ground_truth_order(p) if _retrain_metrics(p, r, s) is None]
         reporter.log(f"ground truth: {len(p.reference)} reference subsets × {len(p.retrain_seeds)} retrain seeds, "
-                     f"{len(subsets)} subsets to go")
-        busy = sum(retrained(p, r, parts, subset, reporter) is None for subset in subsets for r in p.retrain_seeds)
+                     f"{len(todo)} retrains to go")
+        busy = sum(retrained(p, r, parts, subset, reporter) is None for r, subset in todo)
         if busy:
             reporter.log(f"ground truth: {busy} retrains were running in other processes; re-run when they end to collect them")
 
