@@ -12,6 +12,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Ray keeps 127.0.0.1 as a node's address only with this (see das_tune/search/__init__.py); set
 # before any test module imports Ray, and inherited by the CLI subprocesses.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray starts its workers at nice 15. Beside the other xdist worker's tests (nice 0) they get a few per
+# cent of a core, and the serial group waits on them: the two-worker DDP test took over 600 s beside two
+# busy processes, 86 s with this.
+os.environ.setdefault("RAY_worker_niceness", "0")
 LOOPBACK = "127.0.0.1"
 # Run on one pytest-xdist worker, one test after another (``--dist loadgroup``): the tests that start
 # Ray (each claims both CPUs), a PostgreSQL server or an OS package install (one dpkg lock).
