@@ -40,3 +40,19 @@ def test_help_and_refusals_import_no_heavy_library(tmp_path, args, code):
 
 def test_the_help_names_every_sampler():
     assert SAMPLER_NAMES == tuple(SAMPLERS)
+
+
+@pytest.mark.parametrize("args", [
+    ["--sampler", ""],
+    ["--set", "search.round_size=100"],
+    ["--set", "search.observe_every=1000"],
+    ["--set", "output_dir=/proc/x"],
+])
+def test_a_run_refused_on_its_space_or_task_builds_no_model(tmp_path, args):
+    """What needs the space and the task's data but no model is refused before the backbone's imports
+    (transformers) and weights."""
+    result = subprocess.run([sys.executable, "-c", HARNESS, "run", "--space", "minilm_vqa", "--tiny", *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    code, heavy = json.loads(result.stdout.splitlines()[-1])
+    assert code == 2 and "transformers" not in heavy, result.stderr[-3000:]

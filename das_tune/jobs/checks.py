@@ -1,4 +1,4 @@
-"""Checks of a study against its built components, done before anything is written.
+"""Checks of a study against its space and task, done before the model is built and anything is written.
 
 A pydantic model checks each field on its own; these check what needs the space, the task's data or a
 working sampler: that the search observes at all, that a round's subsets can be distinct, that the
@@ -29,21 +29,23 @@ from das_tune.errors import UserError
 from das_tune.samplers import sampler_from_record, sampler_record
 from das_tune.search import check_executor, executor_entry
 from das_tune.spec import yaml_reader
+from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import StudySpec
 from das_tune.storage.opener import absolute_url, holds_study, shown_url
+from das_tune.tasks.base import Task
 from das_tune.training import loop
-from das_tune.training.components import Components
 
 
-def check_study(spec: StudySpec, parts: Components) -> None:
+def check_study(spec: StudySpec, space: SkipSpace, task: Task) -> None:
+    """What needs the space and the task's data but no model: checked before the model is built."""
     check_executor(spec.search)
-    check_rounds(spec, parts)
-    check_sampler(spec, parts)
+    check_rounds(spec, space, task)
+    check_sampler(spec, space)
     check_writable_folder(Path(spec.output_dir), "output_dir")
 
 
-def check_rounds(spec: StudySpec, parts: Components) -> None:
-    search, space = spec.search, parts.space
+def check_rounds(spec: StudySpec, space: SkipSpace, task: Task) -> None:
+    search = spec.search
     # a range's DAS rounds are of one size: the fewest subsets of a size with more than one
     subsets = min(n for m in space.sizes if (n := math.comb(len(space.candidates), m)) > 1) if space.is_range else space.num_subsets
     if search.round_size > subsets:
@@ -53,7 +55,7 @@ def check_rounds(spec: StudySpec, parts: Components) -> None:
         )
     if not executor_entry(search).one_shot:  # Ray Tune trials do not observe
         return
-    steps = loop.steps_per_epoch(parts.task, search.batch_size, search.max_steps_per_epoch)
+    steps = loop.steps_per_epoch(task, search.batch_size, search.max_steps_per_epoch)
     warmup, total = steps * search.warmup_epochs, steps * (search.warmup_epochs + search.search_epochs)
     rounds = total // search.observe_every - warmup // search.observe_every
     if rounds < 1:
@@ -63,19 +65,19 @@ def check_rounds(spec: StudySpec, parts: Components) -> None:
         )
 
 
-def check_sampler(spec: StudySpec, parts: Components) -> None:
+def check_sampler(spec: StudySpec, space: SkipSpace) -> None:
     """One trial of the space with the sampler on an in-memory study: bad options fail here, not in
     the middle of a real study (where they would leave a RUNNING trial behind)."""
     options = spec.sampler.own_options
-    sampler = sampler_from_record(sampler_record(spec.sampler.name, spec.seed, options, spec.search.round_size), parts.space)
+    sampler = sampler_from_record(sampler_record(spec.sampler.name, spec.seed, options, spec.search.round_size), space)
     try:
-        objectives = 2 if parts.space.is_range else 1  # a range: (observed loss, additional GMACs)
+        objectives = 2 if space.is_range else 1  # a range: (observed loss, additional GMACs)
         study = optuna.create_study(sampler=sampler, directions=["minimize"] * objectives)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trial = study.ask()
-            parts.space.suggest(trial)
-            study.tell(trial, [1.0] * objectives if parts.space.is_range else 1.0)
+            space.suggest(trial)
+            study.tell(trial, [1.0] * objectives if space.is_range else 1.0)
     except Exception as err:
         message = " ".join(str(err).split())
         raise UserError(f"sampler {spec.sampler.name!r} with options {options}: {type(err).__name__}: {message}") from None

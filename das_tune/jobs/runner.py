@@ -90,7 +90,8 @@ def opening(
     clear: Callable[[Path], list[str]] | None = None,
 ) -> Iterator[tuple[Components, OpenedStorage]]:
     """How every search job opens: its run folder (and ``folders``) checked before the model is built,
-    the components built and checked (``check``: the job's own needs), a Ray cluster reached — all before
+    the components built and checked (``check_study`` before the model is built; ``check``: the job's own
+    needs), a Ray cluster reached — all before
     anything is written — then ``exclusive``; with ``fresh`` the run folder is cleared (``clear``: the
     job's own files too). Yields the components and the opened storage."""
     if not fresh:  # a damaged run folder is refused before the model is built
@@ -98,10 +99,9 @@ def opening(
             check_run_folder(folder)
         check_resumable(spec)
     seed_everything(spec.seed)
-    parts = build_components(spec)  # bad input fails here, before the storage is touched
+    parts = build_components(spec, check_study)  # bad input fails here, before the storage is touched
     if check is not None:
         check(parts)
-    check_study(spec, parts)
     if spec.ray.address and executor_entry(spec.search).uses_ray:  # so does a Ray cluster that does not answer
         from das_tune.search.ray_cluster import check_reachable
 

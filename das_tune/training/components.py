@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from das_tune.backbones import build_backbone
@@ -27,12 +28,16 @@ class Components:
         return _backbone(self.spec, self.space)
 
 
-def build_components(spec: StudySpec) -> Components:
+def build_components(spec: StudySpec, check: Callable[[StudySpec, SkipSpace, Task], None] | None = None) -> Components:
     """Bad input (a missing file, an unknown option, a layer the backbone lacks) fails here, before
-    anything is written. Tiny mode is already in ``spec`` (see ``study._make_tiny``)."""
+    anything is written; ``check`` sees the space and the task before the model is built (seconds of
+    imports and weights), so that what it refuses is refused at once. Tiny mode is already in ``spec``
+    (see ``study._make_tiny``)."""
     space = spec.load_space()
     spec = _with_local_paths(spec)
     task = _task(spec)
+    if check is not None:
+        check(spec, space, task)
     model = _backbone(spec, space)
     missing = [c for c in space.candidates if c not in model.layer_names]
     if missing:
