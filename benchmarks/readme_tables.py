@@ -5,7 +5,9 @@
 
 A block is ``<!-- bench-table: bench/<folder> -->`` … ``<!-- /bench-table -->``: the medians over seeds of
 a sampler bench (one num_skip), or a ladder bench's (a range of num_skip) with its paired tests, cost ratio,
-percentiles and, where a committed bench of one size holds every subset's retrains, its picks' values there.
+percentiles and, where a committed bench of one size holds every subset's retrains, its picks' values there;
+or, for a bench of ground truth alone (no method searched yet), every subset's retrains, the rankable check
+and the uniform supernets' rankings, as its results.md has them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from das_tune.bench.report import fmt
+from das_tune.artifacts.results import BenchResults
+from das_tune.bench.report import budget_table, fmt, markdown_lines, rankable_line, truth_line, truth_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- bench-table: (\S+) -->\n)(.*?)(<!-- /bench-table -->)", re.S)
@@ -95,6 +98,17 @@ def picks_in_other_ground_truths(results: dict, benches: dict[str, dict]) -> lis
     return lines
 
 
+def truth_block(results: dict) -> str:
+    typed = BenchResults.model_validate(results)
+    gt = typed.ground_truth
+    if gt is None:
+        raise ValueError(f"bench of {typed.space} skip {typed.num_skip}: no method and no finished ground truth to show")
+    parts = ["\n".join(markdown_lines(*truth_table(typed))), truth_line(gt), rankable_line(gt)]
+    if typed.supernet_budgets:
+        parts.append("\n".join(markdown_lines(*budget_table(typed))))
+    return "\n\n".join(parts)
+
+
 def committed() -> dict[str, dict]:
     """``{"bench/<folder>": results}`` of every committed bench."""
     return {str(p.parent.relative_to(ROOT)): json.loads(p.read_text()) for p in sorted((ROOT / "bench").glob("*/results.json"))}
@@ -103,7 +117,10 @@ def committed() -> dict[str, dict]:
 def render(readme: str, benches: dict[str, dict]) -> str:
     def block(match: re.Match) -> str:
         results = benches[match.group(2)]
-        body = ladder_block(results, benches) if "sizes" in results else sampler_block(results)
+        if "sizes" in results:
+            body = ladder_block(results, benches)
+        else:
+            body = sampler_block(results) if results["summary"] else truth_block(results)
         return f"{match.group(1)}{body}\n{match.group(4)}"
 
     return BLOCK.sub(block, readme)

@@ -346,10 +346,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                   "scores) against the ground truth, and the final supernet's loss of each reference subset against it."]
     lines += ["", "## Summary", "", *markdown_lines(*summary_table(results)), "", "## Runs", "", *markdown_lines(*runs_table(results))]
     if gt is not None:
-        lines += ["", "## Ground truth", "",
-                  f"{fmt(gt.retrains)} retrains, {fmt(gt.retrain_seconds)} s of retraining in all; retrain noise "
-                  f"(median std over retrain seeds) {fmt(gt.noise_std)}; collapsed retrains (more than {fmt(gt.collapse_margin)} "
-                  f"below the same subset's best seed): {fmt(gt.collapses)}.", "", _rankable_line(gt), ""]
+        lines += ["", "## Ground truth", "", truth_line(gt), "", rankable_line(gt), ""]
         if results.warmup_ranking:
             lines += ["Warm-up supernet's loss against the ground truth, per seed: " + "; ".join(
                 f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}"
@@ -364,7 +361,14 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _rankable_line(gt: GroundTruth) -> str:
+def truth_line(gt: GroundTruth) -> str:
+    """The ground truth's cost, noise and collapses, in one sentence."""
+    return (f"{fmt(gt.retrains)} retrains, {fmt(gt.retrain_seconds)} s of retraining in all; retrain noise "
+            f"(median std over retrain seeds) {fmt(gt.noise_std)}; collapsed retrains (more than {fmt(gt.collapse_margin)} "
+            f"below the same subset's best seed): {fmt(gt.collapses)}.")
+
+
+def rankable_line(gt: GroundTruth) -> str:
     """The check that the space can tell methods apart at all: its best subset far above its median one."""
     if gt.rankable is None:
         return "Rankable: — (no retrain noise measured)."
