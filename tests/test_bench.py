@@ -285,6 +285,9 @@ def test_a_second_bench_process_skips_the_retrains_another_one_holds(tmp_path):
     assert len(retrain_files(tmp_path / "out")) == 6 * 2 - 1
     assert results.ground_truth is None  # partial: the results wait for the held retrain
     assert any("1 retrains were running in other processes" in line for line in reporter.lines)
+    # every subset at retrain seed 0 before any at seed 1: a ground truth stopped part-way covers them all
+    seeds = [line.split(" at retrain seed ")[1][0] for line in reporter.lines if line.startswith("retraining ")]
+    assert seeds == ["0"] * 6 + ["1"] * 5
     again = run_bench(config, LogCollector())
     assert (held / "metrics.json").is_file() and len(again.ground_truth.subsets) == 6
     assert again.runs == [] and not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "records").exists()
