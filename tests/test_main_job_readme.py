@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from das_tune.artifacts.results import RetrainMetrics, SubnetFile
 
@@ -23,6 +24,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "table-b-sublayers": "docs/benchmarks.md",
     "sublayer-setup": "docs/benchmarks.md",
     "sublayer-verdict": "docs/benchmarks.md",
+    "partial-truths": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+)(?::[^>]*)? -->")
@@ -149,3 +151,18 @@ def test_readme_sublayer_setup_numbers_are_the_committed_bench():
     values = [*leaves(results), results["budget"]["observations"] / results["num_subsets"]]
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in {PAGES['sublayer-setup']}'s sublayer setup that are not in its results.json: {strays}"
+
+
+def test_partial_ground_truths_are_quoted_from_their_committed_retrains():
+    """Each line of the section names a bench folder, its count of committed retrains out of all, and their range."""
+    found = sections("partial-truths")
+    assert len(found) == 1, f"{PAGES['partial-truths']} has no single partial-truths section"
+    lines = [line for line in found[0].split("\n- ") if "`bench/" in line]
+    assert lines
+    for line in lines:
+        folder = ROOT / re.search(r"`(bench/[^`]+)`", line).group(1)
+        plan = yaml.safe_load((folder / "plan.yaml").read_text())["bench"]
+        values = [json.loads(p.read_text())["value"] for p in folder.glob("retrain/seed*/*/metrics.json")]
+        total = len(plan["reference"]) * plan["retrain_seeds"]
+        assert f"{len(values)} of {total} retrains committed" in line, (folder, len(values), total)
+        assert f"{min(values):.3f}–{max(values):.3f}" in line, (folder, min(values), max(values))

@@ -322,6 +322,8 @@ def truth_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown(results: BenchResults, plots: list[str]) -> str:
+    if not results.runs:
+        return _truth_markdown(results)
     b = results.budget
     lines = [
         f"# das-tune bench: {results.study} on {results.space}",
@@ -358,6 +360,23 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                       *markdown_lines(*budget_table(results)), ""]
         lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
+    return "\n".join(lines)
+
+
+def _truth_markdown(results: BenchResults) -> str:
+    """A bench that searched nothing yet: its ground truth and the uniform supernets' rankings of it."""
+    b, gt = results.budget, results.ground_truth
+    lines = [f"# das-tune bench: {results.study} on {results.space}", "",
+             f"Skip {fmt(results.num_skip)} of {fmt(results.num_candidates)} candidates ({fmt(results.num_subsets)} subsets). "
+             f"No method has searched yet: the ground truth alone, every reference subset retrained for {fmt(b.retrain_epochs)} "
+             f"epoch(s) at each of the retrain seeds {', '.join(fmt(s) for s in b.retrain_seeds)}.", ""]
+    if gt is None:
+        return "\n".join([*lines, "The ground truth is not finished yet.", ""])
+    lines += ["## Ground truth", "", truth_line(gt), "", rankable_line(gt), "", *markdown_lines(*truth_table(results)), ""]
+    if results.supernet_budgets:
+        lines += ["## Uniform supernets", "", "Each reference subset's loss on the whole val split against the ground truth "
+                  "(medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the chance a good-set "
+                  "subset has the lower loss; top-k recall of the best three):", "", *markdown_lines(*budget_table(results)), ""]
     return "\n".join(lines)
 
 
