@@ -41,6 +41,11 @@ from das_tune.bench import stats
 from das_tune.bench.runs import REFERENCE_SEED, Plan, budget_losses_path, retrained_values, saved_records, saved_warmups, subset_key
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+BUDGETS_CAPTION = (
+    "Uniform supernets trained for a budget, each reference subset's loss on the whole val split against the ground truth "
+    "(medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the chance a good-set subset has "
+    "the lower loss; top-k recall of the best three):"
+)
 RANKABLE = 5.0  # a space is rankable when its best subset is this many retrain-noise sd above its median one
 
 
@@ -354,10 +359,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                 f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}"
                 for s, r in results.warmup_ranking.items()) + ".", ""]
         if results.supernet_budgets:
-            lines += ["Uniform supernets trained for a budget, each reference subset's loss on the whole val split against "
-                      "the ground truth (medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the "
-                      "chance a good-set subset has the lower loss; top-k recall of the best three):", "",
-                      *markdown_lines(*budget_table(results)), ""]
+            lines += [BUDGETS_CAPTION, "", *markdown_lines(*budget_table(results)), ""]
         lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)
@@ -374,9 +376,7 @@ def _truth_markdown(results: BenchResults) -> str:
         return "\n".join([*lines, "The ground truth is not finished yet.", ""])
     lines += ["## Ground truth", "", truth_line(gt), "", rankable_line(gt), "", *markdown_lines(*truth_table(results)), ""]
     if results.supernet_budgets:
-        lines += ["## Uniform supernets", "", "Each reference subset's loss on the whole val split against the ground truth "
-                  "(medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the chance a good-set "
-                  "subset has the lower loss; top-k recall of the best three):", "", *markdown_lines(*budget_table(results)), ""]
+        lines += ["## Uniform supernets", "", BUDGETS_CAPTION, "", *markdown_lines(*budget_table(results)), ""]
     return "\n".join(lines)
 
 

@@ -89,11 +89,10 @@ def opening(
     check: Callable[[Components], None] | None = None,
     clear: Callable[[Path], list[str]] | None = None,
 ) -> Iterator[tuple[Components, OpenedStorage]]:
-    """How every search job opens: its run folder (and ``folders``) checked before the model is built,
-    the components built and checked (``check_study`` before the model is built; ``check``: the job's own
-    needs), a Ray cluster reached — all before
-    anything is written — then ``exclusive``; with ``fresh`` the run folder is cleared (``clear``: the
-    job's own files too). Yields the components and the opened storage."""
+    """How every search job opens: its run folder (and ``folders``) checked, the components built and
+    checked (``check_study`` before the model is built; ``check``: the job's own needs), a Ray cluster
+    reached — all before anything is written — then ``exclusive``; with ``fresh`` the run folder is cleared
+    (``clear``: the job's own files too). Yields the components and the opened storage."""
     if not fresh:  # a damaged run folder is refused before the model is built
         for folder in (spec.run_dir, *folders):
             check_run_folder(folder)
