@@ -337,7 +337,7 @@ def bench(
     overrides = _overrides(storage, None, tiny, set_, num_skip=num_skip)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
     from das_tune.bench import BenchConfig, BenchResults, parse_seeds, run_bench
-    from das_tune.bench.report import rich_table
+    from das_tune.bench.report import rankable_line, rich_table, truth_line
     from das_tune.jobs.checks import check_writable_folder
     from das_tune.progress import reporter
 
@@ -359,8 +359,10 @@ def bench(
     if quiet:
         print(Path(files.out) / files.json_name)
         return
-    if isinstance(results, BenchResults):  # one size's bench; a range's ladder has its table in results.md only
+    if isinstance(results, BenchResults) and results.runs:  # a range's ladder has its table in results.md only
         out.print(rich_table(results))
+    elif isinstance(results, BenchResults) and results.ground_truth is not None:  # a ground truth alone
+        print(f"{truth_line(results.ground_truth)}\n{rankable_line(results.ground_truth)}")
     folder = Path(files.out)
     print(f"results: {folder / files.markdown} (the tables), {folder / files.json_name} (every number)")
     if files.plots:
