@@ -30,7 +30,9 @@ from das_tune.report.dashboard import save_front_report
 from das_tune.report.front import FRONT_JSON, FRONT_MD, FRONT_PNG, write_front
 from das_tune.samplers import SAMPLERS, SINGLE_OBJECTIVE
 from das_tune.search import ONESHOT, executor_name
+from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import StudySpec
+from das_tune.tasks.base import Task
 from das_tune.training.components import Components
 from das_tune.training.retrain import full_model_latency, retrain
 
@@ -41,7 +43,7 @@ def run_front(spec: StudySpec, *, fresh: bool = False, reporter: Reporter | None
     """Search the range, retrain every size's pick and the full model, write the front; apply ``target``."""
     reporter = reporter or Reporter()
     rungs = sorted((spec.run_dir / FRONT_DIR).glob("*"))
-    check = partial(check_front, spec, target=target)
+    check = partial(check_front, target=target)
     with opening(spec, fresh=fresh, reporter=reporter, folders=rungs, check=check, clear=_clear_front) as (parts, storage):
         save_spec(spec)
         found = search(spec, parts, fresh=fresh, reporter=reporter, storage=storage)
@@ -73,9 +75,8 @@ def _front(
     )
 
 
-def check_front(spec: StudySpec, parts: Components, target: Target | None) -> None:
-    """What a front needs, checked before anything is written."""
-    space = parts.space
+def check_front(spec: StudySpec, space: SkipSpace, task: Task, target: Target | None) -> None:
+    """What a front needs, checked before the model is built and anything is written."""
     if not space.is_range:
         raise UserError(f"a front needs a range of num_skip (e.g. --num-skip 1-3); space {space.label} skips {space.num_skip}")
     if executor_name(spec.search) != ONESHOT:
@@ -85,7 +86,7 @@ def check_front(spec: StudySpec, parts: Components, target: Target | None) -> No
         raise UserError(f"sampler {spec.sampler.name!r} cannot search two objectives (observed loss, additional GMACs); "
                         f"use one of {others} (tpe: multi-objective TPE)")
     if target is not None:
-        target.check_metric(parts.task.metric)
+        target.check_metric(task.metric)
 
 
 def _retrain(

@@ -36,9 +36,11 @@ from das_tune.progress import Reporter
 from das_tune.samplers import SkipPolicy
 from das_tune.search import executor_entry, executor_name, get_executor
 from das_tune.search.prepare import prepare_search
+from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import StudySpec, load_study_spec, override_spec
 from das_tune.storage.lease import StudyLease, folder_lock
 from das_tune.storage.opener import OpenedStorage, shown_url, storage_failures
+from das_tune.tasks.base import Task
 from das_tune.training.components import Components, build_components
 from das_tune.training.loop import seed_everything
 from das_tune.training.retrain import retrain
@@ -86,21 +88,26 @@ def opening(
     fresh: bool,
     reporter: Reporter,
     folders: Sequence[Path] = (),
-    check: Callable[[Components], None] | None = None,
+    check: Callable[[StudySpec, SkipSpace, Task], None] | None = None,
     clear: Callable[[Path], list[str]] | None = None,
 ) -> Iterator[tuple[Components, OpenedStorage]]:
     """How every search job opens: its run folder (and ``folders``) checked, the components built and
-    checked (``check_study`` before the model is built; ``check``: the job's own needs), a Ray cluster
-    reached — all before anything is written — then ``exclusive``; with ``fresh`` the run folder is cleared
-    (``clear``: the job's own files too). Yields the components and the opened storage."""
+    checked before the model is (``check``: the job's own needs, whose messages are the more specific, then
+    ``check_study``), a Ray cluster reached — all before anything is written — then ``exclusive``; with
+    ``fresh`` the run folder is cleared (``clear``: the job's own files too). Yields the components and
+    the opened storage."""
     if not fresh:  # a damaged run folder is refused before the model is built
         for folder in (spec.run_dir, *folders):
             check_run_folder(folder)
         check_resumable(spec)
     seed_everything(spec.seed)
-    parts = build_components(spec, check_study)  # bad input fails here, before the storage is touched
-    if check is not None:
-        check(parts)
+
+    def checks(spec: StudySpec, space: SkipSpace, task: Task) -> None:
+        if check is not None:
+            check(spec, space, task)
+        check_study(spec, space, task)
+
+    parts = build_components(spec, checks)  # bad input fails here, before the storage is touched
     if spec.ray.address and executor_entry(spec.search).uses_ray:  # so does a Ray cluster that does not answer
         from das_tune.search.ray_cluster import check_reachable
 
