@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from das_tune.artifacts.results import BenchResults
-from das_tune.bench.report import budget_table, fmt, markdown_lines, rankable_line, truth_line, truth_table
+from das_tune.bench.report import fmt, truth_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- bench-table: (\S+) -->\n)(.*?)(<!-- /bench-table -->)", re.S)
@@ -100,13 +100,9 @@ def picks_in_other_ground_truths(results: dict, benches: dict[str, dict]) -> lis
 
 def truth_block(results: dict) -> str:
     typed = BenchResults.model_validate(results)
-    gt = typed.ground_truth
-    if gt is None:
+    if typed.ground_truth is None:
         raise ValueError(f"bench of {typed.space} skip {typed.num_skip}: no method and no finished ground truth to show")
-    parts = ["\n".join(markdown_lines(*truth_table(typed))), truth_line(gt), rankable_line(gt)]
-    if typed.supernet_budgets:
-        parts.append("\n".join(markdown_lines(*budget_table(typed))))
-    return "\n\n".join(parts)
+    return "\n".join(truth_summary(typed, typed.ground_truth))
 
 
 def committed() -> dict[str, dict]:

@@ -359,10 +359,11 @@ def bench(
     if quiet:
         print(Path(files.out) / files.json_name)
         return
-    if isinstance(results, BenchResults) and results.runs:  # a range's ladder has its table in results.md only
-        out.print(rich_table(results))
-    elif isinstance(results, BenchResults) and results.ground_truth is not None:  # a ground truth alone
-        print(f"{truth_line(results.ground_truth)}\n{rankable_line(results.ground_truth)}")
+    if isinstance(results, BenchResults):  # a range's ladder has its table in results.md only
+        if results.runs:
+            out.print(rich_table(results))
+        elif results.ground_truth is not None:  # a ground truth alone
+            print(f"{truth_line(results.ground_truth)}\n{rankable_line(results.ground_truth)}")
     folder = Path(files.out)
     print(f"results: {folder / files.markdown} (the tables), {folder / files.json_name} (every number)")
     if files.plots:

@@ -374,10 +374,16 @@ def _truth_markdown(results: BenchResults) -> str:
              f"epoch(s) at each of the retrain seeds {', '.join(fmt(s) for s in b.retrain_seeds)}.", ""]
     if gt is None:
         return "\n".join([*lines, "The ground truth is not finished yet.", ""])
-    lines += ["## Ground truth", "", truth_line(gt), "", rankable_line(gt), "", *markdown_lines(*truth_table(results)), ""]
+    return "\n".join([*lines, "## Ground truth", "", *truth_summary(results, gt), ""])
+
+
+def truth_summary(results: BenchResults, gt: GroundTruth) -> list[str]:
+    """A finished ground truth's lines: cost, noise and collapses, the rankable check, every subset's
+    retrains and, if measured, the uniform supernets' rankings (results.md and docs/benchmarks.md)."""
+    lines = [truth_line(gt), "", rankable_line(gt), "", *markdown_lines(*truth_table(results))]
     if results.supernet_budgets:
-        lines += ["## Uniform supernets", "", BUDGETS_CAPTION, "", *markdown_lines(*budget_table(results)), ""]
-    return "\n".join(lines)
+        lines += ["", BUDGETS_CAPTION, "", *markdown_lines(*budget_table(results))]
+    return lines
 
 
 def truth_line(gt: GroundTruth) -> str:
