@@ -1,6 +1,9 @@
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,10 +32,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("serial"))
 
 
+FORKSERVER = Path(__file__).with_name("forkserver.py")
+_forkserver: dict = {}
+_forkserver_start = threading.Lock()  # tests that run the CLI from several threads at once
+
+
+def python() -> list[str]:
+    """The command line that runs ``python ARGS`` as a fresh process, forked from this xdist worker's fork
+    server (tests/forkserver.py: the imports done once); a fresh interpreter if the server did not start."""
+    with _forkserver_start:
+        if not _forkserver:
+            _start_forkserver()
+    return _forkserver["command"]
+
+
+def _start_forkserver() -> None:
+    path = Path(tempfile.gettempdir()) / f"das-tune-forkserver-{os.getpid()}.sock"
+    path.unlink(missing_ok=True)
+    log = path.with_suffix(".log")
+    server = subprocess.Popen([sys.executable, str(FORKSERVER), "serve", str(path)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    if server.stdout.readline() != "ready\n":
+        warnings.warn(f"no fork server, every CLI run imports again: {log.read_text()[-2000:]}")
+    _forkserver.update(server=server, command=[sys.executable, "-S", str(FORKSERVER), str(path)])
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> subprocess.CompletedProcess:
     """Run ``das-tune ARGS`` in a subprocess, as a user would."""
     result = subprocess.run(
-        [sys.executable, "-m", "das_tune.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [*python(), "-m", "das_tune.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(f"das-tune {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")

@@ -18,6 +18,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import python
 
 from das_tune.artifacts.results import SearchRecord
 from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
@@ -141,7 +142,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only conten
 
 
 def bench(tmp_path, *args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "das_tune.cli", "bench", *args], cwd=tmp_path, env=ENV,
+    return subprocess.run([*python(), "-m", "das_tune.cli", "bench", *args], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -4,9 +4,9 @@ in a subprocess on a tiny model, and the hypervolume on hand-made points."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
+from conftest import python
 
 from das_tune.bench import stats
 
@@ -17,7 +17,7 @@ ARGS = ["--space", "minilm_vqa", "--num-skip", "1-2", "--tiny", "--samplers", "d
 
 
 def bench(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "das_tune.cli", "bench", *args], cwd=tmp_path, env=ENV,
+    return subprocess.run([*python(), "-m", "das_tune.cli", "bench", *args], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=900)
 
 

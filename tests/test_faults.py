@@ -5,13 +5,12 @@ fault is mended ends as an uninterrupted run does."""
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FINISHED_RUN, FINISHED_STUDY, run_cli
+from conftest import FINISHED_RUN, FINISHED_STUDY, python, run_cli
 from PIL import Image
 
 from das_tune.storage.lease import StudyLease
@@ -43,7 +42,7 @@ def test_releasing_the_lease_never_hides_what_ended_the_run(tmp_path):
 def test_a_storage_deleted_under_a_run_is_one_line_and_the_rerun_writes_nothing(tmp_path):
     # paused at the 7th trial told (its round's checkpoint written), its SQLite file deleted, then let go
     pause, args = tmp_path / "go", FINISHED_RUN
-    run = subprocess.Popen([sys.executable, str(WORKER), f"pause:7:only=tell:file={pause}", *args], cwd=tmp_path,
+    run = subprocess.Popen([*python(), str(WORKER), f"pause:7:only=tell:file={pause}", *args], cwd=tmp_path,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not Path(f"{pause}.paused").exists() and run.poll() is None:
         time.sleep(0.1)

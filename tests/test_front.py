@@ -210,10 +210,9 @@ def range_outcome(folder):
 def test_a_killed_range_search_resumes_to_the_same_trials_and_front(tmp_path):
     import signal
     import subprocess
-    import sys
     from pathlib import Path
 
-    from conftest import run_cli
+    from conftest import python, run_cli
 
     worker = Path(__file__).parent / "kill_worker.py"
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -221,7 +220,7 @@ def test_a_killed_range_search_resumes_to_the_same_trials_and_front(tmp_path):
     assert run_cli(*RANGE_RUN, cwd=whole, timeout=1200, check=True).stderr == ""  # no warning lines under --quiet
     # events counted from each process's start: in the first round, later in the search, near the retrains
     for point, must_land in ((23, True), (90, True), (170, False)):
-        command = [sys.executable, str(worker), f"kill:{point}", *RANGE_RUN]
+        command = [*python(), str(worker), f"kill:{point}", *RANGE_RUN]
         result = subprocess.run(command, cwd=killed, capture_output=True, text=True, timeout=1200)
         assert result.returncode == -signal.SIGKILL or not must_land and result.returncode == 0, result.stderr[-2000:]
     run_cli(*RANGE_RUN, cwd=killed, timeout=1200, check=True)

@@ -8,7 +8,6 @@ import pickle
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import optuna
 import pytest
 import ray
 import ray.tune
-from conftest import LOOPBACK
+from conftest import LOOPBACK, python
 from optuna.trial import TrialState
 
 from das_tune.progress import Reporter
@@ -57,8 +56,8 @@ def test_cli_run_killed_then_resumed(tmp_path):
     """A hard kill of the driver and its Ray processes right after the 2nd Ray trial is told to
     Optuna (a controlled point, not a race with the clock), then the same command: the experiment continues."""
     db = tmp_path / "das_tune.db"
-    cmd = [sys.executable, "-m", "das_tune.cli", *RUN]
-    kill = [sys.executable, str(WORKER), "killgroup:3:only=on_trial_complete", *RUN, "--quiet"]
+    cmd = [*python(), "-m", "das_tune.cli", *RUN]
+    kill = [*python(), str(WORKER), "killgroup:3:only=on_trial_complete", *RUN, "--quiet"]
     first = subprocess.run(kill, cwd=tmp_path, start_new_session=True, capture_output=True, text=True, timeout=400)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     before = finished_trials(db)

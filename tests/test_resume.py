@@ -10,7 +10,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import optuna
 import pytest
 from conftest import FINISHED_RUN as RUN
 from conftest import FINISHED_STUDY as STUDY
+from conftest import python
 from optuna.trial import TrialState
 
 from das_tune.errors import UserError
@@ -32,7 +32,7 @@ WORKER = Path(__file__).parent / "kill_worker.py"
 
 def das_tune(*args, cwd, stop=None, check=False):
     """``das-tune ARGS`` in a subprocess; with ``stop`` (e.g. "kill:12") through the kill worker."""
-    cmd = [sys.executable, str(WORKER), stop, *args] if stop else [sys.executable, "-m", "das_tune.cli", *args]
+    cmd = [*python(), str(WORKER), stop, *args] if stop else [*python(), "-m", "das_tune.cli", *args]
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
     if check and result.returncode != 0:
         raise AssertionError(f"das-tune {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
@@ -99,7 +99,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
     args = ["run", "--space", "minilm_vqa", "--tiny", "--quiet", "--set", "search.search_epochs=1",
             "--set", "retrain.max_steps_per_epoch=1"]
     first = subprocess.Popen(
-        [sys.executable, str(WORKER), f"pause:5:file={release}:only=tell", *args], cwd=tmp_path,
+        [*python(), str(WORKER), f"pause:5:file={release}:only=tell", *args], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -156,7 +156,7 @@ def test_four_seeds_started_at_once_on_a_new_storage(tmp_path):
     short = ["--set", "search.search_epochs=1", "--set", "search.max_steps_per_epoch=2", "--set", "retrain.max_steps_per_epoch=1"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "das_tune.cli", "run", "--space", "minilm_vqa", "--tiny", "--quiet", "--seed", str(seed),
+            [*python(), "-m", "das_tune.cli", "run", "--space", "minilm_vqa", "--tiny", "--quiet", "--seed", str(seed),
              "--storage", "sqlite:///shared/new.db", *short],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
