@@ -21,6 +21,7 @@ warnings (the server refuses to start if its imports warn), and of processes kil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,14 +102,18 @@ def serve(path: str) -> None:
                 return
             if key.data is None:
                 conn, _ = listener.accept()
-                pid = spawn(listener, conn)
+                try:
+                    pid = spawn(listener, conn)
+                except (OSError, ValueError):  # a client that died before its request was whole
+                    conn.close()
+                    continue
                 selector.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, conn))
             else:
                 pid, conn = key.data
                 selector.unregister(key.fd)
                 os.close(key.fd)
                 _, status = os.waitpid(pid, 0)
-                with conn:
+                with conn, contextlib.suppress(OSError):  # a client killed meanwhile hears nothing
                     conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
 
 
@@ -117,7 +122,10 @@ def spawn(listener: socket.socket, conn: socket.socket) -> int:
     (size,) = HEADER.unpack(header)
     body = b""
     while len(body) < size:
-        body += conn.recv(size - len(body))
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ConnectionError("the client is gone")
+        body += chunk
     request = json.loads(body)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -134,7 +142,8 @@ def spawn(listener: socket.socket, conn: socket.socket) -> int:
             os._exit(code)
     for fd in fds:
         os.close(fd)
-    conn.sendall(f"{pid}\n".encode())
+    with contextlib.suppress(OSError):  # the client may already be gone; its run dies with it (_die_with)
+        conn.sendall(f"{pid}\n".encode())
     return pid
 
 

@@ -56,3 +56,6 @@ def test_a_killed_caller_takes_its_forked_run_with_it(tmp_path):
     while os.path.exists(f"/proc/{forked}") and time.monotonic() < deadline:  # until the server reaps it
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{forked}")
+
+    again = subprocess.run([*python(), "probe.py", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert json.loads(again.stdout)["ppid"] == conftest._forkserver["server"].pid  # the server outlived the caller
