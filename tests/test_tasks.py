@@ -267,3 +267,35 @@ def test_tiny_model_overfits_a_few_easyvqa_examples(vl):
     result = task.evaluate(model, iter([batch]))
     assert result["loss"] < 0.35 * first
     assert result["accuracy"] >= 7 / 8
+
+
+def test_easyvqa_reports_accuracy_by_answer_kind_by_hand():
+    task = build_task("easyvqa", train_limit=8, val_limit=8, test_limit=40)
+    answer = {i: a for i, a in enumerate(task.answers)}
+    examples = task.examples("test")
+    kinds = {"yes/no": {"yes", "no"}, "shape": {"circle", "rectangle", "triangle"}}
+
+    class AlwaysYesOrCircle(torch.nn.Module):
+        """Answers "yes" to the first half of the questions and "circle" to the rest."""
+
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # tasks find the model's device from a parameter
+
+        def forward(self, **inputs):
+            n = len(inputs["targets_for_the_test"])
+            chosen = [task.answers.index("yes")] * (n // 2) + [task.answers.index("circle")] * (n - n // 2)
+            return torch.nn.functional.one_hot(torch.tensor(chosen), len(task.answers)).float()
+
+    batch = {"inputs": {"targets_for_the_test": [e.label for e in examples]}, "targets": torch.tensor([e.label for e in examples])}
+    result = task.evaluate(AlwaysYesOrCircle(), iter([batch]))
+
+    said = ["yes"] * (len(examples) // 2) + ["circle"] * (len(examples) - len(examples) // 2)
+    expected = {}
+    for kind in ("yes/no", "shape", "colour"):
+        members = [i for i, e in enumerate(examples) if kinds.get(kind, set()) and answer[e.label] in kinds[kind]
+                   or kind == "colour" and all(answer[e.label] not in k for k in kinds.values())]
+        expected[f"accuracy[{kind}]"] = sum(said[i] == answer[examples[i].label] for i in members) / len(members)
+    assert {k: v for k, v in result.items() if "[" in k} == pytest.approx(expected)
+    assert result["accuracy"] == pytest.approx(sum(s == answer[e.label] for s, e in zip(said, examples)) / len(examples))
+    assert 0 < expected["accuracy[yes/no]"] < 1 and expected["accuracy[colour]"] == 0  # the numbers test something

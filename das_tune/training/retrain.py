@@ -71,7 +71,8 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
                 )
             reporter.advance(loss)
         val = loop.evaluate(subnet, task, "val", retrain.batch_size)
-        reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}")
+        reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}"
+                     + (f" ({groups})" if (groups := by_group(val, task.metric)) else ""))
         if best is None or val[task.metric] > best.val[task.metric] + retrain.min_delta:
             gain = val[task.metric] - (best.val[task.metric] if best else -math.inf)
             best_state = {k: v.detach().clone() for k, v in subnet.trainable_state_dict().items()}
@@ -87,6 +88,11 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
     if warning := budget_warning(retrain, trained, task.metric, gain, task.metric_max):
         reporter.warn(warning)
     return trained
+
+
+def by_group(val: dict[str, float], metric: str) -> str:
+    """``yes/no 0.84, shape 0.98, colour 0.99`` for a task that reports its metric by target group, else ''."""
+    return ", ".join(f"{key[len(metric) + 1 : -1]} {value:.2f}" for key, value in val.items() if key.startswith(f"{metric}["))
 
 
 def full_model_latency(parts: Components) -> Timing:
@@ -114,8 +120,9 @@ def budget_warning(retrain: RetrainSpec, trained: Trained, metric: str, last_gai
                 f"to {trained.val[metric]:.4f}; raise retrain.epochs (or retrain.max_steps_per_epoch)")
     plateau = trained.val[metric] < metric_max
     if plateau and trained.epochs_run < retrain.epochs and 4 * trained.best_epoch <= retrain.epochs:
+        groups = f"; by group: {groups}" if (groups := by_group(trained.val, metric)) else ""
         return (f"the retrain stopped at epoch {trained.epochs_run} of {retrain.epochs} on a plateau from epoch "
-                f"{trained.best_epoch} (val {metric} {trained.val[metric]:.4f}); "
+                f"{trained.best_epoch} (val {metric} {trained.val[metric]:.4f}{groups}); "
                 "if that is low, raise retrain.patience (or set it to null)")
     return None
 
