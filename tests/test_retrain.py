@@ -71,6 +71,9 @@ def test_budget_warning_names_the_fix():
     assert budget_warning(spec, Trained(val, best_epoch=4, epochs_run=7), "accuracy", last_gain=0.1) is None
     perfect = Trained({"accuracy": 1.0}, best_epoch=2, epochs_run=2)  # stopped at the ceiling, not on a plateau
     assert budget_warning(spec, perfect, "accuracy", last_gain=0.1) is None
+    by_kind = {"accuracy": 0.85, "loss": 0.4, "accuracy[yes/no]": 0.794, "accuracy[shape]": 0.99, "accuracy[colour]": 1.0}
+    plateau = budget_warning(spec, Trained(by_kind, best_epoch=2, epochs_run=5), "accuracy", last_gain=0.1)
+    assert "(val accuracy 0.8500; by group: yes/no 0.79, shape 0.99, colour 1.00)" in plateau  # which answers it misses
 
 
 @pytest.mark.slow
