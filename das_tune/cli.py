@@ -231,7 +231,7 @@ def run(
     from das_tune.progress import reporter
 
     _quiet_optuna()
-    with reporter(quiet) as progress:
+    with reporter(quiet, err) as progress:
         done = run_study(spec, fresh=fresh, reporter=progress)
     _report(spec, done, quiet)
 
@@ -242,7 +242,7 @@ def _run_front(spec, fresh: bool, rule, quiet: bool) -> None:
     from das_tune.report.front import FRONT_JSON, FRONT_PNG, speedup_label
 
     _quiet_optuna()
-    with reporter(quiet) as progress:
+    with reporter(quiet, err) as progress:
         front = run_front(spec, fresh=fresh, reporter=progress, target=rule)
     if quiet:
         print(spec.run_dir)
@@ -288,7 +288,7 @@ def retrain(
     from das_tune.progress import reporter
 
     _quiet_optuna()
-    with reporter(quiet) as progress:
+    with reporter(quiet, err) as progress:
         if run_dir is not None:
             spec, done = retrain_run(run_dir, skip=layers, overrides=overrides, reporter=progress)
         else:
@@ -351,7 +351,7 @@ def bench(
         seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
         reference_size=reference_size, overrides=overrides, out=out_dir, supernet_steps=_steps_list(supernet_steps),
     )
-    with reporter(quiet) as progress:
+    with reporter(quiet, err) as progress:
         results = run_bench(config, progress)
     for warning in results.warnings:
         err.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
@@ -447,7 +447,7 @@ def predict_command(
         return
     from das_tune.progress import reporter
 
-    with reporter(quiet) as progress:
+    with reporter(quiet, err) as progress:
         progress.phase("predict", len(rows))
         predictions = model.predict_batch(
             rows, top=top, batch_size=batch_size, on_batch=lambda n: [progress.advance() for _ in range(n)]
@@ -608,7 +608,7 @@ def pretrain(
         fields["eval_every"] = fields["checkpoint_every"]
     spec = yaml_reader.parse(PretrainSpec, {**fields, "tiny": tiny}, "pretrain")
     check_writable_folder(out, "--out")
-    with reporter(quiet) as progress:
+    with reporter(quiet, err) as progress:
         weights = run_pretraining(spec, out, progress, fresh=fresh)
     print(weights)
 

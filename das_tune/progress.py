@@ -80,5 +80,7 @@ class RichReporter(Reporter):
             self.progress.stop()
 
 
-def reporter(quiet: bool) -> Reporter:
-    return Reporter() if quiet else RichReporter()
+def reporter(quiet: bool, console: Console | None = None) -> Reporter:
+    """Nothing with ``quiet``, else a rich display on ``console`` (the CLI's: its width is the terminal's,
+    or wide enough for a whole log line when piped)."""
+    return Reporter() if quiet else RichReporter(console)

@@ -156,3 +156,10 @@ def test_the_run_summary_shows_its_labels_whole(capsys, monkeypatch):
     done = SimpleNamespace(metrics=RetrainMetrics.read(committed / "metrics.json"), tie_break=None, artifacts="runs/x")
     cli._report(SimpleNamespace(tiny=False, resolved_study_name="x"), done, quiet=False)
     assert "latency full → subnet (batch 1, median [interquartile range])" in capsys.readouterr().out
+
+
+def test_piped_progress_keeps_each_log_line_whole(cli):
+    """Piped (as in a CI log), the progress display's lines are not wrapped at rich's default 80 columns."""
+    result = cli("retrain", "--study", "easyvqa_minilm", "--skip", "En3,En1", "--tiny", "--set", "retrain.epochs=1", check=True)
+    epoch = [line for line in result.stderr.splitlines() if line.startswith("retrain epoch 1: val accuracy")]
+    assert len(epoch) == 1 and epoch[0].rstrip().endswith(")") and "colour" in epoch[0], result.stderr[-2000:]
