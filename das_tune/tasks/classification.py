@@ -51,9 +51,11 @@ class ClassificationTask(Task):
                 loss_sum += self.criterion(logits, targets).item() * len(targets)
                 score_sum += scores.sum().item()
                 count += len(targets)
+                if groups:
+                    on_cpu, targets_on_cpu = scores.cpu(), targets.cpu()  # once per batch, not per group
                 for name, classes in groups.items():
-                    member = torch.isin(targets.cpu(), classes)
-                    group_sums[name] += scores.cpu()[member].sum().item()
+                    member = torch.isin(targets_on_cpu, classes)
+                    group_sums[name] += on_cpu[member].sum().item()
                     group_counts[name] += int(member.sum())
         if count == 0:
             raise ValueError(f"task {self.name!r}: nothing to evaluate")
