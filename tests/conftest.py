@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,9 +49,9 @@ def python() -> list[str]:
 
 
 def _start_forkserver() -> None:
-    path = Path(tempfile.gettempdir()) / f"das-tune-forkserver-{os.getpid()}.sock"
-    path.unlink(missing_ok=True)
-    log = path.with_suffix(".log")
+    folder = Path(tempfile.mkdtemp(prefix="das-tune-forkserver-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the server exits with this process, its files with it
+    path, log = folder / "socket", folder / "server.log"
     server = subprocess.Popen([sys.executable, str(FORKSERVER), "serve", str(path)], stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     if server.stdout.readline() != "ready\n":

@@ -98,7 +98,8 @@ def serve(path: str) -> None:
     while True:
         for key, _ in selector.select():
             if key.data == "parent":  # the test process is gone: so is its server
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):  # the test process may have removed it
+                    os.unlink(path)
                 return
             if key.data is None:
                 conn, _ = listener.accept()

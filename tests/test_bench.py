@@ -492,3 +492,25 @@ def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     markdown = report.markdown(results, names)
     strays = [n for n in NUMBER.findall(markdown) if n not in json_numbers(json.loads(results.model_dump_json()))]
     assert not strays
+
+
+def test_truth_table_shows_each_subsets_mean_by_target_group():
+    from types import SimpleNamespace
+
+    from das_tune.artifacts.results import BenchResults, GroundTruth
+
+    def retrain(value, yes_no):
+        test = {"accuracy": value, "accuracy[yes/no]": yes_no, "accuracy[shape]": 1.0} if yes_no is not None else {"accuracy": value}
+        return SimpleNamespace(metric="accuracy", value=value, test=test, additional_gmacs=-0.5, flops_saved=0.8, retrain_seconds=5.0)
+
+    p = SimpleNamespace(retrain_seeds=[0, 1], retrain_steps=10)
+    plateau = report.retrained_result(p, [retrain(0.90, 0.86), retrain(0.99, 0.98)])
+    assert plateau.by_group == pytest.approx({"yes/no": 0.92, "shape": 1.0})
+    old = report.retrained_result(p, [retrain(0.99, None), retrain(0.99, 0.99)])  # a retrain from before groups were kept
+    assert old.by_group == {}
+    gt = GroundTruth(kind="all", retrain_seeds=[0, 1], sample_seed=None, subsets={"En0": plateau, "En1": old}, noise_std=0.01,
+                     best=0.99, top10_threshold=0.99, retrains=4, retrain_seconds=20.0)
+    results = BenchResults.model_construct(ground_truth=gt, metric="accuracy")
+    header, rows = report.truth_table(results)
+    assert header[4:7] == ["std", "mean yes/no", "mean shape"]
+    assert rows == [["En1", "0.99", "0.99", "0.99", "0", "—", "—", "-0.5"], ["En0", "0.945", "0.9", "0.99", "0.045", "0.92", "1", "-0.5"]]

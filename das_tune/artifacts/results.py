@@ -196,6 +196,8 @@ class Retrained(SubnetCost):
     values: dict[str, float] = Field(description="retrain seed → test metric")
     mean: float
     std: float
+    by_group: dict[str, float] = Field(default_factory=dict, description="target group (easy-VQA's yes/no, shape, colour) → "
+                                       "mean test metric over the retrain seeds, for a task that reports one")
     steps: int = Field(description="training steps of one retrain")
     seconds: float = Field(description="mean wall-clock of one retrain")
 
