@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 from das_tune.artifacts.results import FoundBy, RetrainMetrics
-from das_tune.artifacts.run_folder import METRICS_FILE, WEIGHTS_FILE, read_run
+from das_tune.artifacts.run_folder import METRICS_FILE, WEIGHTS_FILE, read_run, retrain_budget
 from das_tune.jobs.runner import run
 from das_tune.progress import Reporter
 from das_tune.spec.study import RetrainSpec, load_study_spec
@@ -51,6 +51,21 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
 
 
 @pytest.mark.slow
+def test_patience_stops_no_retrain_before_min_epochs(tmp_path):
+    # as above, patience 1 would stop after epoch 2; min_epochs 3 keeps it going to epoch 3
+    spec = tiny_spec(tmp_path, epochs=4, patience=1, min_delta=1.0, min_epochs=3)
+    metrics = retrain(spec, build_components(spec), frozenset({"En1", "En2"}), FoundBy(sampler="test"), Warnings())
+    assert (metrics.best_epoch, metrics.epochs_run) == (1, 3)
+    assert metrics.retrain_budget["retrain"]["min_epochs"] == 3
+
+
+def test_a_budget_at_the_default_min_epochs_matches_results_written_before_it_existed(tmp_path):
+    budget = retrain_budget(tiny_spec(tmp_path, patience=3))
+    assert "min_epochs" not in budget["retrain"] and budget["retrain"]["patience"] == 3  # as earlier metrics.json hold it
+    assert retrain_budget(tiny_spec(tmp_path, patience=3, min_epochs=2))["retrain"]["min_epochs"] == 2
+
+
+@pytest.mark.slow
 def test_a_retrain_whose_val_metric_reaches_its_maximum_stops_there_without_a_warning(tmp_path):
     spec = tiny_spec(tmp_path, epochs=4, patience=None)
     parts = build_components(spec)
@@ -67,7 +82,7 @@ def test_budget_warning_names_the_fix():
     assert "still learning" in learning and "raise retrain.epochs" in learning
     assert budget_warning(spec, Trained(val, best_epoch=8, epochs_run=8), "accuracy", last_gain=0.002) is None  # converged
     plateau = budget_warning(spec, Trained(val, best_epoch=2, epochs_run=5), "accuracy", last_gain=0.1)
-    assert "stopped at epoch 5 of 8 on a plateau from epoch 2" in plateau and "retrain.patience" in plateau
+    assert "stopped at epoch 5 of 8 on a plateau from epoch 2" in plateau and "raise retrain.min_epochs" in plateau
     assert budget_warning(spec, Trained(val, best_epoch=4, epochs_run=7), "accuracy", last_gain=0.1) is None
     perfect = Trained({"accuracy": 1.0}, best_epoch=2, epochs_run=2)  # stopped at the ceiling, not on a plateau
     assert budget_warning(spec, perfect, "accuracy", last_gain=0.1) is None

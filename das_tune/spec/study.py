@@ -135,6 +135,8 @@ class RetrainSpec(OptimSpec):
     max_steps_per_epoch: int | None = Field(strict=True, default=None, gt=0)
     patience: int | None = Field(strict=True, default=None, gt=0, description="stop after this many epochs without a better val metric")
     min_delta: float = Field(default=0.0, ge=0, description="the least val gain that counts as better")
+    min_epochs: int = Field(strict=True, default=1, gt=0, description="patience stops no retrain before this epoch (a "
+                            "small subnet can sit on a val plateau for several epochs before it improves)")
 
 
 class RaySpec(_Strict):

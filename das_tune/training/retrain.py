@@ -77,7 +77,7 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
             gain = val[task.metric] - (best.val[task.metric] if best else -math.inf)
             best_state = {k: v.detach().clone() for k, v in subnet.trainable_state_dict().items()}
             best = Trained(val=val, best_epoch=epoch + 1, epochs_run=epoch + 1)
-        elif retrain.patience is not None and epoch + 1 - best.best_epoch >= retrain.patience:
+        elif retrain.patience is not None and epoch + 1 >= retrain.min_epochs and epoch + 1 - best.best_epoch >= retrain.patience:
             reporter.log(f"val {task.metric} has not improved for {retrain.patience} epochs: stopping")
             break
         if best.val[task.metric] >= task.metric_max:  # no later epoch could be kept: the rest is wasted time
@@ -123,7 +123,7 @@ def budget_warning(retrain: RetrainSpec, trained: Trained, metric: str, last_gai
         groups = f"; by group: {groups}" if (groups := by_group(trained.val, metric)) else ""
         return (f"the retrain stopped at epoch {trained.epochs_run} of {retrain.epochs} on a plateau from epoch "
                 f"{trained.best_epoch} (val {metric} {trained.val[metric]:.4f}{groups}); "
-                "if that is low, raise retrain.patience (or set it to null)")
+                "if that is low, raise retrain.min_epochs (patience stops no retrain before it) or retrain.patience")
     return None
 
 
