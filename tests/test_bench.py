@@ -24,7 +24,7 @@ from das_tune.artifacts.results import SearchRecord
 from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
-from das_tune.bench.runs import check_plan_file, ground_truth_order, plan_document
+from das_tune.bench.runs import check_plan_file, check_same_plan, ground_truth_order, plan_document
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
@@ -514,3 +514,17 @@ def test_truth_table_shows_each_subsets_mean_by_target_group():
     header, rows = report.truth_table(results)
     assert header[4:7] == ["std", "mean yes/no", "mean shape"]
     assert rows == [["En1", "0.99", "0.99", "0.99", "0", "—", "—", "-0.5"], ["En0", "0.945", "0.9", "0.99", "0.045", "0.92", "1", "-0.5"]]
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "bench").glob("*/plan.yaml")
+                                          if "truth" in yaml.safe_load(p.read_text())))
+def test_a_committed_bench_folder_still_takes_its_own_benchmark(folder, monkeypatch):
+    """A field added to the study later (at its default) must not make a bench refuse to resume its folder."""
+    held = yaml.safe_load((ROOT / "bench" / folder / "plan.yaml").read_text())
+    truth = held["truth"]
+    overrides = {"num_skip": truth["num_skip"], "retrain.epochs": truth["retrain"]["epochs"],
+                 **{f"task.options.{k}": v for k, v in truth["task"]["options"].items()}}
+    monkeypatch.chdir(ROOT)  # the folders were benched with a relative --out
+    p = plan(BenchConfig(study=truth["study_name"].split("-")[0], overrides=overrides, ground_truth=True, samplers=(), methods=(),
+                         retrain_seeds=held["bench"]["retrain_seeds"], out=Path("bench") / folder, seeds=(0,)))
+    check_same_plan(p)

@@ -70,16 +70,9 @@ def save_spec(spec: StudySpec, run_dir: Path | None = None) -> None:
     atomic.write_text((run_dir or spec.run_dir) / SPEC_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
 
 
-# Retrain fields added after results were written, with their default: left out of the budget at that
-# default, so that the earlier results (a bench's committed retrains, a run's retrain folders) still match.
-ADDED_RETRAIN_FIELDS = {"min_epochs": 1}
-
-
 def retrain_budget(spec: StudySpec) -> dict[str, Any]:
     """What a retrain's result depends on besides the subnet, as metrics.json stores it."""
-    retrain = spec.retrain.model_dump(mode="json")
-    retrain = {k: v for k, v in retrain.items() if ADDED_RETRAIN_FIELDS.get(k, object()) != v}
-    return {"seed": spec.seed, "task": spec.task.model_dump(mode="json"), "retrain": retrain}
+    return {"seed": spec.seed, "task": spec.task.model_dump(mode="json"), "retrain": spec.retrain.recorded()}
 
 
 def same_retrain(metrics: RetrainMetrics, spec: StudySpec, skipped: frozenset[str]) -> bool:

@@ -537,7 +537,8 @@ def plan_document(p: Plan) -> str:
     """What the results in an output folder depend on: the bench's own settings, what every retrain depends
     on (``truth``) and what the searches depend on (``search``)."""
     settings = {"retrain_seeds": p.config.retrain_seeds, "reference": [subset_key(p.space, s) for s in p.reference]}
-    study = p.spec(0).model_dump()
+    spec = p.spec(0)
+    study = {**spec.model_dump(), "retrain": spec.retrain.recorded()}
     search = {name: study.pop(name) for name in SEARCH_FIELDS}
     return yaml.safe_dump({"bench": settings, "truth": study, "search": search}, sort_keys=True)
 

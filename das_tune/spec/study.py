@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -137,6 +137,14 @@ class RetrainSpec(OptimSpec):
     min_delta: float = Field(default=0.0, ge=0, description="the least val gain that counts as better")
     min_epochs: int = Field(strict=True, default=1, gt=0, description="patience stops no retrain before this epoch (a "
                             "small subnet can sit on a val plateau for several epochs before it improves)")
+
+    # Fields added after results were recorded, with their default: a record leaves them out at that default,
+    # so that results recorded before them (a bench's committed retrains and plan, a run's retrain folders) match.
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"min_epochs": 1}
+
+    def recorded(self) -> dict[str, Any]:
+        """These settings as metrics.json and a bench's plan.yaml record them."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.ADDED_LATER or self.ADDED_LATER[k] != v}
 
 
 class RaySpec(_Strict):
