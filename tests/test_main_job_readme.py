@@ -25,6 +25,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "sublayer-setup": "docs/benchmarks.md",
     "sublayer-verdict": "docs/benchmarks.md",
     "partial-truths": "docs/benchmarks.md",
+    "skip5-e24": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+)(?::[^>]*)? -->")
@@ -166,3 +167,19 @@ def test_partial_ground_truths_are_quoted_from_their_committed_retrains():
         total = len(plan["reference"]) * plan["retrain_seeds"]
         assert f"{len(values)} of {total} retrains committed" in line, (folder, len(values), total)
         assert f"{min(values):.3f}–{max(values):.3f}" in line, (folder, min(values), max(values))
+
+
+def test_skip5_with_twice_the_retrain_budget_is_quoted_from_its_committed_results():
+    """Its numbers are those of its results.json, of the 12-epoch skip 5 it is compared with, of its plan
+    (patience) and of the retrain whose collapse it explains (the epochs it stopped at)."""
+    bench = ROOT / "bench"
+    e24, e12 = (json.loads((bench / b / "results.json").read_text()) for b in ("minilm_vqa-skip5-e24", "minilm_vqa-skip5"))
+    collapsed = json.loads((bench / "minilm_vqa-skip5-e24/retrain/seed2/En1+En2+En3+En4+En5/metrics.json").read_text())
+    plan = yaml.safe_load((bench / "minilm_vqa-skip5-e24/plan.yaml").read_text())
+    values = [*leaves(e24), *leaves(e12), *leaves(plan["truth"]["retrain"]), collapsed["best_epoch"], collapsed["epochs_run"]]
+    (text,) = sections("skip5-e24")
+    gt = e24["ground_truth"]
+    assert f"from 4 to {gt['collapses']} of {gt['retrains']}" in text and e12["ground_truth"]["collapses"] == 4
+    assert f"stopped it at epoch {collapsed['epochs_run']}" in text and f"({collapsed['value']:.3f})" in text
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the skip5-e24 section that are not in its committed results: {strays}"
