@@ -522,7 +522,7 @@ def test_a_committed_bench_folder_still_takes_its_own_benchmark(folder, monkeypa
     """A field added to the study later (at its default) must not make a bench refuse to resume its folder."""
     held = yaml.safe_load((ROOT / "bench" / folder / "plan.yaml").read_text())
     truth = held["truth"]
-    overrides = {"num_skip": truth["num_skip"], "retrain.epochs": truth["retrain"]["epochs"],
+    overrides = {"num_skip": truth["num_skip"], **{f"retrain.{k}": v for k, v in truth["retrain"].items()},
                  **{f"task.options.{k}": v for k, v in truth["task"]["options"].items()}}
     monkeypatch.chdir(ROOT)  # the folders were benched with a relative --out
     p = plan(BenchConfig(study=truth["study_name"].split("-")[0], overrides=overrides, ground_truth=True, samplers=(), methods=(),
