@@ -39,6 +39,7 @@ from das_tune.artifacts.results import (
 )
 from das_tune.bench import stats
 from das_tune.bench.runs import REFERENCE_SEED, Plan, budget_losses_path, retrained_values, saved_records, saved_warmups, subset_key
+from das_tune.tasks.base import metric_by_group
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 BUDGETS_CAPTION = (
@@ -139,10 +140,10 @@ def retrained_lookup(p: Plan) -> Callable[[frozenset[str]], Retrained | None]:
 
 def retrained_result(p: Plan, found: list[RetrainMetrics]) -> Retrained:
     values, metric = [m.value for m in found], found[0].metric
-    groups = [key[len(metric) + 1 : -1] for key in found[0].test if key.startswith(f"{metric}[") and all(key in m.test for m in found)]
+    groups = [metric_by_group(m.test, metric) for m in found]
     return Retrained(
         metric=metric, values={str(r): m.value for r, m in zip(p.retrain_seeds, found)}, mean=mean(values), std=pstdev(values),
-        by_group={g: mean(m.test[f"{metric}[{g}]"] for m in found) for g in groups},
+        by_group={g: mean(gs[g] for gs in groups) for g in groups[0] if all(g in gs for gs in groups)},
         additional_gmacs=found[0].additional_gmacs, flops_saved=found[0].flops_saved,
         steps=p.retrain_steps, seconds=mean(m.retrain_seconds for m in found),
     )

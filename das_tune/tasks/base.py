@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +45,11 @@ def move_to(data: Any, device: torch.device) -> Any:
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
+
+def metric_by_group(metrics: Mapping[str, float], metric: str) -> dict[str, float]:
+    """``{"yes/no": 0.84, …}`` from an evaluation's ``metric[group]`` entries (empty for a task without groups)."""
+    prefix = f"{metric}["
+    return {key[len(prefix) : -1]: value for key, value in metrics.items() if key.startswith(prefix) and key.endswith("]")}
 
 class Task(ABC):
     """One downstream task. ``metric`` names the headline figure of :meth:`evaluate` (higher is better)."""

@@ -19,6 +19,7 @@ from das_tune.backbones.flops import CostModel, Timing, measure_latency
 from das_tune.errors import RunFailure
 from das_tune.progress import Reporter
 from das_tune.spec.study import RetrainSpec, StudySpec
+from das_tune.tasks.base import metric_by_group
 from das_tune.training import loop
 from das_tune.training.components import Components
 
@@ -92,7 +93,7 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
 
 def by_group(val: dict[str, float], metric: str) -> str:
     """``yes/no 0.84, shape 0.98, colour 0.99`` for a task that reports its metric by target group, else ''."""
-    return ", ".join(f"{key[len(metric) + 1 : -1]} {value:.2f}" for key, value in val.items() if key.startswith(f"{metric}["))
+    return ", ".join(f"{group} {value:.2f}" for group, value in metric_by_group(val, metric).items())
 
 
 def full_model_latency(parts: Components) -> Timing:
