@@ -1,13 +1,15 @@
-"""docs/benchmarks.md's bench blocks, rendered from the committed results (``bench/*/results.json``).
+"""The bench blocks of README.md and docs/benchmarks.md, rendered from the committed results (``bench/*/results.json``).
 
-    python benchmarks/readme_tables.py           # rewrite every block in docs/benchmarks.md
-    python benchmarks/readme_tables.py --check   # exit 1 if docs/benchmarks.md differs (tests/test_bench.py checks it)
+    python benchmarks/readme_tables.py           # rewrite every block in both files
+    python benchmarks/readme_tables.py --check   # exit 1 if either differs (tests/test_bench.py checks it)
 
 A block is ``<!-- bench-table: bench/<folder> -->`` … ``<!-- /bench-table -->``: the medians over seeds of
 a sampler bench (one num_skip), or a ladder bench's (a range of num_skip) with its paired tests, cost ratio,
 percentiles and, where a committed bench of one size holds every subset's retrains, its picks' values there;
 or, for a bench of ground truth alone (no method searched yet), every subset's retrains, the rankable check
-and the uniform supernets' rankings, as its results.md has them.
+and the uniform supernets' rankings, as its results.md has them. A ``<!-- bench-verdict: bench/<folder> -->``
+block is a sampler bench's verdict: whether its space ranks, each method's picks in the good set and the
+reference method's goals, with a short table.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import sys
 from pathlib import Path
 
 from das_tune.artifacts.results import BenchResults
-from das_tune.bench.report import fmt, truth_summary
+from das_tune.bench.report import fmt, truth_summary, verdict_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- bench-table: (\S+) -->\n)(.*?)(<!-- /bench-table -->)", re.S)
+BLOCK = re.compile(r"(<!-- bench-(table|verdict): (\S+) -->\n)(.*?)(<!-- /bench-\2 -->)", re.S)
+FILES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
 
 
 def row(cells: list[str]) -> str:
@@ -105,6 +108,18 @@ def truth_block(results: dict) -> str:
     return "\n".join(truth_summary(typed, typed.ground_truth))
 
 
+def verdict_block(results: dict) -> str:
+    typed = BenchResults.model_validate(results)
+    if typed.verdict is None:
+        raise ValueError(f"bench of {typed.space} skip {typed.num_skip}: no verdict (no searches against a ground truth)")
+    header = ["method", "picks in the good set", "regret", "percentile", "wall s", f"Δ vs {typed.reference}"]
+    rows = [[method, fmt(typed.verdict.good_counts[method].good) if method in typed.verdict.good_counts else "—",
+             median(results["summary"][method], "regret"), median(results["summary"][method], "percentile"),
+             median(results["summary"][method], "cost_seconds"), versus(results["paired_tests"].get(method))]
+            for method in typed.summary]
+    return "\n\n".join(["\n".join(verdict_lines(typed)), table(header, rows)])
+
+
 def committed() -> dict[str, dict]:
     """``{"bench/<folder>": results}`` of every committed bench."""
     return {str(p.parent.relative_to(ROOT)): json.loads(p.read_text()) for p in sorted((ROOT / "bench").glob("*/results.json"))}
@@ -112,27 +127,32 @@ def committed() -> dict[str, dict]:
 
 def render(readme: str, benches: dict[str, dict]) -> str:
     def block(match: re.Match) -> str:
-        results = benches[match.group(2)]
-        if "sizes" in results:
+        kind, results = match.group(2), benches[match.group(3)]
+        if kind == "verdict":
+            body = verdict_block(results)
+        elif "sizes" in results:
             body = ladder_block(results, benches)
         else:
             body = sampler_block(results) if results["summary"] else truth_block(results)
-        return f"{match.group(1)}{body}\n{match.group(4)}"
+        return f"{match.group(1)}{body}\n{match.group(5)}"
 
     return BLOCK.sub(block, readme)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check docs/benchmarks.md; exit 1 if it differs")
+    parser.add_argument("--check", action="store_true", help="only check the files; exit 1 if one differs")
     args = parser.parse_args()
-    path = ROOT / "docs" / "benchmarks.md"
-    readme = path.read_text()
-    rendered = render(readme, committed())
-    if args.check:
-        differs = "docs/benchmarks.md's bench blocks differ from bench/*/results.json: run benchmarks/readme_tables.py"
-        sys.exit(0 if rendered == readme else differs)
-    path.write_text(rendered)
+    benches = committed()
+    differ = []
+    for path in FILES:
+        text = path.read_text()
+        if (rendered := render(text, benches)) != text:
+            differ.append(path.relative_to(ROOT).as_posix())
+            if not args.check:
+                path.write_text(rendered)
+    if args.check and differ:
+        sys.exit(f"the bench blocks of {', '.join(differ)} differ from bench/*/results.json: run benchmarks/readme_tables.py")
 
 
 if __name__ == "__main__":

@@ -441,13 +441,14 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
             assert len(results["seeds"]) >= 5 and results["ground_truth"] is not None
         else:  # a ground truth alone: every subset, its noise measured
             assert len(results["ground_truth"]["retrain_seeds"]) >= 3
-    readme = (ROOT / "docs" / "benchmarks.md").read_text()
-    blocks = readme_tables.BLOCK.findall(readme)
-    assert {folder for _, folder, _, _ in blocks} == set(benches), "every committed bench has one README block"
-    assert readme_tables.render(readme, benches) == readme, "README's bench blocks differ: run benchmarks/readme_tables.py"
-    first = readme_tables.BLOCK.search(readme)  # a number changed in README's text is found
-    mutated = readme[:first.start(3)] + first.group(3).replace("0.", "1.", 1) + readme[first.end(3):]
-    assert readme_tables.render(mutated, benches) != mutated
+    docs = {path: path.read_text() for path in readme_tables.FILES}
+    tables = {folder for text in docs.values() for _, kind, folder, _, _ in readme_tables.BLOCK.findall(text) if kind == "table"}
+    assert tables == set(benches), "every committed bench has one docs/benchmarks.md block"
+    for path, text in docs.items():
+        assert readme_tables.render(text, benches) == text, f"{path.name}'s bench blocks differ: run benchmarks/readme_tables.py"
+        for block in readme_tables.BLOCK.finditer(text):  # a number changed in a block's text is found
+            mutated = text[:block.start(4)] + block.group(4).replace("0.", "1.", 1) + text[block.end(4):]
+            assert readme_tables.render(mutated, benches) != mutated
 
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):

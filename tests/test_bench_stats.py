@@ -43,3 +43,35 @@ def test_a_deterministic_method_is_compared_through_its_picks_retrain_distributi
     result = stats.unpaired_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     assert result["p_value"] == pytest.approx(0.1) and result["mean_diff"] == pytest.approx(-3.0)
     assert stats.unpaired_test([0.99, 0.99], [0.99, 0.99, 0.99])["p_value"] == 1.0
+
+
+def test_the_verdict_checks_the_reference_methods_goals():
+    from types import SimpleNamespace
+
+    from das_tune.artifacts.results import GroundTruth, PairedTest
+    from das_tune.bench import report
+
+    def runs(method, good):  # one run per seed, its pick in the good set or not
+        return [SimpleNamespace(method=method, good=g) for g in good]
+
+    def test(mean_diff, p_value):
+        return PairedTest(test="paired", n=10, mean_diff=mean_diff, p_value=p_value)
+
+    truth = GroundTruth.model_construct(rankable=6.0, rankable_goal=5.0)
+    done = runs("das", [True] * 8 + [False] * 2) + runs("random", [True] * 3 + [False] * 7) + runs("last_k", [False] * 10)
+    paired = {"random": test(0.01, 0.03), "last_k": test(-0.01, 0.2), "block_influence": test(-0.01, 0.01)}
+    v = report.verdict(done, truth, "das", paired)
+    assert v.rankable and (v.good_counts["das"].good, v.good_counts["random"].good, v.good_counts["last_k"].good) == (8, 3, 0)
+    assert [(g.kind, g.other, g.met) for g in v.goals] == [
+        ("good_set", None, True), ("ahead_of", "random", True), ("not_behind", "last_k", True),  # behind, but not significantly
+        ("not_behind", "block_influence", False),
+    ]
+    assert v.goals[0].target == 8
+    seven = runs("das", [True] * 7 + [False] * 3)
+    assert not report.verdict(seven, truth, "das", {}).goals[0].met  # 7 of 10 < 8
+    behind = {"random": test(-0.01, 0.01)}  # significant, the wrong way
+    assert not report.verdict(done, truth, "das", behind).goals[1].met
+    assert not report.verdict(done, truth, "das", {"random": test(0.01, 0.06)}).goals[1].met
+    flat = GroundTruth.model_construct(rankable=2.0, rankable_goal=5.0)
+    assert not report.verdict(done, flat, "das", paired).rankable
+    assert report.verdict(done, GroundTruth.model_construct(rankable=None), "das", paired) is None

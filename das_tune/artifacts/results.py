@@ -281,6 +281,33 @@ class BenchFiles(_Result):
     plots: list[str]
 
 
+class GoodCount(_Result):
+    good: int = Field(description="seeds whose pick is in the good set")
+    seeds: int = Field(description="seeds whose pick was judged")
+
+
+class GoalCheck(_Result):
+    """One goal of the verdict for the reference method, and whether the bench met it: its pick in the good set at
+    ``target`` seeds or more (``good_set``), or ahead of / not behind ``other`` at p < ``target``."""
+
+    kind: Literal["good_set", "ahead_of", "not_behind"]
+    other: str | None = None
+    target: float
+    met: bool
+    mean_diff: float | None = Field(default=None, description="reference − other on the retrained metric")
+    p_value: float | None = None
+
+
+class Verdict(_Result):
+    """The bench's answer: can its space tell methods apart, how often each method's pick is in the good set,
+    and which goals the reference method met."""
+
+    rankable: bool
+    good_counts: dict[str, GoodCount]
+    reference: str
+    goals: list[GoalCheck]
+
+
 class BenchResults(_Result):
     """``results.json``: every run, the summary over seeds, the paired tests and the ground truth; the
     markdown, the terminal table and the plots are drawn from it, and a test checks the README's bench
@@ -313,6 +340,7 @@ class BenchResults(_Result):
         default_factory=dict, description="per seed: the shared warm-up supernet's loss vs ground truth"
     )
     runs: list[RunResult]
+    verdict: Verdict | None = None
     files: BenchFiles | None = None
 
 

@@ -24,6 +24,8 @@ from das_tune.artifacts.results import (
     BenchResults,
     Budget,
     BudgetRanking,
+    GoalCheck,
+    GoodCount,
     GroundTruth,
     LadderResults,
     MethodSummary,
@@ -35,6 +37,7 @@ from das_tune.artifacts.results import (
     SearchRecord,
     Spread,
     SupernetLosses,
+    Verdict,
     write_json,
 )
 from das_tune.bench import stats
@@ -48,6 +51,10 @@ BUDGETS_CAPTION = (
     "the lower loss; top-k recall of the best three):"
 )
 RANKABLE = 5.0  # a space is rankable when its best subset is this many retrain-noise sd above its median one
+GOOD_GOAL = 0.8  # the reference method's pick is in the good set at this share of seeds or more
+SIGNIFICANT = 0.05
+AHEAD_OF = ("random",)  # the reference method must beat these (p < SIGNIFICANT) …
+NO_WORSE_THAN = ("last_k", "block_influence")  # … and not lose to these (p < SIGNIFICANT)
 
 
 def save(results: BenchResults | LadderResults, out: Path, markdown_text: str, plots: list[str]) -> None:
@@ -76,14 +83,15 @@ def collect(p: Plan) -> BenchResults:
     methods = [m for m in (*p.config.samplers, *p.config.methods) if any(r.method == m for r in runs)]
     reference = p.config.reference if p.config.reference in methods or not methods else methods[0]
     seeds = sorted({r.seed for r in runs})
+    summary = {m: _summary([r for r in runs if r.method == m]) for m in methods}
+    paired = {m: _paired(runs, reference, m) for m in methods if m != reference}
     return BenchResults(
         study=p.base.name, space=p.space.label, candidates=list(p.space.candidates), num_candidates=len(p.space.candidates),
         num_skip=p.space.num_skip, num_subsets=p.space.num_subsets, top_percent=stats.TOP_PERCENT,
         metric=runs[0].metric if runs else (next(iter(truth.subsets.values())).metric if truth else ""),
         seeds=seeds, samplers=[m for m in p.config.samplers if m in methods], methods=[m for m in p.config.methods if m in methods],
         reference=reference, storage=p.storage, tiny=p.base.tiny, budget=_budget(p), warnings=warnings,
-        summary={m: _summary([r for r in runs if r.method == m]) for m in methods},
-        paired_tests={m: _paired(runs, reference, m) for m in methods if m != reference},
+        summary=summary, paired_tests=paired, verdict=verdict(runs, truth, reference, paired),
         ground_truth=truth, warmup_ranking=_warmup_ranking(p, seeds, truth), runs=runs,
         supernet_budgets=_budget_rankings(p, truth),
     )
@@ -245,6 +253,35 @@ def _summary(runs: list[RunResult]) -> MethodSummary:
     )
 
 
+def verdict(runs: list[RunResult], truth: GroundTruth | None, reference: str, paired: dict[str, PairedTest]) -> Verdict | None:
+    """The goals of the reference method: its pick in the good set at ≥ 80 % of the seeds, ahead of random search
+    (p < 0.05), not behind last-k or Block Influence (p < 0.05); None without a ground truth whose noise is known."""
+    if truth is None or truth.rankable is None or not runs:
+        return None
+    counts = {}
+    for r in runs:
+        if r.good is not None:
+            c = counts.setdefault(r.method, GoodCount(good=0, seeds=0))
+            counts[r.method] = GoodCount(good=c.good + r.good, seeds=c.seeds + 1)
+    goals = []
+    if (own := counts.get(reference)) is not None:
+        need = math.ceil(GOOD_GOAL * own.seeds)
+        goals.append(GoalCheck(kind="good_set", target=need, met=own.good >= need))
+    for kind, others in (("ahead_of", AHEAD_OF), ("not_behind", NO_WORSE_THAN)):
+        for other in others:
+            if (t := paired.get(other)) is not None:
+                met = _significant(t, ahead=True) if kind == "ahead_of" else not _significant(t, ahead=False)
+                goals.append(GoalCheck(kind=kind, other=other, target=SIGNIFICANT, met=met, mean_diff=t.mean_diff, p_value=t.p_value))
+    return Verdict(rankable=truth.rankable >= truth.rankable_goal, good_counts=counts, reference=reference, goals=goals)
+
+
+def _significant(test: PairedTest, ahead: bool) -> bool:
+    """Whether ``reference − other`` is significantly above 0 (``ahead``) or below it."""
+    if test.mean_diff is None or test.p_value is None or test.p_value >= SIGNIFICANT:
+        return False
+    return test.mean_diff > 0 if ahead else test.mean_diff < 0
+
+
 def _paired(runs: list[RunResult], reference: str, other: str) -> PairedTest:
     """``reference`` − ``other`` on the retrained metric, paired by seed; a deterministic ``other`` (one pick at
     every seed) through its pick's retrain values instead, as ten copies of one pair would overstate."""
@@ -358,7 +395,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                   f"share of reference subsets the pick is at least as good as; top {top} %: fewer than {top} % of them beat it "
                   f"(the threshold is {fmt(gt.top10_threshold)}). Kendall τ: a method's subset scores (sum of its layer "
                   "scores) against the ground truth, and the final supernet's loss of each reference subset against it."]
-    lines += ["", "## Summary", "", *markdown_lines(*summary_table(results)), "", "## Runs", "", *markdown_lines(*runs_table(results))]
+    lines += ["", "## Summary", "", *verdict_lines(results), "", *markdown_lines(*summary_table(results)), "", "## Runs", "", *markdown_lines(*runs_table(results))]
     if gt is not None:
         lines += ["", "## Ground truth", "", truth_line(gt), "", rankable_line(gt), ""]
         if results.warmup_ranking:
@@ -408,6 +445,33 @@ def rankable_line(gt: GroundTruth) -> str:
     return (f"Rankable check: the best reference subset is {fmt(gt.rankable)} retrain-noise sd above the median one "
             f"(best {fmt(gt.best)}, median {fmt(gt.median)}; goal ≥ {fmt(gt.rankable_goal)}): {verdict}. Good set (within "
             f"{fmt(gt.good_width)} sd of the best): {fmt(len(gt.good_set or []))} of {fmt(len(gt.subsets))} subsets.")
+
+
+def verdict_lines(results: BenchResults) -> list[str]:
+    """The verdict in words (results.md and the README)."""
+    v, gt = results.verdict, results.ground_truth
+    if v is None or gt is None:
+        return []
+    distance = f"{fmt(gt.rankable)} retrain-noise sd from the median subset to the best; goal ≥ {fmt(gt.rankable_goal)}"
+    space = f"Rankable ({distance})." if v.rankable else f"Flat ({distance}): no method can be told apart here, and the counts below are luck."
+    good = gt.good_set or []
+    named = f": {'; '.join(s.replace(',', ', ') for s in good)}" if len(good) <= 4 else ""
+    counts = ", ".join(f"{method} {fmt(c.good)} of {fmt(c.seeds)}" for method, c in v.good_counts.items())
+    lines = [f"**Verdict.** {space} Picks in the good set ({fmt(len(good))} of {fmt(len(gt.subsets))} subsets{named}), "
+             f"of the seeds: {counts}."]
+    if v.goals:
+        own = v.good_counts[v.reference]
+        lines.append(f"{v.reference}, the reference method: " + "; ".join(_goal_text(g, own) for g in v.goals) + ".")
+    return lines
+
+
+def _goal_text(g: GoalCheck, own: GoodCount) -> str:
+    if g.kind == "good_set":
+        text = f"in the good set at {fmt(own.good)} of {fmt(own.seeds)} seeds (goal ≥ {fmt(g.target)})"
+    else:
+        text = (f"{'ahead of' if g.kind == 'ahead_of' else 'not behind'} {g.other} at p < {fmt(g.target)} "
+                f"(Δ {fmt(g.mean_diff)}, p = {fmt(g.p_value)})")
+    return text + (": met" if g.met else ": **missed**")
 
 
 def markdown_lines(header: list[str], rows: list[list[str]]) -> list[str]:
