@@ -395,7 +395,8 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                   f"share of reference subsets the pick is at least as good as; top {top} %: fewer than {top} % of them beat it "
                   f"(the threshold is {fmt(gt.top10_threshold)}). Kendall τ: a method's subset scores (sum of its layer "
                   "scores) against the ground truth, and the final supernet's loss of each reference subset against it."]
-    lines += ["", "## Summary", "", *verdict_lines(results), "", *markdown_lines(*summary_table(results)), "", "## Runs", "", *markdown_lines(*runs_table(results))]
+    lines += ["", "## Summary", "", *verdict_lines(results), "", *markdown_lines(*summary_table(results))]
+    lines += ["", "## Runs", "", *markdown_lines(*runs_table(results))]
     if gt is not None:
         lines += ["", "## Ground truth", "", truth_line(gt), "", rankable_line(gt), ""]
         if results.warmup_ranking:
@@ -453,7 +454,8 @@ def verdict_lines(results: BenchResults) -> list[str]:
     if v is None or gt is None:
         return []
     distance = f"{fmt(gt.rankable)} retrain-noise sd from the median subset to the best; goal ≥ {fmt(gt.rankable_goal)}"
-    space = f"Rankable ({distance})." if v.rankable else f"Flat ({distance}): no method can be told apart here, and the counts below are luck."
+    luck = "no method can be told apart here, and the counts below are luck"
+    space = f"Rankable ({distance})." if v.rankable else f"Flat ({distance}): {luck}."
     good = gt.good_set or []
     named = f": {'; '.join(s.replace(',', ', ') for s in good)}" if len(good) <= 4 else ""
     counts = ", ".join(f"{method} {fmt(c.good)} of {fmt(c.seeds)}" for method, c in v.good_counts.items())
