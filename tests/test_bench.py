@@ -529,3 +529,25 @@ def test_a_committed_bench_folder_still_takes_its_own_benchmark(folder, monkeypa
     p = plan(BenchConfig(study=truth["study_name"].split("-")[0], overrides=overrides, ground_truth=True, samplers=(), methods=(),
                          retrain_seeds=held["bench"]["retrain_seeds"], out=Path("bench") / folder, seeds=(0,)))
     check_same_plan(p)
+
+
+@pytest.mark.slow
+def test_an_asha_race_picks_the_best_subset_that_trained_every_step(tmp_path):
+    # 4 distinct subsets of 6 raced from the shared warm-up: 6 steps each, a report every 2, ASHA's rung at 1 report
+    result = bench(tmp_path, "--space", "minilm_vqa", "--samplers", "asha", "--methods", "", "--seeds", "1", "--retrain-seeds", "1",
+                   "--tiny", "--quiet", "--set", "num_skip=1", "--set", "ray.num_trials=4", "--set", "ray.steps_per_trial=6",
+                   "--set", "ray.report_every=2", "--set", "ray.grace_period=1", "--out", "out", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "records" / "asha-seed0.json").read_text())
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'out' / 'bench.db'}")
+    trials = optuna.load_study(study_name="easyvqa_minilm-asha-seed0", storage=storage).trials
+    def skipped(trial):  # skip 1: the candidate with the largest skip key
+        return max((k for k in trial.params if k.startswith("skip.")), key=trial.params.get).removeprefix("skip.")
+
+    assert len(trials) == 4 and len({skipped(t) for t in trials}) == 4  # one round: distinct subsets
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and record["observations"] == len(complete)
+    assert record["chosen"] == [skipped(min(complete, key=lambda t: t.value))]
+    # every trial's steps, each report standing for 2 (the pruned ones stopped early)
+    assert record["search_steps"] == sum(min(2 * len(t.intermediate_values), 6) for t in trials) <= 4 * 6
+    assert record["warmup_steps"] > 0

@@ -49,7 +49,7 @@ from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, 
 from das_tune.errors import FolderInUse, UserError, shorten
 from das_tune.jobs import runner
 from das_tune.progress import Reporter
-from das_tune.samplers import SAMPLERS
+from das_tune.samplers import SAMPLERS, SkipPolicy
 from das_tune.search import ONESHOT
 from das_tune.search.supernet import warm_up
 from das_tune.spec.spaces import SkipSpace
@@ -73,8 +73,15 @@ BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 SAMPLER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "das": ("das", {"standardize": False}),
     "das_std": ("das", {"standardize": True}),
+    "asha": ("das", {"standardize": False}),
 }
 DEFAULT_SAMPLERS = ("das", "das_std", "random", "tpe")
+# Races: sampler methods that run the Ray Tune executor from the same warm-up instead of observing subsets on the
+# supernet. "asha": ``ray.num_trials`` distinct subsets, drawn uniformly (DAS's policy with them all in one round,
+# so no gate has moved when they are drawn), each trained ``ray.steps_per_trial`` steps from the warm-up state
+# while ASHA stops the worse ones at its rungs; the best subset that trained every step is the pick. Its budget
+# is the study's ``ray`` section.
+RACES: dict[str, dict[str, Any]] = {"asha": {"search.executor": "ray", "ray.scheduler": "asha"}}
 
 
 def sampler_of(method: str) -> tuple[str, dict[str, Any]] | None:
@@ -119,6 +126,8 @@ class Plan:
 
     def spec(self, seed: int, sampler: str = "das", **fields: Any) -> StudySpec:
         name, options = sampler_of(sampler) or (sampler, {})
+        if sampler in RACES:
+            fields = {**RACES[sampler], "search.round_size": self.base.ray.num_trials, **fields}
         overrides = {
             **self.config.overrides, "storage": self.storage, "output_dir": str(self.out / "runs"), "seed": seed,
             "sampler.name": name, f"sampler.options.{name}": {**self.base.sampler.options.get(name, {}), **options},
@@ -181,7 +190,10 @@ def plan(config: BenchConfig) -> Plan:
     steps = loop.steps_per_epoch(task, base.search.batch_size, base.search.max_steps_per_epoch)
     retrain_steps = loop.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
     observations = observation_rounds(base.search, steps) * base.search.round_size
-    warnings = _check_budget(space, observations) if config.samplers else []
+    warnings = _check_budget(space, observations) if any(s not in RACES for s in config.samplers) else []
+    if any(s in RACES for s in config.samplers) and not 2 <= base.ray.num_trials <= space.num_subsets:
+        raise UserError(f"ray.num_trials = {base.ray.num_trials}: a race trains distinct subsets, between 2 and the space's "
+                        f"{space.num_subsets}")
     reference = reference_subsets(space, config.reference_size)
     if len(reference) < space.num_subsets and len(reference) < MIN_VERDICT_REFERENCE:
         warnings.append(f"a reference sample of {len(reference)} subsets is small for a verdict (use ≥ {MIN_VERDICT_REFERENCE})")
@@ -377,14 +389,25 @@ def _search(
         save_spec(spec)
         found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
     complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    # a race's pick is its best subset that trained every step, not the sampler's (its gates never moved)
+    chosen = SkipPolicy(parts.space).chosen(found.study) if sampler in RACES else found.chosen
     return SearchRecord(
         method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
-        chosen=parts.space.ordered(found.chosen), layer_scores=found.found_by.probabilities,
+        chosen=parts.space.ordered(chosen), layer_scores=None if sampler in RACES else found.found_by.probabilities,
         observations=len(complete), observed=[t.value for t in complete], scoring_batches=0,
         warmup_steps=warm.steps, warmup_seconds=warm.seconds,
-        search_steps=p.steps_per_epoch * spec.search.search_epochs, search_seconds=found.found_by.search_seconds,
+        search_steps=search_steps(p, spec, found.study), search_seconds=found.found_by.search_seconds,
         supernet_losses=supernet_losses(p, parts),
     )
+
+
+def search_steps(p: Plan, spec: StudySpec, study: optuna.Study) -> int:
+    """Training steps a search took after the warm-up: the one-shot search's epochs on the supernet, or a race's
+    steps over all its trials (each report stands for ``ray.report_every`` steps, the last for the rest)."""
+    if spec.search.executor != "ray":
+        return p.steps_per_epoch * spec.search.search_epochs
+    ray = spec.ray
+    return sum(min(len(t.intermediate_values) * ray.report_every, ray.steps_per_trial) for t in study.get_trials(deepcopy=False))
 
 
 def budget_spec(p: Plan, seed: int, steps: int) -> StudySpec:
