@@ -362,7 +362,7 @@ def test_a_bench_refused_by_its_folder_says_one_line_and_writes_nothing(tmp_path
     assert result.returncode == 2 and len(lines) == 1 and "holds a benchmark of another study" in lines[0], result.stderr
     assert [p.name for p in out.iterdir()] == ["plan.yaml"]  # no bench.db either
 
-def test_a_bench_folder_takes_other_search_settings_until_a_search_has_started(tmp_path):
+def test_a_bench_folder_takes_other_search_settings_until_a_search_that_depends_on_them_has_started(tmp_path):
     base = {"tiny": True, "num_skip": 2, "search.search_epochs": 1}
     first = plan(BenchConfig(study="easyvqa_minilm", samplers=(), methods=("first_k",), ground_truth=True, overrides=base, out=tmp_path))
     check_plan_file(first)  # a piece of ground truth only
@@ -373,6 +373,11 @@ def test_a_bench_folder_takes_other_search_settings_until_a_search_has_started(t
     (tmp_path / "records" / "das-seed0.json").write_text("{}")
     with pytest.raises(UserError, match="holds searches with other search settings"):
         check_plan_file(first)
+    race = {**base, "search.observe_every": 6, "ray.steps_per_trial": 40}
+    check_plan_file(plan(BenchConfig(study="easyvqa_minilm", overrides=race, out=tmp_path)))  # no race yet: ray settings may change
+    (tmp_path / "records" / "asha-seed0.json").write_text("{}")
+    with pytest.raises(UserError, match="holds searches with other ray settings"):
+        check_plan_file(other_search)
     with pytest.raises(UserError, match="another study, retrain budget"):
         check_plan_file(plan(BenchConfig(study="easyvqa_minilm", overrides={**base, "search.observe_every": 6, "retrain.lr": 3e-3},
                                          out=tmp_path)))

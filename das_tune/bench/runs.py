@@ -568,20 +568,24 @@ def plan_document(p: Plan) -> str:
 
 def check_same_plan(p: Plan) -> None:
     """An output folder holds one benchmark: re-runs and later pieces must declare the same one. Its search
-    settings may change while no search has started there (e.g. after a piece of ground truth only)."""
+    settings may change while no search that depends on them has started there (e.g. after a piece of ground
+    truth only; the ``ray`` settings until a race has started)."""
     path = p.out / PLAN_FILE
     if not path.is_file():
         return
     held, resolved = yaml.safe_load(path.read_text()), yaml.safe_load(plan_document(p))
     if held.get("bench") != resolved["bench"] or held.get("truth") != resolved["truth"]:
         raise UserError(f"{p.out} holds a benchmark of another study, retrain budget or retrain seeds ({path}); pass another --out")
-    if held.get("search") != resolved["search"] and searches_started(p):
-        changed = sorted(k for k in SEARCH_FIELDS if held["search"].get(k) != resolved["search"][k])
-        raise UserError(f"{p.out} holds searches with other {', '.join(changed)} settings ({path}); pass another --out")
+    changed = sorted(k for k in SEARCH_FIELDS if (held.get("search") or {}).get(k) != resolved["search"][k])
+    if bound := [k for k in changed if searches_started(p, races_only=k == "ray")]:
+        raise UserError(f"{p.out} holds searches with other {', '.join(bound)} settings ({path}); pass another --out")
 
 
-def searches_started(p: Plan) -> bool:
-    """Whether any search or warm-up of this benchmark has written to its folder."""
+def searches_started(p: Plan, races_only: bool = False) -> bool:
+    """Whether any search or warm-up of this benchmark has written to its folder (``races_only``: any race,
+    the only searches that depend on the ``ray`` settings)."""
+    if races_only:
+        return any(any((p.out / "records").glob(f"{race}-*.json")) or any((p.out / "runs").glob(f"*-{race}-seed*")) for race in RACES)
     return any((p.out / "records").glob("*.json")) or any((p.out / "runs").glob("*"))
 
 
