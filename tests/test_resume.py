@@ -197,3 +197,10 @@ def test_a_study_resumes_only_with_the_settings_it_was_run_with(tmp_path):
     with pytest.raises(UserError, match=r"tiny = True → False"):  # not even when named alike
         open_spec_study(real.model_copy(update={"study_name": spec.resolved_study_name}), parts, fresh=False, reporter=Reporter())
     assert open_spec_study(changed, parts, fresh=True, reporter=Reporter()).trials == []
+    ray = load_study_spec("easyvqa_minilm", {**overrides, "search.executor": "ray", "study_name": "r"})
+    open_spec_study(ray, parts, fresh=False, reporter=Reporter())
+    open_spec_study(ray.model_copy(update={"ray": ray.ray.model_copy(update={"max_concurrent_trials": 4})}), parts,
+                    fresh=False, reporter=Reporter())  # where trials run is not what they find
+    longer = ray.model_copy(update={"ray": ray.ray.model_copy(update={"steps_per_trial": 40})})
+    with pytest.raises(UserError, match=r"ray\.steps_per_trial = \d+ → 40"):
+        open_spec_study(longer, parts, fresh=False, reporter=Reporter())

@@ -18,6 +18,8 @@ from das_tune.spec.spaces import SkipSpace, load_space, parse_num_skip, size_lab
 # Ray workers, dropped in tiny mode (a tiny model and its data need no files).
 DEFAULT_STORAGE = "sqlite:///das_tune.db"
 LOCAL_PATHS = ("backbone.checkpoint", "backbone.options.tokenizer", "task.data_dir")
+# the ray settings a Ray search's outcome depends on (not where or how many at once its trials run)
+RAY_OUTCOME = {"num_trials", "steps_per_trial", "report_every", "scheduler", "grace_period"}
 
 
 class _Strict(BaseModel):
@@ -209,10 +211,13 @@ class StudySpec(_Strict):
 
     def search_settings(self) -> dict[str, Any]:
         """What a search's outcome depends on besides its sampler and seed, flat (``search.lr``: 0.002): the
-        space, backbone, task, search budget and tiny mode — local file paths and the worker count aside. A
+        space, backbone, task, search budget (with the Ray executor, its trials' budget and scheduler) and tiny
+        mode — local file paths and the worker count aside. A
         study records them, and resuming it with other settings is refused."""
         data = self.model_dump(mode="json", include={"backbone", "task", "search", "tiny"})
         data["space"] = self.load_space().model_dump(mode="json")
+        if self.search.executor == "ray":  # a Ray trial's outcome depends on its budget and scheduler, not where it runs
+            data["ray"] = self.ray.model_dump(mode="json", include=RAY_OUTCOME)
         for field in (*LOCAL_PATHS, "search.workers"):
             _pop_dotted(data, field)
         return _flat(data)
