@@ -19,7 +19,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Ray starts its workers at nice 15. Beside the other xdist worker's tests (nice 0) they get a few per
 # cent of a core, and the serial group waits on them: the two-worker DDP test took over 600 s beside two
-# busy processes, 86 s with this.
+# busy processes, 86 s with this. das-tune's own local sessions set it too (ray_cluster.ray_session); this
+# covers the nodes the multi-node tests start with `ray start`.
 os.environ.setdefault("RAY_worker_niceness", "0")
 LOOPBACK = "127.0.0.1"
 # Run on one pytest-xdist worker, one test after another (``--dist loadgroup``): the tests that start

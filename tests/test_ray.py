@@ -192,3 +192,16 @@ def test_searcher_pickles_with_std_pickle(tmp_path):
     assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["skipped"] == first.user_attrs["skipped"]
     assert retry.state == TrialState.COMPLETE and retry.value == 1.25 and retry.intermediate_values == {2: 1.4}
     assert pickle.loads(pickle.dumps(suggest)).policy.round_size == 3
+
+
+def test_a_local_ray_session_runs_its_workers_at_the_drivers_priority(monkeypatch):
+    from das_tune.search.ray_cluster import WORKER_NICENESS, ray_session
+    from das_tune.spec.study import RaySpec
+
+    monkeypatch.delenv(WORKER_NICENESS, raising=False)  # conftest sets it for the suite's own Ray nodes
+    @ray.remote(num_cpus=1)
+    def niceness():
+        return os.nice(0)
+
+    with ray_session(RaySpec()):
+        assert ray.get(niceness.remote()) == os.nice(0)  # Ray's default: 15 levels lower, and starved under load
