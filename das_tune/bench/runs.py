@@ -403,11 +403,12 @@ def _search(
 
 def search_steps(p: Plan, spec: StudySpec, study: optuna.Study) -> int:
     """Training steps a search took after the warm-up: the one-shot search's epochs on the supernet, or a race's
-    steps over all its trials (each report stands for ``ray.report_every`` steps, the last for the rest)."""
+    steps over all its trials: every step of a complete one, ``ray.report_every`` per report of one stopped early."""
     if spec.search.executor != "ray":
         return p.steps_per_epoch * spec.search.search_epochs
     ray = spec.ray
-    return sum(min(len(t.intermediate_values) * ray.report_every, ray.steps_per_trial) for t in study.get_trials(deepcopy=False))
+    return sum(ray.steps_per_trial if t.state == optuna.trial.TrialState.COMPLETE
+               else min(len(t.intermediate_values) * ray.report_every, ray.steps_per_trial) for t in study.get_trials(deepcopy=False))
 
 
 def budget_spec(p: Plan, seed: int, steps: int) -> StudySpec:
