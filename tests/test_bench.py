@@ -553,7 +553,8 @@ def test_an_asha_race_picks_the_best_subset_that_trained_every_step(tmp_path):
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete and record["observations"] == len(complete)
     assert record["chosen"] == [skipped(min(complete, key=lambda t: t.value))]
-    # every step of a complete trial (its last report goes to Optuna as its value), 2 per report of a stopped one
-    stopped = [t for t in trials if t.state != optuna.trial.TrialState.COMPLETE]
-    assert record["search_steps"] == 6 * len(complete) + sum(2 * len(t.intermediate_values) for t in stopped) <= 4 * 6
+    # every step of a complete trial, the reports' steps of one ASHA stopped
+    steps = {t.number: t.user_attrs["steps_trained"] for t in trials}
+    assert all(steps[t.number] == 6 for t in complete) and all(steps[t.number] in (2, 4) for t in trials if t not in complete)
+    assert record["search_steps"] == sum(steps.values())
     assert record["warmup_steps"] > 0

@@ -51,6 +51,7 @@ from das_tune.jobs import runner
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLERS, SkipPolicy
 from das_tune.search import ONESHOT
+from das_tune.search.base import STEPS_ATTR
 from das_tune.search.supernet import warm_up
 from das_tune.spec.spaces import SkipSpace
 from das_tune.spec.study import SearchSpec, StudySpec, load_study_spec
@@ -402,13 +403,11 @@ def _search(
 
 
 def search_steps(p: Plan, spec: StudySpec, study: optuna.Study) -> int:
-    """Training steps a search took after the warm-up: the one-shot search's epochs on the supernet, or a race's
-    steps over all its trials: every step of a complete one, ``ray.report_every`` per report of one stopped early."""
+    """Training steps a search took after the warm-up: the one-shot search's epochs on the supernet, or the steps
+    every trial of a race trained (all of them, or until ASHA stopped it)."""
     if spec.search.executor != "ray":
         return p.steps_per_epoch * spec.search.search_epochs
-    ray = spec.ray
-    return sum(ray.steps_per_trial if t.state == optuna.trial.TrialState.COMPLETE
-               else min(len(t.intermediate_values) * ray.report_every, ray.steps_per_trial) for t in study.get_trials(deepcopy=False))
+    return sum(t.user_attrs.get(STEPS_ATTR) or 0 for t in study.get_trials(deepcopy=False))
 
 
 def budget_spec(p: Plan, seed: int, steps: int) -> StudySpec:

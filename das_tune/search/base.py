@@ -14,6 +14,8 @@ from das_tune.samplers import SkipPolicy
 from das_tune.spec.study import StudySpec
 from das_tune.training.components import Components
 
+STEPS_ATTR = "steps_trained"  # a trial's user attr: the steps it trained before it ended (all, or until a scheduler stopped it)
+
 
 @dataclass
 class SearchRun:

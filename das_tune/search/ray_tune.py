@@ -71,7 +71,7 @@ from ray.tune.search import Searcher
 from das_tune.backbones.flops import CostModel
 from das_tune.progress import Reporter
 from das_tune.samplers import SkipPolicy
-from das_tune.search.base import SearchRun
+from das_tune.search.base import STEPS_ATTR, SearchRun
 from das_tune.search.ray_cluster import ray_session
 from das_tune.search.ray_trainable import WARMUP_FILE, TrialHold, train_subnet
 from das_tune.search.supernet import warm_up
@@ -187,6 +187,7 @@ class SkipSearcher(Searcher):
             return
         if result:  # Ray may hand a trial's last report only here, not to on_trial_result
             self._record_node(trial_id, result)
+            trial.set_user_attr(STEPS_ATTR, result.get("step"))
         state, value = trial_outcome(result, error, self.steps_per_trial)
         self.study.tell(trial, value, state=state)
         self.told.add(trial_id)
