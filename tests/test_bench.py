@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -465,7 +466,9 @@ def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
                             additional_gmacs=-0.1, flops_saved=0.3, steps=10, seconds=1.0) for k, v in truth.items()}
     values = list(truth.values())
     gt = GroundTruth(kind="all", retrain_seeds=[0, 1], sample_seed=None, subsets=subsets, noise_std=0.01, best=max(values),
-                     top10_threshold=stats.top10_threshold(values), retrains=30, retrain_seconds=30.0)
+                     top10_threshold=stats.top10_threshold(values), retrains=30, retrain_seconds=30.0,
+                     rankable=(max(values) - statistics.median(values)) / 0.01, rankable_goal=report.RANKABLE,
+                     good_set=sorted(stats.good_set(truth, 0.01)), good_width=stats.GOOD_WIDTH)
     runs = []
     for method, picks in (("das", ["En4,En5", "En3,En5", "En0,En1"]), ("random", ["En0,En2", "En1,En2", "En3,En4"])):
         for seed, key in enumerate(picks):
@@ -491,13 +494,19 @@ def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
         "warnings": [], "summary": {"das": summary, "random": report._summary(runs[3:])},
         "paired_tests": {"random": report._paired(runs, "das", "random")}, "ground_truth": gt, "runs": runs,
     })
+    results.verdict = report.verdict(runs, gt, "das", results.paired_tests)
+    assert results.verdict.rankable and results.verdict.good_counts["das"].good == 2  # En4,En5 and En3,En5: within 2 sd
+    assert [(g.kind, g.met) for g in results.verdict.goals] == [("good_set", False), ("ahead_of", False)]  # 2 < 3 of 3; 2 wins of 3: not significant
     assert (results.paired_tests["random"].wins, results.paired_tests["random"].losses) == (2, 1)
     names = plots.write_plots(results, tmp_path)
     assert names == ["picks.png", "anytime.png", "metric_vs_gmacs.png"]
     assert all((tmp_path / n).read_bytes().startswith(b"\x89PNG") for n in names)
     markdown = report.markdown(results, names)
-    strays = [n for n in NUMBER.findall(markdown) if n not in json_numbers(json.loads(results.model_dump_json()))]
-    assert not strays
+    assert "**Verdict.** Rankable" in markdown and "das, the reference method: in the good set at 2 of 3 seeds" in markdown
+    block = readme_tables.verdict_block(json.loads(results.model_dump_json()))
+    for text in (markdown, block):
+        strays = [n for n in NUMBER.findall(text) if n not in json_numbers(json.loads(results.model_dump_json()))]
+        assert not strays
 
 
 def test_truth_table_shows_each_subsets_mean_by_target_group():

@@ -258,11 +258,9 @@ def verdict(runs: list[RunResult], truth: GroundTruth | None, reference: str, pa
     (p < 0.05), not behind last-k or Block Influence (p < 0.05); None without a ground truth whose noise is known."""
     if truth is None or truth.rankable is None or not runs:
         return None
-    counts = {}
-    for r in runs:
-        if r.good is not None:
-            c = counts.setdefault(r.method, GoodCount(good=0, seeds=0))
-            counts[r.method] = GoodCount(good=c.good + r.good, seeds=c.seeds + 1)
+    judged = [r for r in runs if r.good is not None]
+    methods = dict.fromkeys(r.method for r in judged)
+    counts = {m: GoodCount(good=sum(r.good for r in judged if r.method == m), seeds=sum(r.method == m for r in judged)) for m in methods}
     goals = []
     if (own := counts.get(reference)) is not None:
         need = math.ceil(GOOD_GOAL * own.seeds)
