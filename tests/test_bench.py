@@ -496,7 +496,7 @@ def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     })
     results.verdict = report.verdict(runs, gt, "das", results.paired_tests)
     assert results.verdict.rankable and results.verdict.good_counts["das"].good == 2  # En4,En5 and En3,En5: within 2 sd
-    assert [(g.kind, g.met) for g in results.verdict.goals] == [("good_set", False), ("ahead_of", False)]  # 2 < 3 of 3; 2 wins of 3: not significant
+    assert [(g.kind, g.met) for g in results.verdict.goals] == [("good_set", False), ("ahead_of", False)]  # 2 < 3; 2 wins of 3
     assert (results.paired_tests["random"].wins, results.paired_tests["random"].losses) == (2, 1)
     names = plots.write_plots(results, tmp_path)
     assert names == ["picks.png", "anytime.png", "metric_vs_gmacs.png"]
