@@ -82,7 +82,7 @@ def plan_ladder(config: BenchConfig) -> Plan:
     unknown = [s for s in samplers if sampler_of(s) is None] + [m for m in config.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown sampler/method {unknown} (a range also takes {PER_SIZE}: DAS searching each size on its own)")
-    single = [s for s in samplers if sampler_of(s)[0] in SINGLE_OBJECTIVE]
+    single = [s for s in samplers if sampler_of(s).sampler in SINGLE_OBJECTIVE]
     if single:
         raise UserError(f"samplers {single} cannot search two objectives (observed loss, additional GMACs)")
     if not config.samplers and not config.methods:

@@ -69,27 +69,37 @@ MIN_VERDICT_REFERENCE = 40
 WARMUP_FILE, PLAN_FILE, LOSSES_FILE = "warmup.json", "plan.yaml", "losses.json"
 BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 
-# Sampler methods that are one registry sampler with fixed options. "das" is the reference rule even
-# when the study standardises its advantages; "das_std" is DAS with standardised advantages.
-SAMPLER_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "das": ("das", {"standardize": False}),
-    "das_std": ("das", {"standardize": True}),
-    "asha": ("das", {"standardize": False}),
+@dataclass(frozen=True)
+class SamplerMethod:
+    """A bench method that searches with a registry sampler: the sampler, its fixed options and, for a race, the
+    study fields that make it one (it runs the Ray Tune executor from the same warm-up instead of observing
+    subsets on the supernet)."""
+
+    sampler: str
+    options: dict[str, Any] = field(default_factory=dict)
+    race: dict[str, Any] = field(default_factory=dict)
+
+
+# Sampler methods other than a registry sampler with its defaults. "das" is the reference rule even when the
+# study standardises its advantages; "das_std" is DAS with standardised advantages. "asha" races
+# ``ray.num_trials`` distinct subsets, drawn uniformly (DAS's policy with them all in one round, so no gate has
+# moved when they are drawn), each trained ``ray.steps_per_trial`` steps from the warm-up state while ASHA stops
+# the worse ones at its rungs; the best subset that trained every step is the pick. Its budget is the study's
+# ``ray`` section.
+NAMED_SAMPLERS: dict[str, SamplerMethod] = {
+    "das": SamplerMethod("das", {"standardize": False}),
+    "das_std": SamplerMethod("das", {"standardize": True}),
+    "asha": SamplerMethod("das", {"standardize": False}, race={"search.executor": "ray", "ray.scheduler": "asha"}),
 }
+RACES = tuple(name for name, method in NAMED_SAMPLERS.items() if method.race)
 DEFAULT_SAMPLERS = ("das", "das_std", "random", "tpe")
-# Races: sampler methods that run the Ray Tune executor from the same warm-up instead of observing subsets on the
-# supernet. "asha": ``ray.num_trials`` distinct subsets, drawn uniformly (DAS's policy with them all in one round,
-# so no gate has moved when they are drawn), each trained ``ray.steps_per_trial`` steps from the warm-up state
-# while ASHA stops the worse ones at its rungs; the best subset that trained every step is the pick. Its budget
-# is the study's ``ray`` section.
-RACES: dict[str, dict[str, Any]] = {"asha": {"search.executor": "ray", "ray.scheduler": "asha"}}
 
 
-def sampler_of(method: str) -> tuple[str, dict[str, Any]] | None:
-    """The registry sampler and fixed options a sampler method runs, or None if it is not one."""
-    if method in SAMPLER_VARIANTS:
-        return SAMPLER_VARIANTS[method]
-    return (method, {}) if method in SAMPLERS else None
+def sampler_of(method: str) -> SamplerMethod | None:
+    """What a sampler method runs, or None if it is not one."""
+    if method in NAMED_SAMPLERS:
+        return NAMED_SAMPLERS[method]
+    return SamplerMethod(method) if method in SAMPLERS else None
 
 
 @dataclass(frozen=True)
@@ -126,9 +136,10 @@ class Plan:
     warnings: tuple[str, ...]
 
     def spec(self, seed: int, sampler: str = "das", **fields: Any) -> StudySpec:
-        name, options = sampler_of(sampler) or (sampler, {})
-        if sampler in RACES:
-            fields = {**RACES[sampler], "search.round_size": self.base.ray.num_trials, **fields}
+        method = sampler_of(sampler) or SamplerMethod(sampler)
+        name, options = method.sampler, method.options
+        if method.race:
+            fields = {**method.race, "search.round_size": self.base.ray.num_trials, **fields}
         overrides = {
             **self.config.overrides, "storage": self.storage, "output_dir": str(self.out / "runs"), "seed": seed,
             "sampler.name": name, f"sampler.options.{name}": {**self.base.sampler.options.get(name, {}), **options},
@@ -172,7 +183,7 @@ def plan(config: BenchConfig) -> Plan:
     unknown = [s for s in config.samplers if sampler_of(s) is None] + [m for m in config.methods if m not in METHODS]
     if unknown:
         raise UserError(
-            f"unknown sampler/method {unknown}: expected samplers from {', '.join([*SAMPLER_VARIANTS, *SAMPLERS])} "
+            f"unknown sampler/method {unknown}: expected samplers from {', '.join(dict.fromkeys([*NAMED_SAMPLERS, *SAMPLERS]))} "
             f"and methods from {', '.join(METHODS)}"
         )
     if not (config.samplers or config.methods or config.ground_truth or config.supernet_steps):
