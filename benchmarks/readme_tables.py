@@ -113,10 +113,10 @@ def verdict_block(results: dict) -> str:
     if typed.verdict is None:
         raise ValueError(f"bench of {typed.space} skip {typed.num_skip}: no verdict (no searches against a ground truth)")
     header = ["method", "picks in the good set", "regret", "percentile", "wall s", f"Δ vs {typed.reference}"]
-    rows = [[method, fmt(typed.verdict.good_counts[method].good) if method in typed.verdict.good_counts else "—",
-             median(results["summary"][method], "regret"), median(results["summary"][method], "percentile"),
-             median(results["summary"][method], "cost_seconds"), versus(results["paired_tests"].get(method))]
-            for method in typed.summary]
+    counts, tests = typed.verdict.good_counts, typed.paired_tests
+    rows = [[method, fmt(counts[method].good) if method in counts else "—", fmt(s.regret.median), fmt(s.percentile.median),
+             fmt(s.cost_seconds.median), versus(tests[method].model_dump() if method in tests else None)]
+            for method, s in typed.summary.items()]
     return "\n\n".join(["\n".join(verdict_lines(typed)), table(header, rows)])
 
 
