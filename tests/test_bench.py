@@ -567,3 +567,6 @@ def test_an_asha_race_picks_the_best_subset_that_trained_every_step(tmp_path):
     assert all(steps[t.number] == 6 for t in complete) and all(steps[t.number] in (2, 4) for t in trials if t not in complete)
     assert record["search_steps"] == sum(steps.values())
     assert record["warmup_steps"] > 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["budget"]["race"] == {"num_trials": 4, "steps_per_trial": 6, "report_every": 2, "scheduler": "asha", "grace_period": 1}
+    assert "4 distinct subsets, each trained up to 6 steps" in (tmp_path / "out" / "results.md").read_text()

@@ -258,6 +258,16 @@ class MethodSummary(_Result):
     retrain_seconds: Spread
 
 
+class RaceBudget(_Result):
+    """A race's budget per seed (the study's ``ray`` section): distinct subsets, each trained from the warm-up."""
+
+    num_trials: int
+    steps_per_trial: int
+    report_every: int
+    scheduler: str
+    grace_period: int
+
+
 class Budget(_Result):
     warmup_epochs: int
     search_epochs: int
@@ -268,6 +278,7 @@ class Budget(_Result):
     observations: int = Field(description="subsets every sampler observes per seed")
     retrain_epochs: int
     retrain_seeds: list[int]
+    race: RaceBudget | None = Field(default=None, description="with a race among the samplers (asha)")
 
 
 class BenchFiles(_Result):

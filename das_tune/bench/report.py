@@ -30,6 +30,7 @@ from das_tune.artifacts.results import (
     LadderResults,
     MethodSummary,
     PairedTest,
+    RaceBudget,
     Ranking,
     Retrained,
     RetrainMetrics,
@@ -41,7 +42,7 @@ from das_tune.artifacts.results import (
     write_json,
 )
 from das_tune.bench import stats
-from das_tune.bench.runs import REFERENCE_SEED, Plan, budget_losses_path, retrained_values, saved_records, saved_warmups, subset_key
+from das_tune.bench.runs import RACES, REFERENCE_SEED, Plan, budget_losses_path, retrained_values, saved_records, saved_warmups, subset_key
 from das_tune.tasks.base import metric_by_group
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
@@ -222,11 +223,14 @@ def _warmup_ranking(p: Plan, seeds: list[int], truth: GroundTruth | None) -> dic
 
 
 def _budget(p: Plan) -> Budget:
-    s = p.base.search
+    s, ray = p.base.search, p.base.ray
+    race = RaceBudget(num_trials=ray.num_trials, steps_per_trial=ray.steps_per_trial, report_every=ray.report_every,
+                      scheduler=ray.scheduler, grace_period=ray.grace_period)
     return Budget(
         warmup_epochs=s.warmup_epochs, search_epochs=s.search_epochs, steps_per_epoch=p.steps_per_epoch,
         observe_every=s.observe_every, round_size=s.round_size, observation_batches=s.observation_batches,
         observations=p.observations, retrain_epochs=p.base.retrain.epochs, retrain_seeds=list(p.retrain_seeds),
+        race=race if any(m in RACES for m in p.config.samplers) else None,
     )
 
 
@@ -368,6 +372,13 @@ def truth_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def race_line(race: RaceBudget) -> str:
+    return (f"The race ({', '.join(RACES)}) starts from the same warm-up: {fmt(race.num_trials)} distinct subsets, each trained "
+            f"up to {fmt(race.steps_per_trial)} steps and reporting its observation loss every {fmt(race.report_every)} "
+            f"steps, while {race.scheduler.upper()} stops the worse ones (grace period {fmt(race.grace_period)} reports); "
+            "it observes nothing on the supernet: its observations column counts the trials that trained every step.")
+
+
 def markdown(results: BenchResults, plots: list[str]) -> str:
     if not results.runs:
         return _truth_markdown(results)
@@ -381,6 +392,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
         f"{fmt(b.round_size)} subsets every {fmt(b.observe_every)} steps ({fmt(b.observations)} observations); every pick is "
         f"retrained for {fmt(b.retrain_epochs)} epoch(s) at each of the retrain seeds {', '.join(fmt(s) for s in b.retrain_seeds)} "
         "and its result is their mean.",
+        *([] if b.race is None else ["", race_line(b.race)]),
         "",
         "Cells: median [quartiles] (min–max) over seeds. Training steps and wall-clock: the shared warm-up, the search "
         "and one retrain. Paired test: exact sign-flip permutation on the retrained metric, paired by seed.",
