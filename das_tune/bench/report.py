@@ -452,7 +452,8 @@ def rankable_line(gt: GroundTruth) -> str:
     """The check that the space can tell methods apart at all: its best subset far above its median one."""
     if gt.rankable is None:
         return "Rankable: — (no retrain noise measured)."
-    verdict = "rankable" if gt.rankable >= gt.rankable_goal else "**flat: no method can be told apart here**"
+    below = "**not rankable by this check: methods cannot be told apart with confidence**"
+    verdict = "rankable" if gt.rankable >= gt.rankable_goal else below
     return (f"Rankable check: the best reference subset is {fmt(gt.rankable)} retrain-noise sd above the median one "
             f"(best {fmt(gt.best)}, median {fmt(gt.median)}; goal ≥ {fmt(gt.rankable_goal)}): {verdict}. Good set (within "
             f"{fmt(gt.good_width)} sd of the best): {fmt(len(gt.good_set or []))} of {fmt(len(gt.subsets))} subsets.")
@@ -464,8 +465,7 @@ def verdict_lines(results: BenchResults) -> list[str]:
     if v is None or gt is None:
         return []
     distance = f"{fmt(gt.rankable)} retrain-noise sd from the median subset to the best; goal ≥ {fmt(gt.rankable_goal)}"
-    luck = "no method can be told apart here, and the counts below are luck"
-    space = f"Rankable ({distance})." if v.rankable else f"Flat ({distance}): {luck}."
+    space = f"Rankable ({distance})." if v.rankable else f"Not rankable by the check ({distance}): a method's count below may be luck."
     good = gt.good_set or []
     named = f": {'; '.join(s.replace(',', ', ') for s in good)}" if len(good) <= 4 else ""
     counts = ", ".join(f"{method} {fmt(c.good)} of {fmt(c.seeds)}" for method, c in v.good_counts.items())
