@@ -538,7 +538,8 @@ def test_a_committed_bench_folder_still_takes_its_own_benchmark(folder, monkeypa
     held = yaml.safe_load((ROOT / "bench" / folder / "plan.yaml").read_text())
     truth = held["truth"]
     overrides = {"num_skip": truth["num_skip"], **{f"retrain.{k}": v for k, v in truth["retrain"].items()},
-                 **{f"task.options.{k}": v for k, v in truth["task"]["options"].items()}}
+                 **{f"task.options.{k}": v for k, v in truth["task"]["options"].items()},
+                 **{f"{part}.{k}": v for part in ("search", "ray") for k, v in held["search"][part].items()}}
     monkeypatch.chdir(ROOT)  # the folders were benched with a relative --out
     p = plan(BenchConfig(study=truth["study_name"].split("-")[0], overrides=overrides, ground_truth=True, samplers=(), methods=(),
                          retrain_seeds=held["bench"]["retrain_seeds"], out=Path("bench") / folder, seeds=(0,)))

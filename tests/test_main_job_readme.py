@@ -26,6 +26,8 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "sublayer-verdict": "docs/benchmarks.md",
     "partial-truths": "docs/benchmarks.md",
     "skip5-e24": "docs/benchmarks.md",
+    "skip11": "docs/benchmarks.md",
+    "which-search": "README.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+)(?::[^>]*)? -->")
@@ -183,3 +185,20 @@ def test_skip5_with_twice_the_retrain_budget_is_quoted_from_its_committed_result
     assert f"stopped it at epoch {collapsed['epochs_run']}" in text and f"({collapsed['value']:.3f})" in text
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the skip5-e24 section that are not in its committed results: {strays}"
+
+
+@pytest.mark.parametrize("marker", ["skip11", "which-search"])
+def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
+    """The numbers of the skip-11 section and of README's verdict paragraph are those of the two skip-11 benches
+    (the usual search budget, and the 300-step warm-up with the race), of their plans, or retrain epochs."""
+    bench = ROOT / "bench"
+    folders = ("minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300")
+    results = [json.loads((bench / f / "results.json").read_text()) for f in folders]
+    plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
+    values = [v for doc in [*results, *plans] for v in leaves(doc)]
+    values += [r["budget"]["steps_per_epoch"] * r["budget"]["warmup_epochs"] for r in results]
+    (text,) = sections(marker)
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the {marker} section that are not in the skip-11 results: {strays}"
+    skip11, warm = results
+    assert f"{skip11['ground_truth']['collapses']} of {skip11['ground_truth']['retrains']}" in text or marker == "which-search"
