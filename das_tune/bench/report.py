@@ -222,15 +222,23 @@ def _warmup_ranking(p: Plan, seeds: list[int], truth: GroundTruth | None) -> dic
     return {seed: r for seed, r in rankings.items() if r is not None}
 
 
-def _budget(p: Plan) -> Budget:
-    s, ray = p.base.search, p.base.ray
-    race = RaceBudget(num_trials=ray.num_trials, steps_per_trial=ray.steps_per_trial, report_every=ray.report_every,
+def _race_budget(p: Plan) -> RaceBudget | None:
+    """The ``ray`` settings a race of this bench runs with (its own study's: the race sets the scheduler)."""
+    races = [m for m in p.config.samplers if m in RACES]
+    if not races:
+        return None
+    ray = p.spec(p.config.seeds[0], races[0]).ray
+    return RaceBudget(num_trials=ray.num_trials, steps_per_trial=ray.steps_per_trial, report_every=ray.report_every,
                       scheduler=ray.scheduler, grace_period=ray.grace_period)
+
+
+def _budget(p: Plan) -> Budget:
+    s = p.base.search
     return Budget(
         warmup_epochs=s.warmup_epochs, search_epochs=s.search_epochs, steps_per_epoch=p.steps_per_epoch,
         observe_every=s.observe_every, round_size=s.round_size, observation_batches=s.observation_batches,
         observations=p.observations, retrain_epochs=p.base.retrain.epochs, retrain_seeds=list(p.retrain_seeds),
-        race=race if any(m in RACES for m in p.config.samplers) else None,
+        race=_race_budget(p),
     )
 
 
