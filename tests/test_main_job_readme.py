@@ -190,9 +190,10 @@ def test_skip5_with_twice_the_retrain_budget_is_quoted_from_its_committed_result
 @pytest.mark.parametrize("marker", ["skip11", "which-search"])
 def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     """The numbers of the skip-11 section and of README's verdict paragraph are those of the two skip-11 benches
-    (the usual search budget, and the 300-step warm-up with the race), of their plans, or retrain epochs."""
+    (the usual search budget, the 300-step warm-up with the race, and that warm-up with fewer observations) or of
+    their plans."""
     bench = ROOT / "bench"
-    folders = ("minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300")
+    folders = ("minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300", "minilm_vqa_sublayers-skip11-warm300-obs4")
     results = [json.loads((bench / f / "results.json").read_text()) for f in folders]
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
@@ -200,7 +201,7 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     (text,) = sections(marker)
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the {marker} section that are not in the skip-11 results: {strays}"
-    skip11, warm = results
+    skip11 = results[0]
     if marker == "skip11":
         gt = skip11["ground_truth"]
         assert f"{gt['collapses']} of {gt['retrains']}" in text
