@@ -182,6 +182,7 @@ SUPERNET_STEPS_HELP = (
     "With --ground-truth: also train uniform supernets of these step counts (90,300,900) per seed and report how their "
     "loss on the whole val split ranks the reference subsets (Kendall τ, sparse τ, AUC, top-3 recall)."
 )
+SUPERNET_SEEDS_HELP = "Seeds of the uniform supernets, as --seeds (default: the search seeds); a few seeds cost far less than ten."
 GROUND_TRUTH_HELP = (
     "Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ."
 )
@@ -324,6 +325,7 @@ def bench(
     ground_truth: Annotated[bool, typer.Option(help=GROUND_TRUTH_HELP)] = False,
     reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     supernet_steps: Annotated[str, typer.Option(help=SUPERNET_STEPS_HELP)] = "",
+    supernet_seeds: Annotated[str | None, typer.Option(help=SUPERNET_SEEDS_HELP)] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>, -tiny for --tiny).")
     ] = None,
@@ -351,6 +353,7 @@ def bench(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
         reference_size=reference_size, overrides=overrides, out=out_dir, supernet_steps=_steps_list(supernet_steps),
+        supernet_seeds=None if supernet_seeds is None else parse_seeds(supernet_seeds),
     )
     with reporter(quiet, err) as progress:
         results = run_bench(config, progress)

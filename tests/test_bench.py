@@ -165,7 +165,8 @@ def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_pa
     assert "4 of 6 subsets" in first.stderr  # the observation budget warning
     piece_one = retrain_files(out)
     assert len(piece_one) == 6 * 2  # every subset at retrain seeds 0 and 1; the picks are among them
-    second = bench(tmp_path, *args, "--seeds", "1-1", "--supernet-steps", "6,12")  # 6 steps an epoch: 1 and 2 epochs
+    # seed 0 again (reused) and seed 1; uniform supernets of seed 1 only, 6 steps an epoch: 1 and 2 epochs
+    second = bench(tmp_path, *args, "--seeds", "2", "--supernet-seeds", "1-1", "--supernet-steps", "6,12")
     assert second.returncode == 0, second.stderr[-3000:]
     assert retrain_files(out) == piece_one  # nothing retrained again: the ground truth is shared by all seeds
     results = json.loads((out / "results.json").read_text())

@@ -102,7 +102,7 @@ def _budget_rankings(p: Plan, truth: GroundTruth | None) -> dict[str, BudgetRank
     """Per measured budget, over the seeds whose uniform supernet of that budget is scored."""
     found = {}
     for steps in p.config.supernet_steps:
-        paths = {seed: budget_losses_path(p, seed, steps) for seed in p.config.seeds}
+        paths = {seed: budget_losses_path(p, seed, steps) for seed in p.supernet_seeds}
         rankings = {s: supernet_ranking(SupernetLosses.read(path).losses, truth) for s, path in paths.items() if path.is_file()}
         rankings = {s: r for s, r in rankings.items() if r is not None}
         if not rankings:

@@ -117,6 +117,7 @@ class BenchConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip> (-tiny with tiny mode)
     supernet_steps: tuple[int, ...] = ()  # budgets of uniform supernets whose ranking of the reference is measured
+    supernet_seeds: tuple[int, ...] | None = None  # the seeds of those supernets (default: the search seeds)
     reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
 
@@ -146,6 +147,10 @@ class Plan:
             "study_name": f"{self.base.name}-{sampler}-seed{seed}", **fields,
         }
         return load_study_spec(self.config.study, overrides)
+
+    @property
+    def supernet_seeds(self) -> tuple[int, ...]:
+        return self.config.supernet_seeds or self.config.seeds
 
     @property
     def retrain_seeds(self) -> range:
@@ -277,7 +282,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
     for seed in p.config.seeds if searched else ():
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
         parts = _run_seed(p, seed, opened, reporter) or parts
-    for seed in p.config.seeds:
+    for seed in p.supernet_seeds:
         for steps in p.config.supernet_steps:
             if (losses := budget_supernet(p, seed, steps, reporter)) is not None:
                 reporter.log(f"seed {seed}: a uniform supernet of {losses.steps} steps scored the reference on val")
