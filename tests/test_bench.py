@@ -390,6 +390,8 @@ def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     with pytest.raises(UserError, match="nothing separates samplers"):
         plan(BenchConfig(study="easyvqa_minilm", overrides={**tiny, "num_skip": 1}))
     assert plan(BenchConfig(study="easyvqa_minilm", overrides={**tiny, "num_skip": 1}, samplers=())).observations == 9
+    with pytest.raises(UserError, match="--supernet-steps"):  # supernet seeds without a budget would do nothing
+        plan(BenchConfig(study="easyvqa_minilm", overrides={**tiny, "num_skip": 1}, samplers=(), supernet_seeds=(0,)))
     small = plan(BenchConfig(study="easyvqa_minilm", overrides=tiny, ground_truth=True))
     assert small.reference_kind == "all" and len(small.reference) == 15 and small.observations == 9
     assert small.warnings and "9 of 15" in small.warnings[0]

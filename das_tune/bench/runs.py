@@ -195,6 +195,8 @@ def plan(config: BenchConfig) -> Plan:
         raise UserError("nothing to measure: give --samplers, --methods, --ground-truth or --supernet-steps")
     if not config.seeds:
         raise UserError("--seeds: expected at least one seed")
+    if config.supernet_seeds and not config.supernet_steps:
+        raise UserError("--supernet-seeds: the seeds of the uniform supernets; give their budgets with --supernet-steps")
     if config.retrain_seeds < 1 or (config.ground_truth and config.retrain_seeds < 2):
         raise UserError(f"--retrain-seeds: expected at least 2 with --ground-truth (its noise is measured), got {config.retrain_seeds}")
     if base.search.executor != ONESHOT:
