@@ -4,14 +4,16 @@ the retrain (``--set``-style overrides), with the val metric after every epoch.
 A retrain *collapses* when its test value is more than ``--margin`` (0.05) below the best retrain seed
 of the same subset under the same variant (issue 27's definition); ``below_best_known`` compares with
 the best value of that subset under any variant measured here or in ``--bench``'s own retrains. The retrain seed ``r`` is the study's
-``seed`` (as ``das-tune bench`` sets it), so the ``base`` variant reproduces
-``bench/<space>-skip<k>/retrain/seed<r>/<subset>``.
+``seed`` (as ``das-tune bench`` sets it). A variant's overrides apply to the study as it is when it runs, so
+each result records its whole retrain budget (``retrain``; the committed ``base``, ``lr1e-3``, ``lr4e-3`` and
+``zero_all`` files predate the field: they ran on the study's earlier retrain, up to 8 epochs at lr 2e-3
+unless the variant set it).
 
 One JSON per (variant, subset, seed) under ``--out`` (skipped if present: the script resumes), then the
 summary ``<out>.json``. One retrain of the MiniLM easy-VQA study takes ~5 minutes on one CPU thread::
 
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/retrain_collapse.py --bench bench/minilm_vqa_sublayers-skip4 \\
-        --subsets A0,F0,A2,A4 A0,F0,A1,F1 --seeds 0 1 --variant base --variant zero_all retrain.zero_init=adapters
+        --subsets A0,F0,A2,A4 A0,F0,A1,F1 --seeds 0 1 --variant base --variant lr1e-3 retrain.lr=1e-3
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def run_one(study: str, overrides: dict[str, Any], subset: list[str], seed: int)
     with tempfile.TemporaryDirectory() as scratch:
         metrics = retrain(spec, parts, skipped, FoundBy(sampler="retrain_collapse"), curve, out_dir=Path(scratch))
     return {
-        "subset": "+".join(metrics.skipped), "seed": seed, "overrides": overrides, "value": metrics.value,
-        "best_epoch": metrics.best_epoch, "epochs_run": metrics.epochs_run, "val": metrics.val,
+        "subset": "+".join(metrics.skipped), "seed": seed, "overrides": overrides, "retrain": spec.retrain.recorded(),
+        "value": metrics.value, "best_epoch": metrics.best_epoch, "epochs_run": metrics.epochs_run, "val": metrics.val,
         "val_curve": curve.val, "val_loss_curve": curve.val_loss, "train_loss_curve": curve.train_loss,
         "seconds": time.perf_counter() - start,
     }
@@ -104,7 +106,8 @@ def summarize(results: list[dict[str, Any]], margin: float, bench: Path | None) 
                 "below_best_known_seeds": [s for s, v in values.items() if v < best_known[subset] - margin],
             }
         summary[variant] = {
-            "overrides": rows[0]["overrides"], "retrains": len(rows),
+            # the budget itself: the overrides are relative to the study as it was (files before this field lack it)
+            "overrides": rows[0]["overrides"], "retrain": rows[0].get("retrain"), "retrains": len(rows),
             "paired_retrains": sum(len(s["values"]) for s in subsets.values() if len(s["values"]) > 1),
             "collapses": sum(len(s["collapsed_seeds"]) for s in subsets.values()),
             "below_best_known": sum(len(s["below_best_known_seeds"]) for s in subsets.values()),

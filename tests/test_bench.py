@@ -30,6 +30,7 @@ from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spec.spaces import SkipSpace
+from das_tune.spec.study import RetrainSpec
 from das_tune.storage.lease import folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -540,7 +541,8 @@ def test_a_committed_bench_folder_still_takes_its_own_benchmark(folder, monkeypa
     """A field added to the study later (at its default) must not make a bench refuse to resume its folder."""
     held = yaml.safe_load((ROOT / "bench" / folder / "plan.yaml").read_text())
     truth = held["truth"]
-    overrides = {"num_skip": truth["num_skip"], **{f"retrain.{k}": v for k, v in truth["retrain"].items()},
+    retrain = {**RetrainSpec.ADDED_LATER, **truth["retrain"]}  # a field a plan leaves out was at that default
+    overrides = {"num_skip": truth["num_skip"], **{f"retrain.{k}": v for k, v in retrain.items()},
                  **{f"task.options.{k}": v for k, v in truth["task"]["options"].items()},
                  **{f"{part}.{k}": v for part in ("search", "ray") for k, v in held["search"][part].items()}}
     monkeypatch.chdir(ROOT)  # the folders were benched with a relative --out

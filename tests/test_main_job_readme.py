@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from das_tune.artifacts.results import RetrainMetrics, SubnetFile
+from das_tune.spec.spaces import load_space
+from das_tune.spec.study import load_study_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"(?<![\w.\-])-?\d+(?:\.\d+)?(?![\w.])")
@@ -27,6 +29,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "partial-truths": "docs/benchmarks.md",
     "skip5-e24": "docs/benchmarks.md",
     "skip11": "docs/benchmarks.md",
+    "default-retrain": "docs/benchmarks.md",
     "which-search": "README.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
@@ -212,3 +215,37 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     for bench_results in results:  # DAS's picks in the good set, at each search budget
         das = bench_results["verdict"]["good_counts"]["das"]
         assert f"{das['good']} of {das['seeds']} seeds" in text
+
+
+def default_retrains() -> tuple[list[dict], list[dict]]:
+    """Every committed retrain made with the easy-VQA studies' default retrain: the ground truths of the
+    benches (a folder linked to another's retrains counted once) and the collapse benchmark's variants with
+    that budget, each with its retrains' files."""
+    default = load_study_spec("easyvqa_minilm").retrain.recorded()
+    truths: dict[Path, dict] = {}
+    for plan_path in (ROOT / "bench").glob("*/plan.yaml"):
+        plan = yaml.safe_load(plan_path.read_text())
+        if plan.get("truth") and plan["truth"]["retrain"] == default:
+            results = json.loads((plan_path.parent / "results.json").read_text())
+            truths[(plan_path.parent / "retrain").resolve()] = {"plan": plan, "ground_truth": results["ground_truth"]}
+    collapse = ROOT / "benchmarks" / "retrain_collapse"
+    variants = [{**v, "files": [json.loads(f.read_text()) for f in (collapse / name).glob("*.json")]}
+                for name, v in json.loads(collapse.with_suffix(".json").read_text())["variants"].items() if v.get("retrain") == default]
+    assert truths and variants
+    return list(truths.values()), variants
+
+
+def test_the_default_retrains_collapse_count_is_quoted_from_them():
+    """The section's count is every committed retrain of the default budget, and its other numbers are theirs."""
+    truths, variants = default_retrains()
+    collapses = sum(t["ground_truth"]["collapses"] for t in truths) + sum(v["collapses"] for v in variants)
+    retrains = sum(t["ground_truth"]["retrains"] for t in truths) + sum(v["retrains"] for v in variants)
+    (text,) = sections("default-retrain")
+    assert f"{collapses} of {retrains} retrains collapsed" in text, (collapses, retrains)
+    for variant in variants:  # each subset's pair of retrains, as "0.997 and 0.994" at seeds 0 and 1
+        for subset in variant["subsets"].values():
+            assert " and ".join(f"{subset['values'][seed]:.3f}" for seed in ("0", "1")) in text, subset["values"]
+    values = [v for doc in [*truths, *variants] for v in leaves(doc)]
+    values += [len(load_space(t["plan"]["truth"]["space"]).candidates) for t in truths]  # "skip 5 of 6"
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the default-retrain section that are not in its retrains: {strays}"

@@ -133,8 +133,10 @@ def test_builtin_sublayer_spaces_and_their_studies(space, study, n, num_skip, su
 def test_a_study_extends_another_and_replaces_only_what_it_declares(tmp_path):
     base = load_study_spec("easyvqa_minilm")
     variant = load_study_spec("easyvqa_minilm_sublayers")
-    assert variant.search == base.search and variant.retrain == base.retrain and variant.task == base.task
-    assert variant.backbone == base.backbone and variant.sampler == base.sampler
+    assert variant.retrain == base.retrain and variant.task == base.task and variant.backbone == base.backbone
+    # it declares its search's warm-up and the sampler's option, and inherits the rest of both
+    assert variant.search == base.search.model_copy(update={"warmup_epochs": 10}) != base.search
+    assert variant.sampler.name == base.sampler.name and variant.sampler.options == {"das": {"standardize": False}} != base.sampler.options
     (tmp_path / "mine.yaml").write_text("extends: easyvqa_minilm\nsearch: {lr: 0.5}\nbackbone: {options: {patch_size: 8}}\n")
     mine = load_study_spec(tmp_path / "mine.yaml")
     assert mine.name == "mine" and mine.search.lr == 0.5 and mine.search.batch_size == base.search.batch_size

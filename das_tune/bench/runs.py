@@ -409,10 +409,11 @@ def _search(
         found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
     complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # a race's pick is its best subset that trained every step, not the sampler's (its gates never moved)
-    chosen = SkipPolicy(parts.space).chosen(found.study) if sampler in RACES else found.chosen
+    race = sampler in RACES
+    chosen = SkipPolicy(parts.space).chosen(found.study) if race else found.chosen
     return SearchRecord(
         method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
-        chosen=parts.space.ordered(chosen), layer_scores=None if sampler in RACES else found.found_by.probabilities,
+        chosen=parts.space.ordered(chosen), layer_scores=None if race else found.found_by.probabilities,
         observations=len(complete), observed=[t.value for t in complete], scoring_batches=0,
         warmup_steps=warm.steps, warmup_seconds=warm.seconds,
         search_steps=search_steps(p, spec, found.study), search_seconds=found.found_by.search_seconds,

@@ -368,6 +368,7 @@ TINY_BUDGETS = {
     "retrain.batch_size": 4,
     "retrain.max_steps_per_epoch": 6,
     "retrain.epochs": 1,
+    "retrain.min_epochs": 1,
     "ray.num_trials": 4,
     "ray.steps_per_trial": 4,
     "ray.report_every": 1,
