@@ -33,7 +33,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "which-search": "README.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
-MARKER = re.compile(r"<!-- ([a-z0-9-]+)(?::[^>]*)? -->")
+MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
 
 
 def leaves(node):
