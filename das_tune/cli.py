@@ -180,7 +180,8 @@ BENCH_METHODS_HELP = "Comma-separated training-free methods: block_influence, an
 BENCH_SEEDS_HELP = "Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results."
 SUPERNET_STEPS_HELP = (
     "With --ground-truth: also train uniform supernets of these step counts (90,300,900) per seed and report how their "
-    "loss on the whole val split ranks the reference subsets (Kendall τ, sparse τ, AUC, top-3 recall)."
+    "loss on the whole val split ranks the reference subsets (Kendall τ, sparse τ, AUC, top-3 recall); 2x300: the mean "
+    "loss of two 300-step supernets of different seeds (consecutive supernet seeds paired)."
 )
 SUPERNET_SEEDS_HELP = "Seeds of the uniform supernets, as --seeds (default: the search seeds); a few seeds cost far less than ten."
 GROUND_TRUTH_HELP = (
@@ -298,16 +299,6 @@ def retrain(
     _report(spec, done, quiet)
 
 
-def _steps_list(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--supernet-steps {text!r}: expected comma-separated step counts (90,300,900)") from None
-    if any(s < 1 or s > 1_000_000 for s in steps):
-        raise UserError(f"--supernet-steps {text!r}: expected step counts from 1 to 1000000")
-    return steps
-
-
 def _skip_list(skip: str) -> list[str]:
     return [] if skip.strip().lower() == "none" else [name.strip() for name in skip.split(",")]
 
@@ -339,7 +330,7 @@ def bench(
 
     overrides = _overrides(storage, None, tiny, set_, num_skip=num_skip)
     _load_spec(study, space, overrides)  # bad input fails here, before anything runs
-    from das_tune.bench import BenchConfig, BenchResults, parse_seeds, run_bench
+    from das_tune.bench import BenchConfig, BenchResults, SupernetBudget, parse_seeds, run_bench
     from das_tune.bench.report import rankable_line, rich_table, truth_line
     from das_tune.jobs.checks import check_writable_folder
     from das_tune.progress import reporter
@@ -352,7 +343,7 @@ def bench(
         samplers=tuple(s.strip() for s in samplers.split(",") if s.strip()),
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
-        reference_size=reference_size, overrides=overrides, out=out_dir, supernet_steps=_steps_list(supernet_steps),
+        reference_size=reference_size, overrides=overrides, out=out_dir, supernet_budgets=SupernetBudget.parse(supernet_steps),
         supernet_seeds=None if supernet_seeds is None else parse_seeds(supernet_seeds),
     )
     with reporter(quiet, err) as progress:

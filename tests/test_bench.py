@@ -22,10 +22,10 @@ import yaml
 from conftest import python
 
 from das_tune.artifacts.results import SearchRecord
-from das_tune.bench import BenchConfig, parse_seeds, plan, report, run_bench, stats
+from das_tune.bench import BenchConfig, SupernetBudget, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
-from das_tune.bench.runs import check_plan_file, check_same_plan, ground_truth_order, plan_document
+from das_tune.bench.runs import budget_losses_path, check_plan_file, check_same_plan, ground_truth_order, plan_document
 from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
@@ -405,6 +405,42 @@ def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     order = ground_truth_order(small)  # retrained in a fixed random order: a ground truth done in part is a random sample
     assert sorted(map(sorted, order)) == sorted(map(sorted, small.reference)) and order != list(small.reference)
     assert order == ground_truth_order(plan(BenchConfig(study="easyvqa_minilm", overrides=tiny, ground_truth=True)))
+
+
+def test_supernet_budgets_parse_counts_and_ensembles():
+    assert SupernetBudget.parse("90, 300,2x300,300") == (SupernetBudget(90), SupernetBudget(300), SupernetBudget(300, 2))
+    assert [b.label for b in SupernetBudget.parse("600,3X200")] == ["600", "3x200"]
+    for bad in ("x300", "2x", "300,-1", "0x300", "2x0", "ninety"):
+        with pytest.raises(UserError, match="--supernet-steps"):
+            SupernetBudget.parse(bad)
+    tiny = {"tiny": True, "num_skip": 1, "search.search_epochs": 1}
+    with pytest.raises(UserError, match="an ensemble of 3 supernets needs at least 3 supernet seeds"):
+        plan(BenchConfig(study="easyvqa_minilm", overrides=tiny, samplers=(), supernet_budgets=SupernetBudget.parse("3x6"),
+                         supernet_seeds=(0, 1)))
+
+
+def test_an_ensemble_of_supernets_ranks_by_their_mean_loss(tmp_path):
+    from das_tune.artifacts.results import GroundTruth, Retrained, SupernetLosses, write_json
+
+    p = plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True, "num_skip": 1, "search.search_epochs": 1}, samplers=(),
+                         ground_truth=True, supernet_budgets=SupernetBudget.parse("6,2x6"), supernet_seeds=(0, 1, 2, 3, 4), out=tmp_path))
+    truth = {f"En{k}": 0.5 + 0.1 * k for k in range(6)}  # apart far beyond the noise: every pair is ordered
+    subsets = {k: Retrained(metric="accuracy", values={"0": v, "1": v}, mean=v, std=0.0, additional_gmacs=-0.1, flops_saved=0.3,
+                            steps=10, seconds=1.0) for k, v in truth.items()}
+    gt = GroundTruth(kind="all", retrain_seeds=[0, 1], sample_seed=None, subsets=subsets, noise_std=0.01, best=1.0,
+                     top10_threshold=1.0, retrains=12, retrain_seconds=12.0, rankable=20.0, rankable_goal=report.RANKABLE,
+                     good_set=["En5"], good_width=stats.GOOD_WIDTH)
+    # each supernet of a pair mistakes the best two subsets the other way round, so that only their mean is right
+    for seed in range(5):
+        sign = 1 if seed % 2 == 0 else -1
+        losses = {k: -v + sign * 0.06 * (k == "En5") - sign * 0.06 * (k == "En4") for k, v in truth.items()}
+        write_json(SupernetLosses(steps=6, seconds=1.0, split="val", losses=losses), budget_losses_path(p, seed, 6))
+    single, pair = report._budget_rankings(p, gt).values()
+    assert single.seeds == [0, 1, 2, 3, 4] and single.supernets == 1 and single.retrains == 6 / p.retrain_steps
+    assert pair.seeds == [0, 1, 2, 3] and pair.supernets == 2 and pair.retrains == 12 / p.retrain_steps  # seed 4 has no partner
+    assert single.separation_auc.median == pytest.approx(0.8) and single.kendall_tau.median < 1  # seeds 0, 2, 4 put En4 first
+    assert pair.separation_auc.median == 1 and pair.kendall_tau.median == pytest.approx(1.0) and pair.top3_recall.median == 1
+    assert report._budget_label(pair) == "2 × 6 (mean loss)" and report._budget_label(single) == "6"
 
 
 def test_observation_rounds_count_global_steps_as_the_search_does():

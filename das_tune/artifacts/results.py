@@ -159,8 +159,9 @@ class SupernetLosses(_Result):
 class BudgetRanking(_Result):
     """Over seeds: how well uniform supernets of one training budget rank the reference subsets."""
 
-    steps: int
-    retrains: float = Field(description="the budget in units of one retrain's training steps")
+    steps: int = Field(description="training steps of each supernet")
+    supernets: int = Field(1, description="supernets whose mean loss makes one ranking: consecutive groups of the seeds")
+    retrains: float = Field(description="the budget (supernets × steps) in units of one retrain's training steps")
     seeds: list[int]
     kendall_tau: Spread
     sparse_kendall_tau: Spread
@@ -345,7 +346,7 @@ class BenchResults(_Result):
     paired_tests: dict[str, PairedTest]
     ground_truth: GroundTruth | None
     supernet_budgets: dict[str, BudgetRanking] = Field(
-        default_factory=dict, description="steps → how uniform supernets of that budget rank the reference subsets"
+        default_factory=dict, description="steps (NxSTEPS: N supernets averaged) → how uniform supernets of that budget rank the reference"
     )
     warmup_ranking: dict[str, Ranking] = Field(
         default_factory=dict, description="per seed: the shared warm-up supernet's loss vs ground truth"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from das_tune.artifacts.results import BenchResults, LadderResults
 from das_tune.bench.baselines import METHODS
-from das_tune.bench.runs import BenchConfig, Plan, parse_seeds, plan
+from das_tune.bench.runs import BenchConfig, Plan, SupernetBudget, parse_seeds, plan
 from das_tune.progress import Reporter
 from das_tune.spec.study import load_study_spec
 
@@ -33,4 +33,4 @@ def run_bench(config: BenchConfig, reporter: Reporter | None = None) -> BenchRes
     return results
 
 
-__all__ = ["BenchConfig", "BenchResults", "LadderResults", "METHODS", "Plan", "parse_seeds", "plan", "run_bench"]
+__all__ = ["BenchConfig", "BenchResults", "LadderResults", "METHODS", "Plan", "SupernetBudget", "parse_seeds", "plan", "run_bench"]

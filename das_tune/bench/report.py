@@ -42,7 +42,17 @@ from das_tune.artifacts.results import (
     write_json,
 )
 from das_tune.bench import stats
-from das_tune.bench.runs import RACES, REFERENCE_SEED, Plan, budget_losses_path, retrained_values, saved_records, saved_warmups, subset_key
+from das_tune.bench.runs import (
+    RACES,
+    REFERENCE_SEED,
+    Plan,
+    SupernetBudget,
+    budget_losses_path,
+    retrained_values,
+    saved_records,
+    saved_warmups,
+    subset_key,
+)
 from das_tune.tasks.base import metric_by_group
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
@@ -50,6 +60,10 @@ BUDGETS_CAPTION = (
     "Uniform supernets trained for a budget, each reference subset's loss on the whole val split against the ground truth "
     "(medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the chance a good-set subset has "
     "the lower loss; top-k recall of the best three):"
+)
+ENSEMBLE_CAPTION = (
+    "N × S: each subset's mean loss over N supernets of S steps trained at different seeds (consecutive seeds grouped), "
+    "a budget of N × S steps; its medians are over the groups."
 )
 RANKABLE = 5.0  # a space is rankable when its best subset is this many retrain-noise sd above its median one
 GOOD_GOAL = 0.8  # the reference method's pick is in the good set at this share of seeds or more
@@ -99,22 +113,31 @@ def collect(p: Plan) -> BenchResults:
 
 
 def _budget_rankings(p: Plan, truth: GroundTruth | None) -> dict[str, BudgetRanking]:
-    """Per measured budget, over the seeds whose uniform supernet of that budget is scored."""
+    """Per measured budget, over the seeds whose uniform supernet of that budget is scored (an ensemble of N: over
+    consecutive groups of N of those seeds, each subset scored by its mean loss in the group)."""
     found = {}
-    for steps in p.config.supernet_steps:
-        paths = {seed: budget_losses_path(p, seed, steps) for seed in p.supernet_seeds}
-        rankings = {s: supernet_ranking(SupernetLosses.read(path).losses, truth) for s, path in paths.items() if path.is_file()}
-        rankings = {s: r for s, r in rankings.items() if r is not None}
-        if not rankings:
+    for budget in p.config.supernet_budgets:
+        paths = {seed: budget_losses_path(p, seed, budget.steps) for seed in p.supernet_seeds}
+        saved = {seed: SupernetLosses.read(path) for seed, path in sorted(paths.items()) if path.is_file()}
+        seeds = list(saved)[: len(saved) // budget.supernets * budget.supernets]
+        groups = [seeds[i : i + budget.supernets] for i in range(0, len(seeds), budget.supernets)]
+        rankings = [supernet_ranking(mean_losses([saved[s].losses for s in group]), truth) for group in groups]
+        values = [r for r in rankings if r is not None]
+        if not values:
             continue
-        trained = SupernetLosses.read(paths[next(iter(rankings))]).steps
-        values = list(rankings.values())
-        found[str(trained)] = BudgetRanking(
-            steps=trained, retrains=trained / p.retrain_steps, seeds=sorted(rankings),
+        trained = SupernetBudget(saved[seeds[0]].steps, budget.supernets)  # whole epochs: maybe more than asked
+        found[trained.label] = BudgetRanking(
+            steps=trained.steps, supernets=trained.supernets, retrains=trained.steps * trained.supernets / p.retrain_steps, seeds=seeds,
             kendall_tau=spread([r.kendall_tau for r in values]), sparse_kendall_tau=spread([r.sparse_kendall_tau for r in values]),
             separation_auc=spread([r.separation_auc for r in values]), top3_recall=spread([r.top3_recall for r in values]),
         )
     return found
+
+
+def mean_losses(losses: list[dict[str, float]]) -> dict[str, float]:
+    """Each subset's mean loss over supernets (the subsets every one of them scored)."""
+    keys = set.intersection(*(set(one) for one in losses))
+    return {k: mean(one[k] for one in losses) for k in losses[0] if k in keys}
 
 
 def complete_seed_runs(
@@ -360,11 +383,20 @@ def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def budgets_caption(results: BenchResults) -> str:
+    ensembles = any(b.supernets > 1 for b in results.supernet_budgets.values())
+    return f"{BUDGETS_CAPTION} {ENSEMBLE_CAPTION}" if ensembles else BUDGETS_CAPTION
+
+
 def budget_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
     header = ["supernet steps", "× one retrain", "seeds", "Kendall τ", "sparse τ", "AUC", "top-3 recall"]
-    rows = [[fmt(b.steps), fmt(b.retrains), fmt(len(b.seeds)), _cell(b.kendall_tau, "median"), _cell(b.sparse_kendall_tau, "median"),
+    rows = [[_budget_label(b), fmt(b.retrains), fmt(len(b.seeds)), _cell(b.kendall_tau, "median"), _cell(b.sparse_kendall_tau, "median"),
              _cell(b.separation_auc, "median"), _cell(b.top3_recall, "median")] for b in results.supernet_budgets.values()]
     return header, rows
+
+
+def _budget_label(b: BudgetRanking) -> str:
+    return fmt(b.steps) if b.supernets == 1 else f"{fmt(b.supernets)} × {fmt(b.steps)} (mean loss)"
 
 
 def truth_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
@@ -422,7 +454,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
                 f"seed {s}: Kendall τ {fmt(r.kendall_tau)}, Spearman ρ {fmt(r.spearman_rho)}"
                 for s, r in results.warmup_ranking.items()) + ".", ""]
         if results.supernet_budgets:
-            lines += [BUDGETS_CAPTION, "", *markdown_lines(*budget_table(results)), ""]
+            lines += [budgets_caption(results), "", *markdown_lines(*budget_table(results)), ""]
         lines += markdown_lines(*truth_table(results))
     lines += ["", "## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
     return "\n".join(lines)
@@ -445,7 +477,7 @@ def truth_summary(results: BenchResults, gt: GroundTruth) -> list[str]:
     retrains and, if measured, the uniform supernets' rankings (results.md and docs/benchmarks.md)."""
     lines = [truth_line(gt), "", rankable_line(gt), "", *markdown_lines(*truth_table(results))]
     if results.supernet_budgets:
-        lines += ["", BUDGETS_CAPTION, "", *markdown_lines(*budget_table(results))]
+        lines += ["", budgets_caption(results), "", *markdown_lines(*budget_table(results))]
     return lines
 
 

@@ -31,6 +31,7 @@ the picks its searches have saved (from the last one back).
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -103,6 +104,34 @@ def sampler_of(method: str) -> SamplerMethod | None:
 
 
 @dataclass(frozen=True)
+class SupernetBudget:
+    """Uniform supernets whose val losses rank the reference subsets: ``supernets`` of them, at different seeds,
+    each trained ``steps`` steps; with more than one, a subset's score is its mean loss over them (an ensemble
+    costing ``supernets × steps`` steps)."""
+
+    steps: int
+    supernets: int = 1
+
+    @property
+    def label(self) -> str:
+        return str(self.steps) if self.supernets == 1 else f"{self.supernets}x{self.steps}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[SupernetBudget, ...]:
+        """``"90,300,2x300"``: step counts, each optionally ``N x`` supernets averaged."""
+        budgets = []
+        for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+            match = re.fullmatch(r"(?:(\d+)x)?(\d+)", part)
+            if match is None:
+                raise UserError(f"--supernet-steps {text!r}: expected step counts, each optionally N x (90,300,2x300)")
+            budget = cls(int(match[2]), int(match[1] or 1))
+            if not (1 <= budget.steps <= 1_000_000 and 1 <= budget.supernets <= 100):
+                raise UserError(f"--supernet-steps {text!r}: expected 1 to 1000000 steps and 1 to 100 supernets per budget")
+            budgets.append(budget)
+        return tuple(dict.fromkeys(budgets))
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """What to compare. ``study`` is a built-in study name or a file; ``overrides`` are dotted study
     fields (``tiny``, ``storage``, ``num_skip``, ``search.search_epochs`` …) applied to every run."""
@@ -116,7 +145,7 @@ class BenchConfig:
     reference_size: int = MIN_VERDICT_REFERENCE
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip> (-tiny with tiny mode)
-    supernet_steps: tuple[int, ...] = ()  # budgets of uniform supernets whose ranking of the reference is measured
+    supernet_budgets: tuple[SupernetBudget, ...] = ()  # uniform supernets whose ranking of the reference is measured
     supernet_seeds: tuple[int, ...] | None = None  # the seeds of those supernets (default: the search seeds)
     reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
@@ -151,6 +180,11 @@ class Plan:
     @property
     def supernet_seeds(self) -> tuple[int, ...]:
         return self.config.supernet_seeds or self.config.seeds
+
+    @property
+    def supernet_steps(self) -> tuple[int, ...]:
+        """The step counts of the uniform supernets to train at each supernet seed (an ensemble reuses them)."""
+        return tuple(dict.fromkeys(b.steps for b in self.config.supernet_budgets))
 
     @property
     def retrain_seeds(self) -> range:
@@ -191,12 +225,16 @@ def plan(config: BenchConfig) -> Plan:
             f"unknown sampler/method {unknown}: expected samplers from {', '.join(dict.fromkeys([*NAMED_SAMPLERS, *SAMPLERS]))} "
             f"and methods from {', '.join(METHODS)}"
         )
-    if not (config.samplers or config.methods or config.ground_truth or config.supernet_steps):
+    if not (config.samplers or config.methods or config.ground_truth or config.supernet_budgets):
         raise UserError("nothing to measure: give --samplers, --methods, --ground-truth or --supernet-steps")
     if not config.seeds:
         raise UserError("--seeds: expected at least one seed")
-    if config.supernet_seeds and not config.supernet_steps:
+    if config.supernet_seeds and not config.supernet_budgets:
         raise UserError("--supernet-seeds: the seeds of the uniform supernets; give their budgets with --supernet-steps")
+    ensemble = max((b.supernets for b in config.supernet_budgets), default=1)
+    if ensemble > len(config.supernet_seeds or config.seeds):
+        raise UserError(f"--supernet-steps: an ensemble of {ensemble} supernets needs at least {ensemble} supernet seeds "
+                        f"(--supernet-seeds), got {len(config.supernet_seeds or config.seeds)}")
     if config.retrain_seeds < 1 or (config.ground_truth and config.retrain_seeds < 2):
         raise UserError(f"--retrain-seeds: expected at least 2 with --ground-truth (its noise is measured), got {config.retrain_seeds}")
     if base.search.executor != ONESHOT:
@@ -285,7 +323,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
         reporter.log(f"seed {seed}: warm-up, {len(p.config.methods)} training-free methods, samplers {', '.join(p.config.samplers)}")
         parts = _run_seed(p, seed, opened, reporter) or parts
     for seed in p.supernet_seeds:
-        for steps in p.config.supernet_steps:
+        for steps in p.supernet_steps:
             if (losses := budget_supernet(p, seed, steps, reporter)) is not None:
                 reporter.log(f"seed {seed}: a uniform supernet of {losses.steps} steps scored the reference on val")
     if p.config.ground_truth:
