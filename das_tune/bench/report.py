@@ -59,11 +59,11 @@ RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 BUDGETS_CAPTION = (
     "Uniform supernets trained for a budget, each reference subset's loss on the whole val split against the ground truth "
     "(medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the chance a good-set subset has "
-    "the lower loss; top-k recall of the best three):"
+    "the lower loss; top-k recall of the best three{ensembles}):"
 )
 ENSEMBLE_CAPTION = (
-    "N × S: each subset's mean loss over N supernets of S steps trained at different seeds (consecutive seeds grouped), "
-    "a budget of N × S steps; its medians are over the groups."
+    "; N × S: each subset's mean loss over N supernets of S steps trained at different seeds, a budget of N × S steps, "
+    "its medians over groups of consecutive seeds"
 )
 RANKABLE = 5.0  # a space is rankable when its best subset is this many retrain-noise sd above its median one
 GOOD_GOAL = 0.8  # the reference method's pick is in the good set at this share of seeds or more
@@ -385,7 +385,7 @@ def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
 
 def budgets_caption(results: BenchResults) -> str:
     ensembles = any(b.supernets > 1 for b in results.supernet_budgets.values())
-    return f"{BUDGETS_CAPTION} {ENSEMBLE_CAPTION}" if ensembles else BUDGETS_CAPTION
+    return BUDGETS_CAPTION.format(ensembles=ENSEMBLE_CAPTION if ensembles else "")
 
 
 def budget_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
