@@ -29,6 +29,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "partial-truths": "docs/benchmarks.md",
     "skip5-e24": "docs/benchmarks.md",
     "skip11": "docs/benchmarks.md",
+    "supernet-ensemble": "docs/benchmarks.md",
     "default-retrain": "docs/benchmarks.md",
     "which-search": "README.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
@@ -215,6 +216,23 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     for bench_results in results:  # DAS's picks in the good set, at each search budget
         das = bench_results["verdict"]["good_counts"]["das"]
         assert f"{das['good']} of {das['seeds']} seeds" in text
+
+
+def test_the_supernet_ensemble_section_is_quoted_from_its_bench():
+    """Its numbers are those of the supernets bench (or its plan), and its answer is the one they give: the pairs'
+    median sparse τ and AUC against one supernet of the same steps."""
+    folder = ROOT / "bench" / "minilm_vqa_sublayers-skip11-supernets"
+    results = json.loads((folder / "results.json").read_text())
+    values = [*leaves(results), *leaves(yaml.safe_load((folder / "plan.yaml").read_text()))]
+    (text,) = sections("supernet-ensemble")
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the supernet-ensemble section that are not in its bench: {strays}"
+    budgets = results["supernet_budgets"]
+    pair, longer = budgets["2x300"], budgets["600"]
+    assert pair["supernets"] == 2 and pair["steps"] * 2 == longer["steps"] and pair["retrains"] == longer["retrains"]
+    better = all(pair[m]["median"] > longer[m]["median"] for m in ("sparse_kendall_tau", "separation_auc"))
+    assert text.strip().startswith("It does.") if better else text.strip().startswith("It does not.")
+    assert "the five pairs" in text and pair["separation_auc"]["n"] == 5
 
 
 def default_retrains() -> tuple[list[dict], list[dict]]:
