@@ -21,7 +21,7 @@ import torch
 import yaml
 from conftest import python
 
-from das_tune.artifacts.results import SearchRecord
+from das_tune.artifacts.results import LadderResults, SearchRecord
 from das_tune.bench import BenchConfig, SupernetBudget, parse_seeds, plan, report, run_bench, stats
 from das_tune.bench.baselines import angular_distance, block_influence
 from das_tune.bench.report import fmt
@@ -479,14 +479,14 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
     benches = readme_tables.committed()
     assert benches, "no committed benchmark results under bench/"
     for results in benches.values():
-        assert not results["tiny"]
-        if "sizes" in results:  # a range of num_skip: one search for every size against one per size
-            assert len(results["seeds"]) >= 5
-            assert results["cost_ratio"] is not None and results["full"] is not None and not results["warnings"]
-        elif results["summary"]:  # searches, against a ground truth
-            assert len(results["seeds"]) >= 5 and results["ground_truth"] is not None
+        assert not results.tiny
+        if isinstance(results, LadderResults):  # a range of num_skip: one search for every size against one per size
+            assert len(results.seeds) >= 5
+            assert results.cost_ratio is not None and results.full is not None and not results.warnings
+        elif results.summary:  # searches, against a ground truth
+            assert len(results.seeds) >= 5 and results.ground_truth is not None
         else:  # a ground truth alone: every subset, its noise measured
-            assert len(results["ground_truth"]["retrain_seeds"]) >= 3
+            assert len(results.ground_truth.retrain_seeds) >= 3
     docs = {path: path.read_text() for path in readme_tables.FILES}
     tables = {folder for text in docs.values() for _, kind, folder, _, _ in readme_tables.BLOCK.findall(text) if kind == "table"}
     assert tables == set(benches), "every committed bench has one docs/benchmarks.md block"
@@ -543,7 +543,7 @@ def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     assert all((tmp_path / n).read_bytes().startswith(b"\x89PNG") for n in names)
     markdown = report.markdown(results, names)
     assert "**Verdict.** Rankable" in markdown and "das, the reference method: in the good set at 2 of 3 seeds" in markdown
-    block = readme_tables.verdict_block(json.loads(results.model_dump_json()))
+    block = readme_tables.verdict_block(results)
     for text in (markdown, block):
         strays = [n for n in NUMBER.findall(text) if n not in json_numbers(json.loads(results.model_dump_json()))]
         assert not strays
