@@ -397,7 +397,12 @@ def test_plan_validates_the_budget_and_draws_a_fixed_reference_sample():
     assert small.reference_kind == "all" and len(small.reference) == 15 and small.observations == 9
     assert small.warnings and "9 of 15" in small.warnings[0]
     large = plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=40))
-    assert large.reference_kind == "sample" and len(set(large.reference)) == 40 and not large.warnings
+    assert large.reference_kind == "sample" and len(set(large.reference)) == 40
+    # 9 observations, all within TPE's 10 random start-up trials: said, unless the study lowers them
+    assert len(large.warnings) == 1 and "tpe draws its first 10 trials at random" in large.warnings[0]
+    startup = {**tiny, "sampler.options.tpe": {"n_startup_trials": 4}}
+    assert not plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=startup, reference_size=40)).warnings
+    assert not plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, samplers=("das", "random"))).warnings
     assert all(len(s) == 4 and s <= set(large.space.candidates) for s in large.reference)
     again = plan(BenchConfig(study="easyvqa_minilm_sublayers", overrides=tiny, reference_size=40, seeds=(5, 6)))
     assert again.reference == large.reference  # the same sample in every piece

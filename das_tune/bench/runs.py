@@ -30,6 +30,7 @@ the picks its searches have saved (from the last one back).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -248,6 +249,7 @@ def plan(config: BenchConfig) -> Plan:
     retrain_steps = loop.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
     observations = observation_rounds(base.search, steps) * base.search.round_size
     warnings = _check_budget(space, observations) if any(s not in RACES for s in config.samplers) else []
+    warnings += _random_start_warnings(base, config.samplers, observations)
     if any(s in RACES for s in config.samplers) and not 2 <= base.ray.num_trials <= space.num_subsets:
         raise UserError(f"ray.num_trials = {base.ray.num_trials}: a race trains distinct subsets, between 2 and the space's "
                         f"{space.num_subsets}")
@@ -279,6 +281,17 @@ def _check_budget(space: SkipSpace, observations: int) -> list[str]:
     if 4 * observations > space.num_subsets:
         return [f"every sampler observes {observations} of {space.num_subsets} subsets: samplers are hard to tell apart "
                 "above a quarter of the space"]
+    return []
+
+
+def _random_start_warnings(base: StudySpec, samplers: tuple[str, ...], observations: int) -> list[str]:
+    """A model-based sampler whose random start-up trials cover every observation is random search in this bench."""
+    startup = base.sampler.options.get("tpe", {}).get(
+        "n_startup_trials", inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    )
+    if "tpe" in samplers and observations <= startup:
+        return [f"tpe draws its first {startup} trials at random (n_startup_trials) and observes {observations}: here it is "
+                "random search (set sampler.options.tpe.n_startup_trials lower to compare TPE itself)"]
     return []
 
 
