@@ -9,28 +9,30 @@ committed numbers follow without a re-run.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
 
 from das_tune.artifacts.results import BenchResults
 from das_tune.bench import plots, report
-from das_tune.bench.runs import BenchConfig, plan
+from das_tune.bench.runs import BenchConfig, SupernetBudget, plan
 
 
 def config_of(out: Path) -> BenchConfig:
-    """The config that produced ``out``: its study as plan.yaml resolved it, its methods, seeds and retrain seeds."""
-    study = yaml.safe_load((out / "plan.yaml").read_text())["study"]
-    results = json.loads((out / "results.json").read_text())
-    truth = results["ground_truth"]
+    """The config that produced ``out``: its study as plan.yaml resolved it, its methods, seeds, retrain seeds and
+    uniform supernets."""
+    held = yaml.safe_load((out / "plan.yaml").read_text())
+    study = {**held["truth"], **held["search"]}
+    results = BenchResults.read(out / "results.json")
+    truth, budgets = results.ground_truth, results.supernet_budgets.values()
     return BenchConfig(
-        study=study["name"], seeds=tuple(results["seeds"]), samplers=tuple(results["samplers"]), methods=tuple(results["methods"]),
-        retrain_seeds=len(results["budget"]["retrain_seeds"]), ground_truth=truth is not None,
-        reference_size=len(truth["subsets"]) if truth else 40,
-        overrides={**{key: study[key] for key in ("backbone", "task", "search", "retrain")}, "num_skip": results["num_skip"],
-                   "storage": results["storage"]},
-        out=out,
+        study=study["name"], seeds=tuple(results.seeds), samplers=tuple(results.samplers), methods=tuple(results.methods),
+        retrain_seeds=len(results.budget.retrain_seeds), ground_truth=truth is not None,
+        reference_size=len(truth.subsets) if truth else 40,
+        overrides={**{key: study[key] for key in ("backbone", "task", "search", "retrain", "sampler", "ray")},
+                   "num_skip": results.num_skip, "storage": results.storage},
+        out=out, supernet_budgets=tuple(SupernetBudget(b.steps, b.supernets) for b in budgets),
+        supernet_seeds=tuple(sorted({s for b in budgets for s in b.seeds})) or None,
     )
 
 
@@ -38,8 +40,10 @@ def recollect(out: Path) -> None:
     p = plan(config_of(out))
     earlier = BenchResults.read(out / "results.json")
     results = report.collect(p)
-    if not results.warmup_ranking:  # the warm-ups' losses stay in runs/, which a clone lacks: keep what they gave
+    if not results.warmup_ranking:  # the supernets' losses stay in runs/, which a clone lacks: keep what they gave
         results.warmup_ranking = earlier.warmup_ranking
+    if not results.supernet_budgets:
+        results.supernet_budgets = earlier.supernet_budgets
     names = plots.write_plots(results, p.out)
     report.save(results, p.out, report.markdown(results, names), names)
     print(f"{out}: {len(results.runs)} runs collected")

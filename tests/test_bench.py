@@ -36,6 +36,7 @@ from das_tune.storage.lease import folder_lock
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import readme_tables  # noqa: E402
+import recollect  # noqa: E402
 
 # -- statistics -------------------------------------------------------------------------------------
 
@@ -500,6 +501,20 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
         for block in readme_tables.BLOCK.finditer(text):  # a number changed in a block's text is found
             mutated = text[:block.start(4)] + block.group(4).replace("0.", "1.", 1) + text[block.end(4):]
             assert readme_tables.render(mutated, benches) != mutated
+
+
+def test_recollect_rebuilds_a_committed_bench_from_its_folder(tmp_path):
+    """benchmarks/recollect.py reads the plan, the records and the retrains of a clone and gives the committed numbers
+    (the supernets' losses stay in runs/, which a clone lacks: their rankings are kept)."""
+    committed = ROOT / "bench" / "minilm_vqa_sublayers-skip11"
+    out = tmp_path / "bench" / committed.name
+    shutil.copytree(committed, out, ignore=shutil.ignore_patterns("runs", "*.png"))
+    recollect.recollect(out)
+    before, after = (json.loads(path.read_text()) for path in (committed / "results.json", out / "results.json"))
+    for key in ("summary", "paired_tests", "verdict", "ground_truth", "runs", "warmup_ranking"):
+        assert after[key] == before[key], key
+    assert {k: {**b, "supernets": 1} for k, b in before["supernet_budgets"].items()} == after["supernet_budgets"]
+    assert set(before["warnings"]) <= set(after["warnings"]) and (out / "picks.png").is_file()
 
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
