@@ -249,7 +249,7 @@ def plan(config: BenchConfig) -> Plan:
     retrain_steps = loop.steps_per_epoch(task, base.retrain.batch_size, base.retrain.max_steps_per_epoch) * base.retrain.epochs
     observations = observation_rounds(base.search, steps) * base.search.round_size
     warnings = _check_budget(space, observations) if any(s not in RACES for s in config.samplers) else []
-    warnings += _random_start_warnings(base, config.samplers, observations)
+    warnings += _tpe_startup_warnings(base, config.samplers, observations)
     if any(s in RACES for s in config.samplers) and not 2 <= base.ray.num_trials <= space.num_subsets:
         raise UserError(f"ray.num_trials = {base.ray.num_trials}: a race trains distinct subsets, between 2 and the space's "
                         f"{space.num_subsets}")
@@ -284,8 +284,8 @@ def _check_budget(space: SkipSpace, observations: int) -> list[str]:
     return []
 
 
-def _random_start_warnings(base: StudySpec, samplers: tuple[str, ...], observations: int) -> list[str]:
-    """A model-based sampler whose random start-up trials cover every observation is random search in this bench."""
+def _tpe_startup_warnings(base: StudySpec, samplers: tuple[str, ...], observations: int) -> list[str]:
+    """TPE whose random start-up trials cover every observation is random search in this bench."""
     startup = base.sampler.options.get("tpe", {}).get(
         "n_startup_trials", inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
     )
