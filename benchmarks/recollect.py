@@ -19,14 +19,14 @@ from das_tune.bench.runs import BenchConfig, SupernetBudget, plan
 
 
 def config_of(out: Path) -> BenchConfig:
-    """The config that produced ``out``: its study as plan.yaml resolved it, its methods, seeds, retrain seeds and
-    uniform supernets."""
+    """The config that produced ``out``: its study as plan.yaml resolved it, its methods, seeds (a ground truth alone:
+    none, so seed 0), retrain seeds and uniform supernets."""
     held = yaml.safe_load((out / "plan.yaml").read_text())
     study = {**held["truth"], **held["search"]}
     results = BenchResults.read(out / "results.json")
     truth, budgets = results.ground_truth, results.supernet_budgets.values()
     return BenchConfig(
-        study=study["name"], seeds=tuple(results.seeds), samplers=tuple(results.samplers), methods=tuple(results.methods),
+        study=study["name"], seeds=tuple(results.seeds) or (0,), samplers=tuple(results.samplers), methods=tuple(results.methods),
         retrain_seeds=len(results.budget.retrain_seeds), ground_truth=truth is not None,
         reference_size=len(truth.subsets) if truth else 40,
         overrides={**{key: study[key] for key in ("backbone", "task", "search", "retrain", "sampler", "ray")},

@@ -505,16 +505,33 @@ def test_readme_bench_blocks_are_rendered_from_the_committed_results():
 
 def test_recollect_rebuilds_a_committed_bench_from_its_folder(tmp_path):
     """benchmarks/recollect.py reads the plan, the records and the retrains of a clone and gives the committed numbers
-    (the supernets' losses stay in runs/, which a clone lacks: their rankings are kept)."""
+    (the supernets' losses of this older bench stay in runs/, which a clone lacks: their rankings are kept)."""
     committed = ROOT / "bench" / "minilm_vqa_sublayers-skip11"
     out = tmp_path / "bench" / committed.name
-    shutil.copytree(committed, out, ignore=shutil.ignore_patterns("runs", "*.png"))
+    shutil.copytree(committed, out, ignore=shutil.ignore_patterns("*.png"))
+    assert not (out / "runs").exists()
     recollect.recollect(out)
     before, after = (json.loads(path.read_text()) for path in (committed / "results.json", out / "results.json"))
     for key in ("summary", "paired_tests", "verdict", "ground_truth", "runs", "warmup_ranking"):
         assert after[key] == before[key], key
     assert {k: {**b, "supernets": 1} for k, b in before["supernet_budgets"].items()} == after["supernet_budgets"]
     assert set(before["warnings"]) <= set(after["warnings"]) and (out / "picks.png").is_file()
+
+
+def test_committed_supernet_losses_rebuild_their_rankings(tmp_path):
+    """A supernets bench commits its uniform supernets' losses (runs/*/losses.json): a clone recomputes every
+    budget's ranking from them, the ensemble's included, and gets the committed figures."""
+    committed = ROOT / "bench" / "minilm_vqa-skip5-e24-min12-supernets"
+    out = tmp_path / "bench" / committed.name
+    shutil.copytree(committed, out, symlinks=True)
+    (out / "retrain").unlink()  # a link to another folder's retrains, relative to bench/
+    (out / "retrain").symlink_to((committed / "retrain").resolve())
+    before = json.loads((committed / "results.json").read_text())["supernet_budgets"]
+    shutil.rmtree(out / "runs" / "easyvqa_minilm-uniform600-seed9")  # a lost one is missed, not kept from the results
+    recollect.recollect(out)
+    after = json.loads((out / "results.json").read_text())["supernet_budgets"]
+    assert after["300"] == before["300"] and after["2x300"] == before["2x300"] and list(after) == ["300", "600", "2x300"]
+    assert after["600"]["seeds"] == list(range(9)) and after["600"] != before["600"]
 
 
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
