@@ -30,7 +30,7 @@ from das_tune.errors import UserError
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLER_ATTR
 from das_tune.spec.spaces import SkipSpace
-from das_tune.spec.study import RetrainSpec
+from das_tune.spec.study import RetrainSpec, load_study_spec
 from das_tune.storage.lease import folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -447,6 +447,20 @@ def test_an_ensemble_of_supernets_ranks_by_their_mean_loss(tmp_path):
     assert single.separation_auc.median == pytest.approx(0.8) and single.kendall_tau.median < 1  # seeds 0, 2, 4 put En4 first
     assert pair.separation_auc.median == 1 and pair.kendall_tau.median == pytest.approx(1.0) and pair.top3_recall.median == 1
     assert report._budget_label(pair) == "2 × 6 (mean loss)" and report._budget_label(single) == "6"
+
+
+def test_a_search_field_added_later_is_recorded_only_away_from_its_default():
+    """Studies and bench plans recorded before ``search.warmup_draw`` existed still match at its default."""
+    from das_tune.spec.study import SearchSpec
+
+    uniform, balanced = (load_study_spec("easyvqa_minilm", {"search.warmup_draw": d}) for d in ("uniform", "balanced"))
+    assert "warmup_draw" not in SearchSpec().recorded() and SearchSpec(warmup_draw="balanced").recorded()["warmup_draw"] == "balanced"
+    assert "search.warmup_draw" not in uniform.search_settings()
+    assert balanced.search_settings() == {**uniform.search_settings(), "search.warmup_draw": "balanced"}
+    docs = [yaml.safe_load(plan_document(plan(BenchConfig(study="easyvqa_minilm", overrides={"tiny": True, "search.search_epochs": 1,
+                                                                "search.warmup_draw": d}))))
+            for d in ("uniform", "balanced")]
+    assert "warmup_draw" not in docs[0]["search"]["search"] and docs[1]["search"]["search"]["warmup_draw"] == "balanced"
 
 
 def test_observation_rounds_count_global_steps_as_the_search_does():

@@ -95,3 +95,28 @@ def test_ties_at_the_cut_are_named():
     assert space.tied_at_cut({"A": 0.9, "B": 0.6, "C": 0.6, "D": 0.6}) == ["B", "C", "D"]
     assert space.tied_at_cut({"A": 0.9, "B": 0.8, "C": 0.5, "D": 0.5}) == []  # the tie is below the cut
     assert space.tied_at_cut({"A": 0.9, "B": 0.9, "C": 0.5, "D": 0.1}) == []  # both tied ones are in
+
+
+@pytest.mark.parametrize(
+    ("space", "num_skip", "draws"), [("minilm_vqa_sublayers", 11, 36), ("minilm_vqa", 2, 9), ("minilm_vqa", "1-3", 12)]
+)
+def test_balanced_subsets_skip_every_candidate_equally_often(space, num_skip, draws):
+    import itertools
+    from types import SimpleNamespace
+
+    from das_tune.search.supernet import _balanced_draw
+
+    s = load_space(space, num_skip)
+    subsets = list(itertools.islice(s.balanced_subsets(seed=0), draws))
+    assert all(len(x) in s.sizes and x <= set(s.candidates) for x in subsets)
+    kept = [sum(c not in x for x in subsets) for c in s.candidates]
+    if not s.is_range:  # a fixed size: after whole cycles every candidate was kept exactly as often
+        assert len(set(kept)) == 1
+    assert max(kept) - min(kept) <= max(s.sizes)
+    assert subsets == list(itertools.islice(s.balanced_subsets(seed=0), draws)) != list(itertools.islice(s.balanced_subsets(seed=1), draws))
+    # the warm-up's draw is the step's balanced subset: the same after a resume at any step
+    net = SimpleNamespace(seed=0, position=SimpleNamespace(global_step=0))
+    draw = _balanced_draw(net, SimpleNamespace(space=s))
+    for step in [*range(draws), 3, 0, draws - 1]:
+        net.position.global_step = step
+        assert draw() == subsets[step]

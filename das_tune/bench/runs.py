@@ -631,7 +631,7 @@ def plan_document(p: Plan) -> str:
     on (``truth``) and what the searches depend on (``search``)."""
     settings = {"retrain_seeds": p.config.retrain_seeds, "reference": [subset_key(p.space, s) for s in p.reference]}
     spec = p.spec(0)
-    study = {**spec.model_dump(), "retrain": spec.retrain.recorded()}
+    study = {**spec.model_dump(), "retrain": spec.retrain.recorded(), "search": spec.search.recorded()}
     search = {name: study.pop(name) for name in SEARCH_FIELDS}
     return yaml.safe_dump({"bench": settings, "truth": study, "search": search}, sort_keys=True)
 

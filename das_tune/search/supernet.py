@@ -130,7 +130,7 @@ class Supernet:
 
 
 def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Supernet | None = None) -> Path | None:
-    """Train the supernet for the warm-up epochs (uniformly random subnets) and return its checkpoint,
+    """Train the supernet for the warm-up epochs (random subnets, ``search.warmup_draw``) and return its checkpoint,
     ``run_dir/warmup_state.pt``: done once, reused when present, resumed when interrupted. None when
     the study has no warm-up epochs. ``net``: the supernet to train (default: one in this process)."""
     epochs = spec.search.warmup_epochs
@@ -140,7 +140,7 @@ def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Superne
     net = net or Supernet(spec, parts)
     if net.restore() and not net.warmed_up:
         reporter.log(f"resuming the warm-up at epoch {net.position.epoch + 1}, step {net.position.step_in_epoch}")
-    draw = _uniform_draw(net, parts)
+    draw = _balanced_draw(net, parts) if spec.search.warmup_draw == "balanced" else _uniform_draw(net, parts)
     for epoch in range(net.position.epoch, epochs):
         reporter.phase(f"warm-up {epoch + 1}/{epochs + spec.search.search_epochs}", net.steps_per_epoch)
         net.train_epoch(epoch, draw, lambda loss: reporter.advance(loss))
@@ -149,3 +149,15 @@ def warm_up(spec: StudySpec, parts: Components, reporter: Reporter, net: Superne
 
 def _uniform_draw(net: Supernet, parts: Components) -> Callable[[], frozenset[str]]:
     return lambda: parts.space.random_subset(net.rng)
+
+
+def _balanced_draw(net: Supernet, parts: Components) -> Callable[[], frozenset[str]]:
+    """The balanced subsets by global step: the same on every data-parallel rank and after a resume."""
+    subsets, drawn = parts.space.balanced_subsets(net.seed), []
+
+    def draw() -> frozenset[str]:
+        while len(drawn) <= net.position.global_step:
+            drawn.append(next(subsets))
+        return drawn[net.position.global_step]
+
+    return draw

@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # optuna and numpy load on first use: a refused command line 
     from optuna.distributions import BaseDistribution
 
 PARAM_PREFIX = "skip."
+BALANCED_STREAM = 1  # the balanced warm-up draws from its own stream of the seed: SeedSequence([seed, 1])
 SIZE_PARAM = "num_skip"  # a range's size parameter (no "skip." prefix: it cannot clash with a layer's key)
 _LAYER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
@@ -265,6 +266,21 @@ class SkipSpace(BaseModel):
         """A uniformly random subset (a range: a size drawn uniformly from the sizes, then a subset of it)."""
         size = int(rng.choice(self.sizes)) if self.is_range else self.num_skip
         return frozenset(rng.choice(self.candidates, size=size, replace=False).tolist())
+
+    def balanced_subsets(self, seed: int) -> Iterator[frozenset[str]]:
+        """Subsets in which every candidate is skipped equally often: each keeps the candidates kept least so far
+        (ties in random order; a range: its size drawn uniformly). A pure function of ``seed``."""
+        import numpy as np
+
+        rng = np.random.default_rng([seed, BALANCED_STREAM])
+        kept = dict.fromkeys(self.candidates, 0)
+        while True:
+            size = int(rng.choice(self.sizes)) if self.is_range else self.num_skip
+            ties = dict(zip(self.candidates, rng.random(len(self.candidates))))
+            order = sorted(self.candidates, key=lambda c: (kept[c], ties[c]))
+            for name in order[: len(order) - size]:
+                kept[name] += 1
+            yield frozenset(order[len(order) - size :])
 
     # -- helpers ----------------------------------------------------------------------------------
     def ordered(self, skipped: frozenset[str] | set[str]) -> list[str]:

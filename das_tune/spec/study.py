@@ -70,9 +70,18 @@ class OptimSpec(_Strict):
     batch_size: int = Field(strict=True, default=32, gt=0, description="micro-batch size")
     accumulate: int = Field(strict=True, default=1, gt=0, description="micro-batches per optimizer step")
 
+    # Fields added after results were recorded, with their default: a record leaves them out at that default,
+    # so that results recorded before them (a bench's committed retrains and plan, a run's retrain folders, a
+    # study's search settings) match.
+    ADDED_LATER: ClassVar[dict[str, Any]] = {}
+
     @property
     def total_batch_size(self) -> int:
         return self.batch_size * self.accumulate
+
+    def recorded(self) -> dict[str, Any]:
+        """These settings as metrics.json, a study's search settings and a bench's plan.yaml record them."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.ADDED_LATER or self.ADDED_LATER[k] != v}
 
 
 class ObservationSpec(_Strict):
@@ -94,7 +103,11 @@ OBSERVATION_PRESETS = {
 
 class SearchSpec(OptimSpec):
     executor: str = Field(default="oneshot", description="a search executor by name (das_tune.search.EXECUTORS; checked with the study)")
-    warmup_epochs: int = Field(strict=True, default=1, ge=0, description="epochs of uniformly random subnets")
+    warmup_epochs: int = Field(strict=True, default=1, ge=0, description="epochs of random subnets (see warmup_draw)")
+    warmup_draw: Literal["uniform", "balanced"] = Field(
+        default="uniform", description="the warm-up's subnets: uniformly random, or balanced (each keeps the candidates kept "
+        "least so far, ties at random: every candidate is skipped equally often)"
+    )
     search_epochs: int = Field(strict=True, default=2, ge=1, description="epochs with redundancy observations")
     observe_every: int = Field(strict=True, default=10, gt=0, description="training micro-batches between observation rounds (das_turn)")
     round_size: int = Field(strict=True, default=3, gt=0, description="trials per observation round (DAS: distinct subsets); its only home")
@@ -124,6 +137,8 @@ class SearchSpec(OptimSpec):
             return OBSERVATION_PRESETS[value]
         return value
 
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"warmup_draw": "uniform"}
+
     @property
     def observation_batch_count(self) -> int:
         return 1 if self.observation.batches == "fixed" else self.observation_batches
@@ -140,13 +155,7 @@ class RetrainSpec(OptimSpec):
     min_epochs: int = Field(strict=True, default=1, gt=0, description="patience stops no retrain before this epoch (a "
                             "small subnet can sit on a val plateau for several epochs before it improves)")
 
-    # Fields added after results were recorded, with their default: a record leaves them out at that default,
-    # so that results recorded before them (a bench's committed retrains and plan, a run's retrain folders) match.
     ADDED_LATER: ClassVar[dict[str, Any]] = {"min_epochs": 1}
-
-    def recorded(self) -> dict[str, Any]:
-        """These settings as metrics.json and a bench's plan.yaml record them."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.ADDED_LATER or self.ADDED_LATER[k] != v}
 
 
 class RaySpec(_Strict):
@@ -214,7 +223,7 @@ class StudySpec(_Strict):
         space, backbone, task, search budget (with the Ray executor, its trials' budget and scheduler) and tiny
         mode — local file paths and the worker count aside. A
         study records them, and resuming it with other settings is refused."""
-        data = self.model_dump(mode="json", include={"backbone", "task", "search", "tiny"})
+        data = {**self.model_dump(mode="json", include={"backbone", "task", "tiny"}), "search": self.search.recorded()}
         data["space"] = self.load_space().model_dump(mode="json")
         if self.search.executor == "ray":  # a Ray trial's outcome depends on its budget and scheduler, not where it runs
             data["ray"] = self.ray.model_dump(mode="json", include=RAY_OUTCOME)
