@@ -157,7 +157,8 @@ class SupernetLosses(_Result):
 
 
 class BudgetRanking(_Result):
-    """Over seeds: how well uniform supernets of one training budget rank the reference subsets."""
+    """Over seeds: how well supernets of random subnets (``Budget.warmup_draw``) of one training budget rank the
+    reference subsets."""
 
     steps: int = Field(description="training steps of each supernet")
     supernets: int = Field(1, description="supernets whose mean loss makes one ranking: consecutive groups of the seeds")
@@ -271,6 +272,7 @@ class RaceBudget(_Result):
 
 class Budget(_Result):
     warmup_epochs: int
+    warmup_draw: str = Field("uniform", description="the warm-up's (and the budget supernets') subnets: uniform or balanced")
     search_epochs: int
     steps_per_epoch: int
     observe_every: int

@@ -258,7 +258,7 @@ def _race_budget(p: Plan) -> RaceBudget | None:
 def _budget(p: Plan) -> Budget:
     s = p.base.search
     return Budget(
-        warmup_epochs=s.warmup_epochs, search_epochs=s.search_epochs, steps_per_epoch=p.steps_per_epoch,
+        warmup_epochs=s.warmup_epochs, warmup_draw=s.warmup_draw, search_epochs=s.search_epochs, steps_per_epoch=p.steps_per_epoch,
         observe_every=s.observe_every, round_size=s.round_size, observation_batches=s.observation_batches,
         observations=p.observations, retrain_epochs=p.base.retrain.epochs, retrain_seeds=list(p.retrain_seeds),
         race=_race_budget(p),
@@ -385,7 +385,10 @@ def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
 
 def budgets_caption(results: BenchResults) -> str:
     ensembles = any(b.supernets > 1 for b in results.supernet_budgets.values())
-    return BUDGETS_CAPTION.format(ensembles=ENSEMBLE_CAPTION if ensembles else "")
+    caption = BUDGETS_CAPTION.format(ensembles=ENSEMBLE_CAPTION if ensembles else "")
+    if results.budget.warmup_draw == "balanced":
+        caption = caption.replace("Uniform supernets", "Supernets of balanced draws (every candidate skipped equally often)", 1)
+    return caption
 
 
 def budget_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
