@@ -30,6 +30,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "skip5-e24": "docs/benchmarks.md",
     "skip11": "docs/benchmarks.md",
     "supernet-ensemble": "docs/benchmarks.md",
+    "supernet-balanced": "docs/benchmarks.md",
     "default-retrain": "docs/benchmarks.md",
     "which-search": "README.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
@@ -244,6 +245,41 @@ def test_the_supernet_ensemble_section_is_quoted_from_its_benches():
     weakest = min(results[whole]["ground_truth"]["subsets"].items(), key=lambda item: item[1]["mean"])[0]
     assert weakest == "En1,En2,En3,En4,En5" and "keeping En0, the weakest subset" in text  # every layer but En0 skipped
     assert f"at {lowest.count(weakest)} of {len(lowest)} seeds" in text
+
+
+def test_the_balanced_warm_up_section_is_quoted_from_its_benches():
+    """Its numbers are those of the balanced and the uniform 300-step supernets (their results, or the paired test and
+    per-seed AUCs recomputed from their committed losses), and its answers are the ones the medians give."""
+    from das_tune.artifacts.results import GroundTruth
+    from das_tune.bench.report import supernet_ranking
+    from das_tune.bench.stats import paired_test
+
+    bench = ROOT / "bench"
+    pairs = {space: (bench / f"{space}-balanced", bench / f"{space}-supernets")
+             for space in ("minilm_vqa_sublayers-skip11", "minilm_vqa-skip5-e24-min12")}
+    results = {folder: json.loads((folder / "results.json").read_text()) for pair in pairs.values() for folder in pair}
+    values = [v for r in results.values() for v in leaves(r)]
+
+    def aucs(folder: Path) -> list[float]:
+        truth = GroundTruth.model_validate(results[folder]["ground_truth"])
+        files = sorted((folder / "runs").glob("*-uniform300-seed*/losses.json"), key=lambda f: int(f.parent.name.rpartition("seed")[2]))
+        return [supernet_ranking(json.loads(f.read_text())["losses"], truth).separation_auc for f in files]
+
+    sub_balanced, sub_uniform = (aucs(f) for f in pairs["minilm_vqa_sublayers-skip11"])
+    test = paired_test(sub_balanced, sub_uniform)
+    values += [test["p_value"], test["wins"], test["losses"], *sub_balanced, 0.5, 0.8]  # the goal: a half, 0.8
+    (text,) = sections("supernet-balanced")
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the supernet-balanced section that are not in its benches: {strays}"
+    assert f"higher AUC at {test['wins']} of the 10 seeds and the lower at {test['losses']}" in text
+    assert "two of\nits seeds still rank worse than a coin" in text and sum(a < 0.5 for a in sub_balanced) == 2
+
+    def better(space: str) -> bool:
+        balanced, uniform = (results[f]["supernet_budgets"]["300"] for f in pairs[space])
+        return all(balanced[m]["median"] > uniform[m]["median"] for m in ("sparse_kendall_tau", "separation_auc"))
+
+    assert better("minilm_vqa_sublayers-skip11") and "On the sublayers, by the medians it was asked about, yes" in text
+    assert not better("minilm_vqa-skip5-e24-min12") and "On whole layers, no" in text
 
 
 def default_retrains() -> tuple[list[dict], list[dict]]:
