@@ -348,7 +348,7 @@ class BenchResults(_Result):
     paired_tests: dict[str, PairedTest]
     ground_truth: GroundTruth | None
     supernet_budgets: dict[str, BudgetRanking] = Field(
-        default_factory=dict, description="steps (NxSTEPS: N supernets averaged) → how uniform supernets of that budget rank the reference"
+        default_factory=dict, description="steps (NxSTEPS: N supernets averaged) → how supernets of that budget rank the reference"
     )
     warmup_ranking: dict[str, Ranking] = Field(
         default_factory=dict, description="per seed: the shared warm-up supernet's loss vs ground truth"

@@ -57,10 +57,11 @@ from das_tune.tasks.base import metric_by_group
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 BUDGETS_CAPTION = (
-    "Uniform supernets trained for a budget, each reference subset's loss on the whole val split against the ground truth "
+    "{supernets} trained for a budget, each reference subset's loss on the whole val split against the ground truth "
     "(medians over seeds; sparse τ leaves out the pairs within the good set's width; AUC: the chance a good-set subset has "
     "the lower loss; top-k recall of the best three{ensembles}):"
 )
+SUPERNETS_BY_DRAW = {"uniform": "Uniform supernets", "balanced": "Supernets of balanced draws (every candidate skipped equally often)"}
 ENSEMBLE_CAPTION = (
     "; N × S: each subset's mean loss over N supernets of S steps trained at different seeds, a budget of N × S steps, "
     "its medians over groups of consecutive seeds"
@@ -385,10 +386,8 @@ def runs_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:
 
 def budgets_caption(results: BenchResults) -> str:
     ensembles = any(b.supernets > 1 for b in results.supernet_budgets.values())
-    caption = BUDGETS_CAPTION.format(ensembles=ENSEMBLE_CAPTION if ensembles else "")
-    if results.budget.warmup_draw == "balanced":
-        caption = caption.replace("Uniform supernets", "Supernets of balanced draws (every candidate skipped equally often)", 1)
-    return caption
+    supernets = SUPERNETS_BY_DRAW[results.budget.warmup_draw]
+    return BUDGETS_CAPTION.format(supernets=supernets, ensembles=ENSEMBLE_CAPTION if ensembles else "")
 
 
 def budget_table(results: BenchResults) -> tuple[list[str], list[list[str]]]:

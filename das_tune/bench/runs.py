@@ -106,9 +106,9 @@ def sampler_of(method: str) -> SamplerMethod | None:
 
 @dataclass(frozen=True)
 class SupernetBudget:
-    """Uniform supernets whose val losses rank the reference subsets: ``supernets`` of them, at different seeds,
-    each trained ``steps`` steps; with more than one, a subset's score is its mean loss over them (an ensemble
-    costing ``supernets × steps`` steps)."""
+    """Supernets of random subnets (the study's ``search.warmup_draw``) whose val losses rank the reference subsets:
+    ``supernets`` of them, at different seeds, each trained ``steps`` steps; with more than one, a subset's score
+    is its mean loss over them (an ensemble costing ``supernets × steps`` steps)."""
 
     steps: int
     supernets: int = 1
@@ -146,7 +146,7 @@ class BenchConfig:
     reference_size: int = MIN_VERDICT_REFERENCE
     overrides: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None  # default: bench/<space>-skip<num_skip> (-tiny with tiny mode)
-    supernet_budgets: tuple[SupernetBudget, ...] = ()  # uniform supernets whose ranking of the reference is measured
+    supernet_budgets: tuple[SupernetBudget, ...] = ()  # supernets whose ranking of the reference is measured
     supernet_seeds: tuple[int, ...] | None = None  # the seeds of those supernets (default: the search seeds)
     reference: str = "das"  # the method the paired tests compare every other with (if it runs)
 
