@@ -184,6 +184,9 @@ SUPERNET_STEPS_HELP = (
     "loss of two 300-step supernets of different seeds (consecutive supernet seeds paired)."
 )
 SUPERNET_SEEDS_HELP = "Seeds of the uniform supernets, as --seeds (default: the search seeds); a few seeds cost far less than ten."
+REFERENCE_METHOD_HELP = (
+    "The method the verdict judges and every other is compared with (paired tests); one of --samplers or --methods."
+)
 GROUND_TRUTH_HELP = (
     "Also retrain the reference subsets (every subset of a small space, else a random sample): regret, percentile, top 10 %, Kendall τ."
 )
@@ -317,6 +320,7 @@ def bench(
     reference_size: Annotated[int, typer.Option(help="Subsets in the reference sample of a large space.")] = 40,
     supernet_steps: Annotated[str, typer.Option(help=SUPERNET_STEPS_HELP)] = "",
     supernet_seeds: Annotated[str | None, typer.Option(help=SUPERNET_SEEDS_HELP)] = None,
+    reference_method: Annotated[str, typer.Option(help=REFERENCE_METHOD_HELP)] = "das",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: bench/<space>-skip<num_skip>, -tiny for --tiny).")
     ] = None,
@@ -344,7 +348,7 @@ def bench(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seeds=parse_seeds(seeds), retrain_seeds=retrain_seeds, ground_truth=ground_truth,
         reference_size=reference_size, overrides=overrides, out=out_dir, supernet_budgets=SupernetBudget.parse(supernet_steps),
-        supernet_seeds=None if supernet_seeds is None else parse_seeds(supernet_seeds),
+        supernet_seeds=None if supernet_seeds is None else parse_seeds(supernet_seeds), reference=reference_method.strip(),
     )
     with reporter(quiet, err) as progress:
         results = run_bench(config, progress)

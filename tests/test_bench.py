@@ -229,6 +229,14 @@ def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_pa
     for name in results["files"]["plots"]:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
 
+    # another reference method: the same runs, judged and compared from random search's side
+    judged = bench(tmp_path, *args, "--seeds", "2", "--reference-method", "random")
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    rejudged = json.loads((out / "results.json").read_text())
+    assert rejudged["runs"] == runs and rejudged["reference"] == "random"
+    assert set(rejudged["paired_tests"]) == set(methods) - {"random"}
+    assert "random, the reference method" in (out / "results.md").read_text()
+
     changed = bench(tmp_path, *args, "--seeds", "2", "--retrain-seeds", "3")
     assert changed.returncode == 2 and "retrain seeds" in changed.stderr
 
@@ -349,6 +357,7 @@ def test_bench_rejects_bad_input_before_running(tmp_path):
         (["--space", "minilm_vqa", "--seeds", "3-x"], "--seeds"),
         (["--space", "minilm_vqa", "--ground-truth", "--retrain-seeds", "1"], "--retrain-seeds"),
         (["--space", "minilm_vqa", "--samplers", "", "--methods", ""], "nothing to measure"),
+        (["--space", "minilm_vqa", "--samplers", "das,random", "--reference-method", "asha"], "--reference-method 'asha'"),
     ]:
         result = bench(tmp_path, "--tiny", *args, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
