@@ -637,7 +637,7 @@ def test_a_committed_bench_folder_still_takes_its_own_benchmark(folder, monkeypa
     """A field added to the study later (at its default) must not make a bench refuse to resume its folder."""
     held = yaml.safe_load((ROOT / "bench" / folder / "plan.yaml").read_text())
     truth = held["truth"]
-    retrain = {**RetrainSpec.ADDED_LATER, **truth["retrain"]}  # a field a plan leaves out was at that default
+    retrain = {**RetrainSpec.added_later_defaults(), **truth["retrain"]}  # a field a plan leaves out was at that default
     overrides = {"num_skip": truth["num_skip"], **{f"retrain.{k}": v for k, v in retrain.items()},
                  **{f"task.options.{k}": v for k, v in truth["task"]["options"].items()},
                  **{f"{part}.{k}": v for part in ("search", "ray") for k, v in held["search"][part].items()}}

@@ -70,10 +70,15 @@ class OptimSpec(_Strict):
     batch_size: int = Field(strict=True, default=32, gt=0, description="micro-batch size")
     accumulate: int = Field(strict=True, default=1, gt=0, description="micro-batches per optimizer step")
 
-    # Fields added after results were recorded, with their default: a record leaves them out at that default,
-    # so that results recorded before them (a bench's committed retrains and plan, a run's retrain folders, a
-    # study's search settings) match.
-    ADDED_LATER: ClassVar[dict[str, Any]] = {}
+    # Fields added after results were recorded: a record leaves them out at their default, so that results
+    # recorded before them (a bench's committed retrains and plan, a run's retrain folders, a study's search
+    # settings) match.
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def added_later_defaults(cls) -> dict[str, Any]:
+        """The fields added later, each at its default (what a record that leaves one out had)."""
+        return {name: cls.model_fields[name].default for name in cls.ADDED_LATER}
 
     @property
     def total_batch_size(self) -> int:
@@ -81,7 +86,8 @@ class OptimSpec(_Strict):
 
     def recorded(self) -> dict[str, Any]:
         """These settings as metrics.json, a study's search settings and a bench's plan.yaml record them."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.ADDED_LATER or self.ADDED_LATER[k] != v}
+        defaults = self.added_later_defaults()
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in defaults or defaults[k] != v}
 
 
 class ObservationSpec(_Strict):
@@ -137,7 +143,7 @@ class SearchSpec(OptimSpec):
             return OBSERVATION_PRESETS[value]
         return value
 
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"warmup_draw": "uniform"}
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ("warmup_draw",)
 
     @property
     def observation_batch_count(self) -> int:
@@ -155,7 +161,7 @@ class RetrainSpec(OptimSpec):
     min_epochs: int = Field(strict=True, default=1, gt=0, description="patience stops no retrain before this epoch (a "
                             "small subnet can sit on a val plateau for several epochs before it improves)")
 
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"min_epochs": 1}
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ("min_epochs",)
 
 
 class RaySpec(_Strict):
