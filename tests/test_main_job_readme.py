@@ -33,6 +33,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "supernet-balanced": "docs/benchmarks.md",
     "default-retrain": "docs/benchmarks.md",
     "which-search": "README.md",
+    "race-replication": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
@@ -199,6 +200,8 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     their plans."""
     bench = ROOT / "bench"
     folders = ("minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300", "minilm_vqa_sublayers-skip11-warm300-obs4")
+    if marker == "which-search":  # README's paragraph also quotes the race's replication on fresh seeds
+        folders += ("minilm_vqa_sublayers-skip11-warm300-race-seeds10-19",)
     results = [json.loads((bench / f / "results.json").read_text()) for f in folders]
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
@@ -217,6 +220,35 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     for bench_results in results:  # DAS's picks in the good set, at each search budget
         das = bench_results["verdict"]["good_counts"]["das"]
         assert f"{das['good']} of {das['seeds']} seeds" in text
+
+
+def test_the_race_replication_is_quoted_from_its_benches():
+    """Its numbers are those of the race's two benches (seeds 0-9 and the pre-registered 10-19) or of paired tests
+    recomputed from their runs, and its answer is the one the replication gives."""
+    from das_tune.bench.stats import paired_test
+
+    bench = ROOT / "bench"
+    folders = (bench / "minilm_vqa_sublayers-skip11-warm300", bench / "minilm_vqa_sublayers-skip11-warm300-race-seeds10-19")
+    first, again = (json.loads((f / "results.json").read_text()) for f in folders)
+
+    def test(results, method, other):
+        values = {m: {r["seed"]: r["value"] for r in results["runs"] if r["method"] == m} for m in (method, other)}
+        seeds = sorted(values[method])
+        return paired_test([values[method][s] for s in seeds], [values[other][s] for s in seeds])
+
+    found, replicated, das = test(first, "asha", "random"), test(again, "asha", "random"), test(again, "das", "random")
+    assert found["p_value"] < 0.05 and found["mean_diff"] > 0 and replicated["p_value"] >= 0.05
+    assert again["reference"] == "asha" and again["paired_tests"]["random"]["p_value"] == replicated["p_value"]
+    values = [v for doc in (first, again, found, replicated, das) for v in leaves(doc)]
+    values += [v for f in folders for v in leaves(yaml.safe_load((f / "plan.yaml").read_text()))]
+    (text,) = sections("race-replication")
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the race-replication section that are not in its benches: {strays}"
+    assert f"won at {found['wins']} seeds and lost at {found['losses']}" in text and "It does not replicate" in text
+    counts = again["verdict"]["good_counts"]
+    assert all(counts[m]["good"] == 7 for m in ("asha", "das", "random")) and "at 7 of 10 seeds, as are DAS and random" in text
+    kept_feed_forward = sum(r["method"] == "asha" and all(f"A{i}" in r["chosen"] for i in range(6)) for r in again["runs"])
+    assert f"At {['no', 'one', 'two', 'three', 'four'][kept_feed_forward]} of the ten seeds the race kept a feed-forward" in text
 
 
 def test_the_supernet_ensemble_section_is_quoted_from_its_benches():
