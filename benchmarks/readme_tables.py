@@ -9,7 +9,9 @@ percentiles and, where a committed bench of one size holds every subset's retrai
 or, for a bench of ground truth alone (no method searched yet), every subset's retrains, the rankable check
 and the uniform supernets' rankings, as its results.md has them. A ``<!-- bench-verdict: bench/<folder> -->``
 block is a sampler bench's verdict: whether its space ranks, each method's picks in the good set and the
-reference method's goals, with a short table.
+reference method's goals, with a short table. The ``<!-- bench-overview: bench -->`` block is one row per
+committed bench with a verdict against random search: its space, the rankable check, the judged method's picks in
+the good set beside random search's, and their paired test.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from das_tune.artifacts.results import BenchResults, LadderResults, PairedTest
 from das_tune.bench.report import fmt, truth_summary, verdict_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- bench-(table|verdict): (\S+) -->\n)(.*?)(<!-- /bench-\2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- bench-(table|verdict|overview): (\S+) -->\n)(.*?)(<!-- /bench-\2 -->)", re.S)
 FILES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
 Results = BenchResults | LadderResults
 
@@ -43,7 +45,7 @@ def versus(test: PairedTest | None) -> str:
 
 
 def sampler_block(results: BenchResults) -> str:
-    header = ["method", "accuracy", "GMACs", "regret", "pct", "top 10 %", "τ", "τ net", "wall s", "Δ vs das"]
+    header = ["method", "accuracy", "GMACs", "regret", "pct", "top 10 %", "τ", "τ net", "wall s", f"Δ vs {results.reference}"]
     rows = [
         [method, fmt(s.value.median), fmt(s.additional_gmacs.median), fmt(s.regret.median), fmt(s.percentile.median),
          fmt(s.top10_share), fmt(s.kendall_tau.median), fmt(s.supernet_kendall_tau.median), fmt(s.cost_seconds.median),
@@ -116,6 +118,19 @@ def verdict_block(results: BenchResults) -> str:
     return "\n\n".join(["\n".join(verdict_lines(results)), table(header, rows)])
 
 
+def overview_block(benches: dict[str, Results]) -> str:
+    header = ["bench", "skip", "rankable (sd, goal 5)", "judged method: picks in the good set", "random's", "judged − random"]
+    rows = []
+    for folder, results in benches.items():
+        if not isinstance(results, BenchResults) or results.verdict is None or "random" not in results.paired_tests:
+            continue
+        counts, judged = results.verdict.good_counts, results.reference
+        rows.append([f"`{Path(folder).name}`", f"{results.num_skip} of {results.num_candidates}", fmt(results.ground_truth.rankable),
+                     f"{judged} {counts[judged].good} of {counts[judged].seeds}", f"{counts['random'].good} of {counts['random'].seeds}",
+                     versus(results.paired_tests["random"])])
+    return table(header, rows)
+
+
 def load(document: dict) -> Results:
     """A committed results.json as its type: a range of num_skip (``sizes``) or one num_skip."""
     return LadderResults.model_validate(document) if "sizes" in document else BenchResults.model_validate(document)
@@ -128,7 +143,10 @@ def committed() -> dict[str, Results]:
 
 def render(readme: str, benches: dict[str, Results]) -> str:
     def block(match: re.Match) -> str:
-        kind, results = match.group(2), benches[match.group(3)]
+        kind = match.group(2)
+        if kind == "overview":
+            return f"{match.group(1)}{overview_block(benches)}\n{match.group(5)}"
+        results = benches[match.group(3)]
         if kind == "verdict":
             body = verdict_block(results)
         elif isinstance(results, LadderResults):
