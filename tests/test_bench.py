@@ -62,6 +62,23 @@ def test_paired_sign_flip_test_is_exact():
     assert same["p_value"] == 1.0 and same["ties"] == 2
 
 
+def test_paired_test_permutes_the_differing_pairs_and_samples_above_twenty():
+    # a tied pair flips to itself: with or without ties, the same exact p-value
+    assert stats.paired_test([3, 1, 0, 5, 5], [0, 0, 1, 5, 5])["p_value"] == pytest.approx(6 / 8)
+    # 24 differing pairs with integer differences: the exact p-value from the distribution of the sum of ±d,
+    # built by convolution, against the test's Monte Carlo estimate (its standard error here is about 0.0015)
+    d = np.array([3, 1, 2, 2, 1, 3, 1, 1, 2, 1, -1, 2, 1, -2, 1, 3, -1, 1, 2, -3, 1, 1, -2, 1])
+    counts = np.ones(1, dtype=np.int64)  # counts[i]: the patterns whose sum is i − (len(counts) − 1) / 2
+    for k in np.abs(d):
+        counts = np.convolve(counts, np.r_[1, np.zeros(2 * k - 1, dtype=np.int64), 1])
+    sums = np.arange(len(counts)) - (len(counts) - 1) // 2
+    exact = counts[np.abs(sums) >= abs(d.sum())].sum() / counts.sum()
+    result = stats.paired_test(d, np.zeros(len(d)))
+    assert "Monte Carlo" in result["test"] and 0.01 < exact < 0.2
+    assert result["p_value"] == pytest.approx(exact, abs=0.006)
+    assert stats.paired_test(d, np.zeros(len(d)))["p_value"] == result["p_value"]  # seeded: the same every time
+
+
 def test_spread():
     s = stats.spread([1.0, 2.0, 3.0, 4.0, None])
     assert s == {"median": 2.5, "q25": 1.75, "q75": 3.25, "min": 1.0, "max": 4.0, "n": 4}
