@@ -34,6 +34,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "default-retrain": "docs/benchmarks.md",
     "which-search": "README.md",
     "race-replication": "docs/benchmarks.md",
+    "thirty-seeds": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
@@ -201,7 +202,7 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     bench = ROOT / "bench"
     folders = ("minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300", "minilm_vqa_sublayers-skip11-warm300-obs4")
     if marker == "which-search":  # README's paragraph also quotes the race's replication on fresh seeds
-        folders += ("minilm_vqa_sublayers-skip11-warm300-race-seeds10-19",)
+        folders += ("minilm_vqa_sublayers-skip11-warm300-race-seeds10-19", "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59")
     results = [json.loads((bench / f / "results.json").read_text()) for f in folders]
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
@@ -249,6 +250,38 @@ def test_the_race_replication_is_quoted_from_its_benches():
     assert all(counts[m]["good"] == 7 for m in ("asha", "das", "random")) and "at 7 of 10 seeds, as are DAS and random" in text
     kept_feed_forward = sum(r["method"] == "asha" and all(f"A{i}" in r["chosen"] for i in range(6)) for r in again["runs"])
     assert f"At {['no', 'one', 'two', 'three', 'four'][kept_feed_forward]} of the ten seeds the race kept a feed-forward" in text
+
+
+def test_the_thirty_seeds_section_is_quoted_from_its_benches():
+    """Its range of earlier das − random differences is that of the six sublayer benches before it (all positive, none
+    significant), and its numbers and answer are those of the 30-seed bench."""
+    from das_tune.bench.stats import paired_test
+
+    bench = ROOT / "bench"
+    earlier = [json.loads((bench / f / "results.json").read_text()) for f in (
+        "minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300", "minilm_vqa_sublayers-skip11-warm300-obs4",
+        "minilm_vqa_sublayers-skip11-warm300-obs4-seeds10-19", "minilm_vqa_sublayers-skip11-warm300-obs4-balanced-seeds20-29",
+        "minilm_vqa_sublayers-skip11-warm300-race-seeds10-19")]
+    tests = []
+    for results in earlier:
+        values = {m: {r["seed"]: r["value"] for r in results["runs"] if r["method"] == m} for m in ("das", "random")}
+        seeds = sorted(values["das"])
+        tests.append(paired_test([values["das"][s] for s in seeds], [values["random"][s] for s in seeds]))
+    assert all(t["mean_diff"] > 0 and t["p_value"] >= 0.05 for t in tests)
+    folder = bench / "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59"
+    thirty = json.loads((folder / "results.json").read_text())
+    (text,) = sections("thirty-seeds")
+    low, high = min(t["mean_diff"] for t in tests), max(t["mean_diff"] for t in tests)
+    assert f"six sublayer benches above is positive (Δ {low:.2g} to {high:.3g})" in text
+    values = [*leaves(thirty), *leaves(yaml.safe_load((folder / "plan.yaml").read_text()))]
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values + [low, high])]
+    assert not strays, f"numbers in the thirty-seeds section that are not in its benches: {strays}"
+    counts, test = thirty["verdict"]["good_counts"], thirty["paired_tests"]["random"]
+    assert thirty["seeds"] == list(range(30, 60)) and "Monte Carlo" in test["test"]
+    assert f"DAS is in the good set at {counts['das']['good']} of 30 seeds and random search at {counts['random']['good']} of 30" in text
+    assert test["mean_diff"] < 0 and test["p_value"] >= 0.05 and "No: DAS is in the good set" in text
+    auc = thirty["summary"]["das"]["supernet_auc"]  # the supernet's ranking over the 30 seeds: median, lower quartile
+    assert f"median AUC of {auc['median']:.4f}, and below {auc['q25']:.4f} at a quarter of them" in text
 
 
 def test_the_supernet_ensemble_section_is_quoted_from_its_benches():
