@@ -65,6 +65,7 @@ def test_paired_sign_flip_test_is_exact():
 def test_paired_test_permutes_the_differing_pairs_and_samples_above_twenty():
     # a tied pair flips to itself: with or without ties, the same exact p-value
     assert stats.paired_test([3, 1, 0, 5, 5], [0, 0, 1, 5, 5])["p_value"] == pytest.approx(6 / 8)
+    assert stats.paired_test([3, 5, 5], [0, 5, 5])["p_value"] == 1.0  # one pair differs: both its signs are as extreme
     # 24 differing pairs with integer differences: the exact p-value from the distribution of the sum of ±d,
     # built by convolution, against the test's Monte Carlo estimate (its standard error here is about 0.0015)
     d = np.array([3, 1, 2, 2, 1, 3, 1, 1, 2, 1, -1, 2, 1, -2, 1, 3, -1, 1, 2, -3, 1, 1, -2, 1])

@@ -226,7 +226,8 @@ def plan(config: BenchConfig) -> Plan:
             f"unknown sampler/method {unknown}: expected samplers from {', '.join(dict.fromkeys([*NAMED_SAMPLERS, *SAMPLERS]))} "
             f"and methods from {', '.join(METHODS)}"
         )
-    if config.reference != "das" and config.reference not in (*config.samplers, *config.methods):
+    # the default reference falls back to the first method when it does not run; one asked for must run
+    if config.reference != BenchConfig.reference and config.reference not in (*config.samplers, *config.methods):
         raise UserError(f"--reference-method {config.reference!r}: expected one of the methods that run "
                         f"({', '.join((*config.samplers, *config.methods)) or 'none'})")
     if not (config.samplers or config.methods or config.ground_truth or config.supernet_budgets):

@@ -49,7 +49,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
     result = {"test": name, "n": n,
               "mean_diff": float(diff.mean()) if n else None, "median_diff": float(np.median(diff)) if n else None,
               "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
-    if n < 2 or not len(differing):  # one pair: both sign patterns are as extreme
+    if len(differing) < 2:  # one differing pair (or none): both its sign patterns are as extreme
         return {**result, "p_value": 1.0 if n else None}
     test = stats.permutation_test(
         (differing,), np.mean, permutation_type="samples", alternative="two-sided",
