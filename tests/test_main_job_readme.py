@@ -223,21 +223,23 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
         assert f"{das['good']} of {das['seeds']} seeds" in text
 
 
+def paired_from_runs(results: dict, method: str, other: str) -> dict:
+    """The bench's paired test of ``method`` − ``other`` recomputed from a results.json's runs (seed by seed)."""
+    from das_tune.bench.stats import paired_test
+
+    values = {m: {r["seed"]: r["value"] for r in results["runs"] if r["method"] == m} for m in (method, other)}
+    seeds = sorted(values[method])
+    return paired_test([values[method][s] for s in seeds], [values[other][s] for s in seeds])
+
+
 def test_the_race_replication_is_quoted_from_its_benches():
     """Its numbers are those of the race's two benches (seeds 0-9 and the pre-registered 10-19) or of paired tests
     recomputed from their runs, and its answer is the one the replication gives."""
-    from das_tune.bench.stats import paired_test
-
     bench = ROOT / "bench"
     folders = (bench / "minilm_vqa_sublayers-skip11-warm300", bench / "minilm_vqa_sublayers-skip11-warm300-race-seeds10-19")
     first, again = (json.loads((f / "results.json").read_text()) for f in folders)
-
-    def test(results, method, other):
-        values = {m: {r["seed"]: r["value"] for r in results["runs"] if r["method"] == m} for m in (method, other)}
-        seeds = sorted(values[method])
-        return paired_test([values[method][s] for s in seeds], [values[other][s] for s in seeds])
-
-    found, replicated, das = test(first, "asha", "random"), test(again, "asha", "random"), test(again, "das", "random")
+    found, replicated = paired_from_runs(first, "asha", "random"), paired_from_runs(again, "asha", "random")
+    das = paired_from_runs(again, "das", "random")
     assert found["p_value"] < 0.05 and found["mean_diff"] > 0 and replicated["p_value"] >= 0.05
     assert again["reference"] == "asha" and again["paired_tests"]["random"]["p_value"] == replicated["p_value"]
     values = [v for doc in (first, again, found, replicated, das) for v in leaves(doc)]
@@ -255,18 +257,12 @@ def test_the_race_replication_is_quoted_from_its_benches():
 def test_the_thirty_seeds_section_is_quoted_from_its_benches():
     """Its range of earlier das − random differences is that of the six sublayer benches before it (all positive, none
     significant), and its numbers and answer are those of the 30-seed bench."""
-    from das_tune.bench.stats import paired_test
-
     bench = ROOT / "bench"
     earlier = [json.loads((bench / f / "results.json").read_text()) for f in (
         "minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300", "minilm_vqa_sublayers-skip11-warm300-obs4",
         "minilm_vqa_sublayers-skip11-warm300-obs4-seeds10-19", "minilm_vqa_sublayers-skip11-warm300-obs4-balanced-seeds20-29",
         "minilm_vqa_sublayers-skip11-warm300-race-seeds10-19")]
-    tests = []
-    for results in earlier:
-        values = {m: {r["seed"]: r["value"] for r in results["runs"] if r["method"] == m} for m in ("das", "random")}
-        seeds = sorted(values["das"])
-        tests.append(paired_test([values["das"][s] for s in seeds], [values["random"][s] for s in seeds]))
+    tests = [paired_from_runs(results, "das", "random") for results in earlier]
     assert all(t["mean_diff"] > 0 and t["p_value"] >= 0.05 for t in tests)
     folder = bench / "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59"
     thirty = json.loads((folder / "results.json").read_text())
