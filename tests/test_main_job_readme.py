@@ -278,6 +278,13 @@ def test_the_thirty_seeds_section_is_quoted_from_its_benches():
     assert test["mean_diff"] < 0 and test["p_value"] >= 0.05 and "No: DAS is in the good set" in text
     auc = thirty["summary"]["das"]["supernet_auc"]  # the supernet's ranking over the 30 seeds: median, lower quartile
     assert f"median AUC of {auc['median']:.4f}, and below {auc['q25']:.4f} at a quarter of them" in text
+    good = {(r["method"], r["seed"]): r["good"] for r in thirty["runs"]}
+    seed_auc = {r["seed"]: r["supernet_ranking"]["separation_auc"] for r in thirty["runs"] if r["method"] == "das"}
+    high, low = [s for s, a in seed_auc.items() if a >= 0.8], [s for s, a in seed_auc.items() if a < 0.5]
+    das_high, rnd_high, das_low, rnd_low = (sum(good[m, s] for s in seeds) for seeds in (high, low) for m in ("das", "random"))
+    flat = " ".join(text.split())
+    assert (f"at the {len(high)} seeds whose supernet AUC is at least 0.8, DAS is in the good set at {das_high} and random "
+            f"search at {rnd_high}; at the {len(low)} below 0.5, DAS at {das_low} and random search at {rnd_low}") in flat
 
 
 def test_the_supernet_ensemble_section_is_quoted_from_its_benches():
