@@ -179,11 +179,12 @@ BENCH_SAMPLERS_HELP = (
 BENCH_METHODS_HELP = "Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none)."
 BENCH_SEEDS_HELP = "Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results."
 SUPERNET_STEPS_HELP = (
-    "With --ground-truth: also train uniform supernets of these step counts (90,300,900) per seed and report how their "
-    "loss on the whole val split ranks the reference subsets (Kendall τ, sparse τ, AUC, top-3 recall); 2x300: the mean "
-    "loss of two 300-step supernets of different seeds (consecutive supernet seeds paired)."
+    "With --ground-truth: also train supernets (random subnets, drawn as search.warmup_draw says) of these step counts "
+    "(90,300,900) per seed and report how their loss on the whole val split ranks the reference subsets (Kendall τ, "
+    "sparse τ, AUC, top-3 recall); 2x300: the mean loss of two 300-step supernets of different seeds (consecutive "
+    "supernet seeds paired)."
 )
-SUPERNET_SEEDS_HELP = "Seeds of the uniform supernets, as --seeds (default: the search seeds); a few seeds cost far less than ten."
+SUPERNET_SEEDS_HELP = "Seeds of those supernets, as --seeds (default: the search seeds); a few seeds cost far less than ten."
 REFERENCE_METHOD_HELP = (
     "The method the verdict judges and every other is compared with (paired tests); one of --samplers or --methods."
 )

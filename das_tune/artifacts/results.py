@@ -147,7 +147,7 @@ class Warmup(_Result):
 
 
 class SupernetLosses(_Result):
-    """A uniform supernet trained for ``steps`` (a seed's, alone in its folder) and its mean loss of every
+    """A supernet of random subnets (the warm-up's draw) trained for ``steps`` (a seed's, alone in its folder) and its mean loss of every
     reference subset on the whole ``split``: how well a supernet of that budget ranks the subsets."""
 
     steps: int

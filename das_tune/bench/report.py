@@ -114,7 +114,7 @@ def collect(p: Plan) -> BenchResults:
 
 
 def _budget_rankings(p: Plan, truth: GroundTruth | None) -> dict[str, BudgetRanking]:
-    """Per measured budget, over the seeds whose uniform supernet of that budget is scored (an ensemble of N: over
+    """Per measured budget, over the seeds whose supernet of that budget is scored (an ensemble of N: over
     consecutive groups of N of those seeds, each subset scored by its mean loss in the group)."""
     found = {}
     for budget in p.config.supernet_budgets:
@@ -463,7 +463,7 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
 
 
 def _truth_markdown(results: BenchResults) -> str:
-    """A bench that searched nothing yet: its ground truth and the uniform supernets' rankings of it."""
+    """A bench that searched nothing yet: its ground truth and the budget supernets' rankings of it."""
     b, gt = results.budget, results.ground_truth
     lines = [f"# das-tune bench: {results.study} on {results.space}", "",
              f"Skip {fmt(results.num_skip)} of {fmt(results.num_candidates)} candidates ({fmt(results.num_subsets)} subsets). "
@@ -476,7 +476,7 @@ def _truth_markdown(results: BenchResults) -> str:
 
 def truth_summary(results: BenchResults, gt: GroundTruth) -> list[str]:
     """A finished ground truth's lines: cost, noise and collapses, the rankable check, every subset's
-    retrains and, if measured, the uniform supernets' rankings (results.md and docs/benchmarks.md)."""
+    retrains and, if measured, the budget supernets' rankings (results.md and docs/benchmarks.md)."""
     lines = [truth_line(gt), "", rankable_line(gt), "", *markdown_lines(*truth_table(results))]
     if results.supernet_budgets:
         lines += ["", budgets_caption(results), "", *markdown_lines(*budget_table(results))]

@@ -184,7 +184,7 @@ class Plan:
 
     @property
     def supernet_steps(self) -> tuple[int, ...]:
-        """The step counts of the uniform supernets to train at each supernet seed (an ensemble reuses them)."""
+        """The step counts of the supernets to train at each supernet seed (an ensemble reuses them)."""
         return tuple(dict.fromkeys(b.steps for b in self.config.supernet_budgets))
 
     @property
@@ -235,7 +235,7 @@ def plan(config: BenchConfig) -> Plan:
     if not config.seeds:
         raise UserError("--seeds: expected at least one seed")
     if config.supernet_seeds and not config.supernet_budgets:
-        raise UserError("--supernet-seeds: the seeds of the uniform supernets; give their budgets with --supernet-steps")
+        raise UserError("--supernet-seeds: the seeds of the budget supernets; give their budgets with --supernet-steps")
     ensemble = max((b.supernets for b in config.supernet_budgets), default=1)
     if ensemble > len(config.supernet_seeds or config.seeds):
         raise UserError(f"--supernet-steps: an ensemble of {ensemble} supernets needs at least {ensemble} supernet seeds "
@@ -342,7 +342,7 @@ def execute(p: Plan, reporter: Reporter) -> None:
     for seed in p.supernet_seeds:
         for steps in p.supernet_steps:
             if (losses := budget_supernet(p, seed, steps, reporter)) is not None:
-                reporter.log(f"seed {seed}: a uniform supernet of {losses.steps} steps scored the reference on val")
+                reporter.log(f"seed {seed}: a supernet of {losses.steps} steps scored the reference on val")
     if p.config.ground_truth:
         parts = parts or build_components(p.spec(p.config.seeds[0]))
         todo = [(r, s) for r in p.retrain_seeds for s in ground_truth_order(p) if _retrain_metrics(p, r, s) is None]
