@@ -690,3 +690,28 @@ def test_an_asha_race_picks_the_best_subset_that_trained_every_step(tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["budget"]["race"] == {"num_trials": 4, "steps_per_trial": 6, "report_every": 2, "scheduler": "asha", "grace_period": 1}
     assert "4 distinct subsets, each trained up to 6 steps" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_das_angular_starts_its_gates_from_the_angular_scores_of_the_warm_up(tmp_path):
+    from das_tune.bench.runs import PRIOR_SCALE
+    from das_tune.samplers.das import prior_gates
+
+    result = bench(tmp_path, "--space", "minilm_vqa", "--samplers", "das_angular", "--methods", "angular", "--seeds", "1",
+                   "--retrain-seeds", "1", "--tiny", "--quiet", "--set", "num_skip=1", "--set", "search.search_epochs=1",
+                   "--set", "search.round_size=2", "--set", "search.observe_every=3", "--out", "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    angular = json.loads((tmp_path / "out" / "records" / "angular-seed0.json").read_text())
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'out' / 'bench.db'}")
+    study_id = storage.get_study_id_from_name("easyvqa_minilm-das_angular-seed0")
+    recorded = storage.get_study_system_attrs(study_id)[SAMPLER_ATTR]
+    assert recorded["name"] == "das" and recorded["standardize"] is True
+    assert recorded["initial_gates"] == pytest.approx(prior_gates(angular["layer_scores"], PRIOR_SCALE))
+    assert len(set(recorded["initial_gates"].values())) > 1  # a prior that says something
+
+
+def test_a_prior_method_is_refused_on_a_range():
+    from das_tune.bench.ladder import plan_ladder
+
+    with pytest.raises(UserError, match="das_angular.*one num_skip"):
+        plan_ladder(BenchConfig(study="easyvqa_minilm", samplers=("das_angular",), overrides={"tiny": True, "num_skip": "1-2"}))

@@ -163,3 +163,43 @@ def test_standardized_advantages_divide_by_the_rounds_reward_spread():
     expected = (rewards - rewards.mean()) / rewards.std() * 0.25
     np.testing.assert_allclose(sampler.gates(study), expected)
     assert sampler.gates(study)[0] > 0.25  # a 0.01 loss gap still moves the gate by a full step
+
+
+def test_initial_gates_are_where_the_rounds_start_from():
+    space = SkipSpace(candidates=["a", "b", "c"], num_skip=1)
+    sampler = DASSampler(space, round_size=2, initial_gates={"a": -1.0, "c": 2.0})  # b left out: 0
+    study = optuna.create_study(sampler=sampler)
+    np.testing.assert_allclose(sampler.gates(study), [-1.0, 0.0, 2.0])
+    assert sampler.chosen(study) == {"c"}
+    add_round(study, space, [{"a"}, {"b"}], [0.0, 1.0])
+    r = np.exp(-np.array([0.0, 1.0]))
+    p = 1 / (1 + np.exp(-np.array([-1.0, 0.0])))  # the update's p(1 - p) is taken at the prior, not at 0
+    expected = [-1.0 + (r[0] - r.mean()) * p[0] * (1 - p[0]), (r[1] - r.mean()) * p[1] * (1 - p[1]), 2.0]
+    np.testing.assert_allclose(sampler.gates(study), expected)
+    np.testing.assert_allclose(sampler.gate_history(study), [[-1.0, 0.0, 2.0], expected])
+
+
+def test_initial_gates_bias_the_first_draws():
+    space = SkipSpace(candidates=["a", "b", "c", "d"], num_skip=1)
+    study = optuna.create_study(sampler=DASSampler(space, seed=0, round_size=1, initial_gates={"d": 3.0}))
+    study.optimize(lambda t: 0.0 if space.suggest(t) else 1.0, n_trials=200)  # rounds of one: the gates never move
+    drawn = [frozenset(t.user_attrs["skipped"]) for t in study.trials]
+    assert sum(s == {"d"} for s in drawn) > 65  # weight 0.95 against three of 0.5: 39 % of draws (78), not 25 % (50)
+
+
+def test_initial_gates_name_candidates_with_finite_values():
+    space = SkipSpace(candidates=["a", "b"], num_skip=1)
+    with pytest.raises(ValueError, match=r"\['z'\] are not candidates"):
+        DASSampler(space, initial_gates={"a": 1.0, "z": 1.0})
+    with pytest.raises(ValueError, match="finite"):
+        DASSampler(space, initial_gates={"a": math.nan})
+
+
+def test_prior_gates_are_z_scores_times_the_scale():
+    from das_tune.samplers.das import prior_gates
+
+    gates = prior_gates({"a": 1.0, "b": 2.0, "c": 3.0}, scale=0.5)
+    z = np.array([-1.0, 0.0, 1.0]) / np.std([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(list(gates.values()), 0.5 * z)
+    assert list(gates) == ["a", "b", "c"]
+    assert prior_gates({"a": 4.0, "b": 4.0}, scale=1.0) == {"a": 0.0, "b": 0.0}  # no spread: no prior

@@ -52,6 +52,7 @@ from das_tune.errors import FolderInUse, UserError, shorten
 from das_tune.jobs import runner
 from das_tune.progress import Reporter
 from das_tune.samplers import SAMPLERS, SkipPolicy
+from das_tune.samplers.das import prior_gates
 from das_tune.search import ONESHOT
 from das_tune.search.base import STEPS_ATTR
 from das_tune.search.supernet import warm_up
@@ -68,6 +69,7 @@ MAX_SEEDS = 10_000  # a bench of more search seeds would never end; a typo is re
 MAX_ALL_SUBSETS = 64  # up to this many subsets the ground truth is every subset, above it a sample
 REFERENCE_SEED = 0  # the reference sample depends on the space and its size only
 MIN_VERDICT_REFERENCE = 40
+PRIOR_SCALE = 0.5  # das_angular's prior strength, in gate units per sd of the scores: see docs/benchmarks.md
 WARMUP_FILE, PLAN_FILE, LOSSES_FILE = "warmup.json", "plan.yaml", "losses.json"
 BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 
@@ -75,11 +77,14 @@ BENCH = "das-tune bench"  # how the bench's retrains were found (subnet.json)
 class SamplerMethod:
     """A bench method that searches with a registry sampler: the sampler, its fixed options and, for a race, the
     study fields that make it one (it runs the Ray Tune executor from the same warm-up instead of observing
-    subsets on the supernet)."""
+    subsets on the supernet); for DAS with a prior, the training-free method whose layer scores on the warm-up
+    supernet start its gates, at ``prior_scale`` gate units per standard deviation of the scores."""
 
     sampler: str
     options: dict[str, Any] = field(default_factory=dict)
     race: dict[str, Any] = field(default_factory=dict)
+    prior: str | None = None
+    prior_scale: float = 0.0
 
 
 # Sampler methods other than a registry sampler with its defaults. "das" is the reference rule even when the
@@ -87,13 +92,16 @@ class SamplerMethod:
 # ``ray.num_trials`` distinct subsets, drawn uniformly (DAS's policy with them all in one round, so no gate has
 # moved when they are drawn), each trained ``ray.steps_per_trial`` steps from the warm-up state while ASHA stops
 # the worse ones at its rungs; the best subset that trained every step is the pick. Its budget is the study's
-# ``ray`` section.
+# ``ray`` section. "das_angular" is DAS whose gates start from the angular distances of the warm-up supernet
+# (standardised advantages, so that its few observations can overrule the prior).
 NAMED_SAMPLERS: dict[str, SamplerMethod] = {
     "das": SamplerMethod("das", {"standardize": False}),
     "das_std": SamplerMethod("das", {"standardize": True}),
+    "das_angular": SamplerMethod("das", {"standardize": True}, prior="angular", prior_scale=PRIOR_SCALE),
     "asha": SamplerMethod("das", {"standardize": False}, race={"search.executor": "ray", "ray.scheduler": "asha"}),
 }
 RACES = tuple(name for name, method in NAMED_SAMPLERS.items() if method.race)
+PRIORED = tuple(name for name, method in NAMED_SAMPLERS.items() if method.prior)
 DEFAULT_SAMPLERS = ("das", "das_std", "random", "tpe")
 
 
@@ -166,9 +174,10 @@ class Plan:
     reference: tuple[frozenset[str], ...]
     warnings: tuple[str, ...]
 
-    def spec(self, seed: int, sampler: str = "das", **fields: Any) -> StudySpec:
+    def spec(self, seed: int, sampler: str = "das", options: dict[str, Any] | None = None, **fields: Any) -> StudySpec:
+        """The study of one (sampler, seed); ``options`` are added to the sampler method's own (a prior's gates)."""
         method = sampler_of(sampler) or SamplerMethod(sampler)
-        name, options = method.sampler, method.options
+        name, options = method.sampler, {**method.options, **(options or {})}
         if method.race:
             fields = {**method.race, "search.round_size": self.base.ray.num_trials, **fields}
         overrides = {
@@ -457,7 +466,12 @@ def _search(
     p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: OpenedStorage, reporter: Reporter
 ) -> SearchRecord:
     """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
-    spec = p.spec(seed, sampler)
+    method = sampler_of(sampler)
+    if method.prior:  # scored on the warm-up supernet, which is deterministic: a resumed search gets the same gates
+        scores, _, _ = warm_layer_scores(p, method.prior, parts, warm)
+        spec = p.spec(seed, sampler, {"initial_gates": prior_gates(scores, method.prior_scale)})
+    else:
+        spec = p.spec(seed, sampler)
     with runner.exclusive(spec, opened):
         check_not_foreign(spec, opened)
         save_spec(spec)

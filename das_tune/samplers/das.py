@@ -2,7 +2,8 @@
 
 The policy (Wu et al., 2023, as the reference code runs it)
 -----------------------------------------------------------
-* one gate per candidate layer, 0 at the start; p_i = sigmoid(gate_i) is "how skippable" layer i is;
+* one gate per candidate layer, 0 at the start (or a prior's value, see ``initial_gates``); p_i = sigmoid(gate_i)
+  is "how skippable" layer i is;
 * a trial skips ``num_skip`` layers drawn without replacement with probability ∝ p;
 * trials come in *rounds* of ``round_size`` (K) trials whose subsets are distinct;
 * once a round is observed, each trial k gets a reward r_k (exp(-value) for a minimised value),
@@ -48,7 +49,7 @@ the same search space every other sampler explores.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def prior_gates(scores: Mapping[str, float], scale: float) -> dict[str, float]:
+    """Initial gates from per-layer skippability ``scores`` (higher: skip first): their z-scores times ``scale``,
+    so that the prior's strength is ``scale`` gate units per standard deviation whatever the score's units."""
+    values = np.array(list(scores.values()), dtype=float)
+    spread = values.std()
+    z = (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+    return {name: float(scale * v) for name, v in zip(scores, z)}
+
+
 class DASSampler(BaseSampler):
     """Samples the skip keys of ``space`` with DAS's policy; other parameters go to ``fallback``.
 
@@ -91,6 +101,8 @@ class DASSampler(BaseSampler):
             short searches end where they began; standardised advantages make every round count.
         fallback: sampler for parameters that are not skip keys (default: independent TPE with the
             same seed; independent because it keeps the per-trial overhead flat in long studies).
+        initial_gates: ``{layer: gate}`` before the first round (layers left out start at 0, the reference's
+            start): a prior such as a training-free score (see ``prior_gates``) that the observations then move.
     """
 
     def __init__(
@@ -103,9 +115,16 @@ class DASSampler(BaseSampler):
         reward: Reward | None = None,
         standardize: bool = False,
         fallback: BaseSampler | None = None,
+        initial_gates: Mapping[str, float] | None = None,
     ) -> None:
         if round_size < 1:
             raise ValueError(f"round_size: expected an integer ≥ 1, got {round_size}")
+        unknown = sorted(set(initial_gates or {}) - set(space.candidates))
+        if unknown:
+            raise ValueError(f"initial_gates: {unknown} are not candidates of {space.label}")
+        start = np.array([float((initial_gates or {}).get(name, 0.0)) for name in space.candidates])
+        if not np.isfinite(start).all():
+            raise ValueError("initial_gates: expected finite numbers")
         self.space = space
         self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
         self.round_size = round_size
@@ -113,6 +132,7 @@ class DASSampler(BaseSampler):
         self.reward = reward
         self.standardize = standardize
         self.fallback = fallback if fallback is not None else TPESampler(seed=self.seed, multivariate=False)
+        self.initial_gates = start
         self._cache: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -132,9 +152,9 @@ class DASSampler(BaseSampler):
         return dict(zip(self.space.candidates, p.tolist()))
 
     def gate_history(self, study: Study) -> np.ndarray:
-        """Row r: the gates after the first r rounds (row 0: zeros); the last row is ``gates``."""
+        """Row r: the gates after the first r rounds (row 0: the initial gates); the last row is ``gates``."""
         trials = study._get_trials(deepcopy=False, use_cache=False)
-        rows = [np.zeros(len(self.space.candidates))]
+        rows = [self.initial_gates.copy()]
         self._replay(study, trials, history=rows)
         return np.array(rows)
 
@@ -241,9 +261,8 @@ class DASSampler(BaseSampler):
         With ``history``, the replay starts from zero and appends the gates after every round slot.
         """
         cache_key = (study.study_name, study._study_id)
-        done, cached = (0, np.zeros(len(self.space.candidates))) if history is not None else self._cache.get(
-            cache_key, (0, np.zeros(len(self.space.candidates)))
-        )
+        start = (0, self.initial_gates)
+        done, cached = start if history is not None else self._cache.get(cache_key, start)
         gates = cached.copy()
         reward = self.reward or _default_reward(study.directions[0])
         prefix_intact = history is None
