@@ -56,7 +56,8 @@ def noisy_objective(space):
     return objective
 
 
-@pytest.mark.parametrize("options", [{}, {"standardize": True, "round_size": 4, "lr": 0.5}])
+@pytest.mark.parametrize("options", [{}, {"standardize": True, "round_size": 4, "lr": 0.5},
+                                     {"standardize": True, "initial_gates": {LAYERS[0]: -1.0, LAYERS[-1]: 1.5}}])
 def test_same_trials_as_das_tunes_sampler(hub, options):
     ours_space = SkipSpace(candidates=LAYERS, num_skip=2)
     hub_space = hub.SkipSpace(candidates=LAYERS, num_skip=2)

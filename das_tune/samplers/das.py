@@ -121,7 +121,7 @@ class DASSampler(BaseSampler):
             raise ValueError(f"round_size: expected an integer ≥ 1, got {round_size}")
         unknown = sorted(set(initial_gates or {}) - set(space.candidates))
         if unknown:
-            raise ValueError(f"initial_gates: {unknown} are not candidates of {space.label}")
+            raise ValueError(f"initial_gates: {unknown} are not candidates of the space")
         start = np.array([float((initial_gates or {}).get(name, 0.0)) for name in space.candidates])
         if not np.isfinite(start).all():
             raise ValueError("initial_gates: expected finite numbers")

@@ -165,6 +165,8 @@ class DASSampler(BaseSampler):
             short searches end where they began; standardised advantages make every round count.
         fallback: sampler for parameters that are not skip keys (default: independent TPE with the
             same seed; independent because it keeps the per-trial overhead flat in long studies).
+        initial_gates: ``{layer: gate}`` before the first round (layers left out start at 0, the reference's
+            start): a prior such as a training-free score that the observations then move.
     """
 
     # Copied from das_tune.samplers.das.DASSampler.__init__
@@ -178,9 +180,18 @@ class DASSampler(BaseSampler):
         reward: Reward | None = None,
         standardize: bool = False,
         fallback: BaseSampler | None = None,
+        initial_gates: Mapping[str, float] | None = None,
     ) -> None:
         if round_size < 1:
             raise ValueError(f"round_size: expected an integer ≥ 1, got {round_size}")
+        unknown = sorted(set(initial_gates or {}) - set(space.candidates))
+        if unknown:
+            raise ValueError(f"initial_gates: {unknown} are not candidates of the space")
+        start = np.array(
+            [float((initial_gates or {}).get(name, 0.0)) for name in space.candidates]
+        )
+        if not np.isfinite(start).all():
+            raise ValueError("initial_gates: expected finite numbers")
         self.space = space
         self.seed = (
             int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
@@ -192,6 +203,7 @@ class DASSampler(BaseSampler):
         self.fallback = (
             fallback if fallback is not None else TPESampler(seed=self.seed, multivariate=False)
         )
+        self.initial_gates = start
         self._cache: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
 
     # Copied from das_tune.samplers.das.DASSampler.__getstate__
@@ -214,11 +226,11 @@ class DASSampler(BaseSampler):
         return dict(zip(self.space.candidates, p.tolist()))
 
     def gate_history(self, study: Study) -> np.ndarray:
-        """Row r: the gates after the first r rounds (row 0: zeros); the last row is ``gates``."""
+        """Row r: the gates after the first r rounds (row 0: the initial gates); the last row is ``gates``."""
         trials = study._get_trials(deepcopy=False, use_cache=False)
         reward = self.reward or _default_reward(study.direction)
         k = self.round_size
-        gates = np.zeros(len(self.space.candidates))
+        gates = self.initial_gates.copy()
         rows = [gates.copy()]
         for start in range(0, len(trials) - k + 1, k):
             members = trials[start : start + k]
@@ -323,7 +335,7 @@ class DASSampler(BaseSampler):
     def _replay(self, study: Study, trials: list[FrozenTrial]) -> np.ndarray:
         """Gates after applying every settled round in round order (cached settled prefix)."""
         cache_key = (study.study_name, study._study_id)
-        done, cached = self._cache.get(cache_key, (0, np.zeros(len(self.space.candidates))))
+        done, cached = self._cache.get(cache_key, (0, self.initial_gates))
         gates = cached.copy()
         reward = self.reward or _default_reward(study.direction)
         prefix_intact = True
