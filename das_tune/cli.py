@@ -174,8 +174,8 @@ BENCH_NUM_SKIP_HELP = (
 BENCH_SAMPLERS_HELP = (
     f"Comma-separated samplers (searches on one supernet): {', '.join(SAMPLER_NAMES)}, or das_std (DAS with standardised advantages; "
     "das is the reference rule), das_angular (das_std whose gates start from the angular distances of the warm-up "
-    "supernet), or asha (ASHA of Ray Tune racing short trainings of distinct subsets; budget: the ray "
-    "section of the study); with a range also das_per_size."
+    "supernet; das_angular@1: a prior of 1 gate unit per sd of the distances), or asha (ASHA of Ray Tune racing short "
+    "trainings of distinct subsets; budget: the ray section of the study); with a range also das_per_size."
 )
 BENCH_METHODS_HELP = "Comma-separated training-free methods: block_influence, angular, last_k, first_k ('' for none)."
 BENCH_SEEDS_HELP = "Search seeds: a count (5: seeds 0-4), a range (5-9) or a list (0,3,7); later pieces add to the same results."

@@ -371,6 +371,7 @@ def test_bench_on_a_journal_file_storage(tmp_path):
 def test_bench_rejects_bad_input_before_running(tmp_path):
     for args, message in [
         (["--space", "minilm_vqa", "--samplers", "das,nope"], "nope"),
+        (["--space", "minilm_vqa", "--samplers", "das_angular@-1"], "das_angular@1, above 0"),
         (["--space", "minilm_vqa", "--set", "num_skip=1"], "observe 18 subsets of only 6"),
         (["--space", "minilm_vqa", "--seeds", "3-x"], "--seeds"),
         (["--space", "minilm_vqa", "--ground-truth", "--retrain-seeds", "1"], "--retrain-seeds"),
@@ -710,8 +711,20 @@ def test_das_angular_starts_its_gates_from_the_angular_scores_of_the_warm_up(tmp
     assert len(set(recorded["initial_gates"].values())) > 1  # a prior that says something
 
 
-def test_a_prior_method_is_refused_on_a_range():
+def test_a_prior_method_takes_its_strength_after_an_at_sign():
+    from das_tune.bench.runs import PRIOR_SCALE, sampler_of
+
+    assert sampler_of("das_angular").prior_scale == PRIOR_SCALE
+    assert sampler_of("das_angular@0.25") == dataclasses.replace(sampler_of("das_angular"), prior_scale=0.25)
+    refused = ("das_angular@0", "das_angular@-1", "das_angular@inf", "das_angular@x", "das_std@1", "random@1")
+    assert [sampler_of(m) for m in refused] == [None] * len(refused)
+    p = plan(BenchConfig(study="easyvqa_minilm", samplers=("das_angular@2",), overrides={"tiny": True, "search.search_epochs": 1}))
+    assert p.spec(0, "das_angular@2").resolved_study_name == "easyvqa_minilm-das_angular@2-seed0"
+
+
+@pytest.mark.parametrize("method", ["das_angular", "das_angular@1"])
+def test_a_prior_method_is_refused_on_a_range(method):
     from das_tune.bench.ladder import plan_ladder
 
     with pytest.raises(UserError, match="das_angular.*one num_skip"):
-        plan_ladder(BenchConfig(study="easyvqa_minilm", samplers=("das_angular",), overrides={"tiny": True, "num_skip": "1-2"}))
+        plan_ladder(BenchConfig(study="easyvqa_minilm", samplers=(method,), overrides={"tiny": True, "num_skip": "1-2"}))

@@ -35,7 +35,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,15 +101,28 @@ NAMED_SAMPLERS: dict[str, SamplerMethod] = {
     "asha": SamplerMethod("das", {"standardize": False}, race={"search.executor": "ray", "ray.scheduler": "asha"}),
 }
 RACES = tuple(name for name, method in NAMED_SAMPLERS.items() if method.race)
-PRIORED = tuple(name for name, method in NAMED_SAMPLERS.items() if method.prior)
 DEFAULT_SAMPLERS = ("das", "das_std", "random", "tpe")
 
 
 def sampler_of(method: str) -> SamplerMethod | None:
-    """What a sampler method runs, or None if it is not one."""
+    """What a sampler method runs, or None if it is not one. A method with a prior takes another strength after
+    an ``@`` (``das_angular@1``: one gate unit per standard deviation of the scores)."""
+    name, at, scale = method.partition("@")
+    if at:
+        prior = NAMED_SAMPLERS.get(name)
+        strength = _positive_float(scale)
+        return replace(prior, prior_scale=strength) if prior and prior.prior and strength else None
     if method in NAMED_SAMPLERS:
         return NAMED_SAMPLERS[method]
     return SamplerMethod(method) if method in SAMPLERS else None
+
+
+def _positive_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < math.inf else None
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,7 @@ def plan(config: BenchConfig) -> Plan:
     if unknown:
         raise UserError(
             f"unknown sampler/method {unknown}: expected samplers from {', '.join(dict.fromkeys([*NAMED_SAMPLERS, *SAMPLERS]))} "
+            "(a prior's strength after an @: das_angular@1, above 0) "
             f"and methods from {', '.join(METHODS)}"
         )
     # the default reference falls back to the first method when it does not run; one asked for must run
