@@ -33,6 +33,7 @@ def config_of(out: Path) -> BenchConfig:
                    "num_skip": results.num_skip, "storage": results.storage},
         out=out, supernet_budgets=tuple(SupernetBudget(b.steps, b.supernets) for b in budgets),
         supernet_seeds=tuple(sorted({s for b in budgets for s in b.seeds})) or None,
+        reference=results.reference,
     )
 
 

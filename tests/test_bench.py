@@ -560,6 +560,16 @@ def test_recollect_rebuilds_a_committed_bench_from_its_folder(tmp_path):
     assert set(before["warnings"]) <= set(after["warnings"]) and (out / "picks.png").is_file()
 
 
+def test_recollect_keeps_the_method_a_bench_was_judged_by(tmp_path):
+    committed = ROOT / "bench" / "minilm_vqa_sublayers-skip11-warm300-race-seeds10-19"  # judged by the race, not das
+    out = tmp_path / "bench" / committed.name
+    shutil.copytree(committed, out, ignore=shutil.ignore_patterns("*.png"))
+    recollect.recollect(out)
+    before, after = (json.loads(path.read_text()) for path in (committed / "results.json", out / "results.json"))
+    assert after["reference"] == before["reference"] == "asha"
+    assert after["paired_tests"] == before["paired_tests"] and after["verdict"] == before["verdict"]
+
+
 def test_committed_supernet_losses_rebuild_their_rankings(tmp_path):
     """A supernets bench commits its uniform supernets' losses (runs/*/losses.json): a clone recomputes every
     budget's ranking from them, the ensemble's included, and gets the committed figures."""

@@ -437,7 +437,8 @@ def markdown(results: BenchResults, plots: list[str]) -> str:
         *([] if b.race is None else ["", race_line(b.race)]),
         "",
         "Cells: median [quartiles] (min–max) over seeds. Training steps and wall-clock: the shared warm-up, the search "
-        "and one retrain. Paired test: exact sign-flip permutation on the retrained metric, paired by seed.",
+        "and one retrain. Paired test: sign-flip permutation on the retrained metric, paired by seed (exact, or a seeded "
+        "Monte Carlo sample of the sign patterns where many pairs differ: each test's name says which).",
     ]
     lines += ["", *(f"**Warning:** {w}" for w in results.warnings)] if results.warnings else []
     gt, top = results.ground_truth, fmt(results.top_percent)
