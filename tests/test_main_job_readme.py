@@ -35,6 +35,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "which-search": "README.md",
     "race-replication": "docs/benchmarks.md",
     "thirty-seeds": "docs/benchmarks.md",
+    "angular-prior": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
@@ -202,7 +203,8 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     bench = ROOT / "bench"
     folders = ("minilm_vqa_sublayers-skip11", "minilm_vqa_sublayers-skip11-warm300", "minilm_vqa_sublayers-skip11-warm300-obs4")
     if marker == "which-search":  # README's paragraph also quotes the race's replication on fresh seeds
-        folders += ("minilm_vqa_sublayers-skip11-warm300-race-seeds10-19", "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59")
+        folders += ("minilm_vqa_sublayers-skip11-warm300-race-seeds10-19", "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59",
+                    "minilm_vqa_sublayers-skip11-warm300-obs4-angular-seeds30-59")
     results = [json.loads((bench / f / "results.json").read_text()) for f in folders]
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
@@ -221,6 +223,9 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     for bench_results in results:  # DAS's picks in the good set, at each search budget
         das = bench_results["verdict"]["good_counts"]["das"]
         assert f"{das['good']} of {das['seeds']} seeds" in text
+    if marker == "which-search":
+        prior = results[-1]["verdict"]["good_counts"]["das_angular"]
+        assert f"`das_angular`, in the good set at {prior['good']} of {prior['seeds']} fresh seeds" in " ".join(text.split())
 
 
 def paired_from_runs(results: dict, method: str, other: str) -> dict:
@@ -285,6 +290,41 @@ def test_the_thirty_seeds_section_is_quoted_from_its_benches():
     flat = " ".join(text.split())
     assert (f"at the {len(high)} seeds whose supernet AUC is at least 0.8, DAS is in the good set at {das_high} and random "
             f"search at {rnd_high}; at the {len(low)} below 0.5, DAS at {das_low} and random search at {rnd_low}") in flat
+
+
+def test_the_angular_prior_section_is_quoted_from_its_benches():
+    """The prior's default strength is the one its stated rule picks on the tuning seeds, and the section's counts,
+    paired test and kept blocks are those of the pre-registered bench on seeds 30-59, whose das and random picks are
+    the thirty-seeds bench's."""
+    from das_tune.bench.runs import PRIOR_SCALE
+
+    bench = ROOT / "bench"
+    tuning, test, thirty = (json.loads((bench / f / "results.json").read_text()) for f in (
+        "minilm_vqa_sublayers-skip11-warm300-obs4-prior-scales-seeds0-19", "minilm_vqa_sublayers-skip11-warm300-obs4-angular-seeds30-59",
+        "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59"))
+    tuned = {m: c["good"] for m, c in tuning["verdict"]["good_counts"].items()}
+    scales = {float(m.partition("@")[2]): good for m, good in tuned.items() if m.startswith("das_angular@")}
+    assert tuning["seeds"] == list(range(20)) and sorted(scales) == [0.25, 0.5, 1, 2]
+    assert min(scales, key=lambda k: (-scales[k], k)) == PRIOR_SCALE  # the most in the good set, ties to the smaller
+    (text,) = sections("angular-prior")
+    flat = " ".join(text.split())
+    assert (f"das_angular@0.25 is in the good set at {scales[0.25]}, @0.5 at {scales[0.5]}, @1 at {scales[1]}, @2 at "
+            f"{scales[2]} (DAS with standardised advantages alone at {tuned['das_std']}, angular alone at {tuned['angular']})") in flat
+    counts, versus = test["verdict"]["good_counts"], test["paired_tests"]["random"]
+    assert test["seeds"] == list(range(30, 60)) and test["reference"] == "das_angular"
+    assert f"in the good set at {counts['das_angular']['good']} of 30 seeds, random search at {counts['random']['good']} of 30" in flat
+    assert f"das_angular − random Δ {versus['mean_diff']:.4g}, p = {versus['p_value']:.4g}" in flat and versus["p_value"] >= 0.05
+    kept = [next(c for c in test["candidates"] if c not in r["chosen"]) for r in test["runs"] if r["method"] == "angular"]
+    assert f"angular alone keeps F5 at {kept.count('F5')} of 30 seeds (in the good set at {counts['angular']['good']} of 30)" in flat
+    chosen = [next(c for c in test["candidates"] if c not in r["chosen"]) for r in test["runs"] if r["method"] == "das_angular"]
+    assert set(chosen) == {"A5", "F5"} and f"choose A5, the best subset, at {chosen.count('A5')} seeds" in flat
+    def picks(results):
+        return {(r["method"], r["seed"]): r["chosen"] for r in results["runs"] if r["method"] in ("das", "random")}
+
+    assert len(picks(test)) == 60 and picks(test) == picks(thirty)
+    values = [*leaves(tuning), *leaves(test), *scales, kept.count("F5"), chosen.count("A5"), 0, 19, 30, 59]
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the angular-prior section that are not in its benches: {strays}"
 
 
 def test_the_supernet_ensemble_section_is_quoted_from_its_benches():
