@@ -586,6 +586,21 @@ def test_committed_supernet_losses_rebuild_their_rankings(tmp_path):
     assert after["600"]["seeds"] == list(range(9)) and after["600"] != before["600"]
 
 
+def test_balanced_supernets_are_found_under_their_draws_name(tmp_path):
+    """A budget supernet's folder is named by its draw (``-balanced300-``): a clone of a balanced bench rebuilds its
+    rankings from the losses in those folders."""
+    committed = ROOT / "bench" / "minilm_vqa_sublayers-skip11-balanced"
+    out = tmp_path / "bench" / committed.name
+    shutil.copytree(committed, out, symlinks=True, ignore=shutil.ignore_patterns("*.png"))
+    (out / "retrain").unlink()
+    (out / "retrain").symlink_to((committed / "retrain").resolve())
+    assert {p.name.split("-")[1] for p in (out / "runs").iterdir()} == {"balanced300"}
+    shutil.rmtree(out / "runs" / "easyvqa_minilm_sublayers-balanced300-seed9")  # read from the folders, not kept
+    recollect.recollect(out)
+    before, after = (json.loads(path.read_text())["supernet_budgets"]["300"] for path in (committed / "results.json", out / "results.json"))
+    assert before["seeds"] == list(range(10)) and after["seeds"] == list(range(9))
+
+
 def test_picks_plot_and_summary_on_hand_made_results(tmp_path):
     from das_tune.artifacts.results import BenchResults, GroundTruth, Retrained
     from das_tune.bench import plots

@@ -370,7 +370,7 @@ def test_the_balanced_warm_up_section_is_quoted_from_its_benches():
 
     def aucs(folder: Path) -> list[float]:
         truth = GroundTruth.model_validate(results[folder]["ground_truth"])
-        files = sorted((folder / "runs").glob("*-uniform300-seed*/losses.json"), key=lambda f: int(f.parent.name.rpartition("seed")[2]))
+        files = sorted((folder / "runs").glob("*[a-z]300-seed*/losses.json"), key=lambda f: int(f.parent.name.rpartition("seed")[2]))
         return [supernet_ranking(json.loads(f.read_text())["losses"], truth).separation_auc for f in files]
 
     sub_balanced, sub_uniform = (aucs(f) for f in pairs["minilm_vqa_sublayers-skip11"])

@@ -513,9 +513,10 @@ def search_steps(p: Plan, spec: StudySpec, study: optuna.Study) -> int:
 
 
 def budget_spec(p: Plan, seed: int, steps: int) -> StudySpec:
-    """A uniform supernet of about ``steps`` training steps (whole epochs of the study's), in its own folder."""
+    """A supernet of about ``steps`` training steps (whole epochs of the study's; random subnets drawn as
+    ``search.warmup_draw`` says, which names its folder), in its own folder."""
     epochs = max(1, math.ceil(steps / p.steps_per_epoch))
-    return p.spec(seed, study_name=f"{p.base.name}-uniform{steps}-seed{seed}", **{"search.warmup_epochs": epochs})
+    return p.spec(seed, study_name=f"{p.base.name}-{p.base.search.warmup_draw}{steps}-seed{seed}", **{"search.warmup_epochs": epochs})
 
 
 def budget_losses_path(p: Plan, seed: int, steps: int) -> Path:
