@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from das_tune.artifacts.results import BenchResults, LadderResults, PairedTest
+from das_tune.artifacts.results import BenchResults, GoodCount, LadderResults, PairedTest
 from das_tune.bench.report import fmt, truth_summary, verdict_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,16 +119,22 @@ def verdict_block(results: BenchResults) -> str:
 
 
 def overview_block(benches: dict[str, Results]) -> str:
-    header = ["bench", "skip", "rankable (sd, goal 5)", "judged method: picks in the good set", "random's", "judged − random"]
+    header = ["bench", "skip", "rankable (sd, goal 5)", "judged method: picks in the good set", "its supernet's own pick",
+              "random's", "judged − random"]
     rows = []
     for folder, results in benches.items():
         if not isinstance(results, BenchResults) or results.verdict is None or "random" not in results.paired_tests:
             continue
         counts, judged = results.verdict.good_counts, results.reference
         rows.append([f"`{Path(folder).name}`", f"{results.num_skip} of {results.num_candidates}", fmt(results.ground_truth.rankable),
-                     f"{judged} {counts[judged].good} of {counts[judged].seeds}", f"{counts['random'].good} of {counts['random'].seeds}",
+                     f"{judged} {counts[judged].good} of {counts[judged].seeds}", own_supernet(results.verdict.supernet_picks),
+                     f"{counts['random'].good} of {counts['random'].seeds}",
                      versus(results.paired_tests["random"])])
     return table(header, rows)
+
+
+def own_supernet(picks: GoodCount | None) -> str:
+    return "—" if picks is None else f"{picks.good} of {picks.seeds}"
 
 
 def load(document: dict) -> Results:

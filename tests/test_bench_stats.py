@@ -51,8 +51,10 @@ def test_the_verdict_checks_the_reference_methods_goals():
     from das_tune.artifacts.results import GroundTruth, PairedTest
     from das_tune.bench import report
 
-    def runs(method, good):  # one run per seed, its pick in the good set or not
-        return [SimpleNamespace(method=method, good=g) for g in good]
+    def runs(method, good, nets=None):  # one run per seed, its pick (and its supernet's own pick) in the good set or not
+        nets = nets or [None] * len(good)
+        return [SimpleNamespace(method=method, good=g, supernet_ranking=n and SimpleNamespace(top_in_good=n == "good"))
+                for g, n in zip(good, nets)]
 
     def test(mean_diff, p_value):
         return PairedTest(test="paired", n=10, mean_diff=mean_diff, p_value=p_value)
@@ -75,3 +77,15 @@ def test_the_verdict_checks_the_reference_methods_goals():
     flat = GroundTruth.model_construct(rankable=2.0, rankable_goal=5.0)
     assert not report.verdict(done, flat, "das", paired).rankable
     assert report.verdict(done, GroundTruth.model_construct(rankable=None), "das", paired) is None
+    assert v.supernet_picks is None  # no supernet rankings
+    nets = ["good"] * 6 + ["bad"] * 3 + [None]  # the last seed's supernet ranked nothing
+    counted = report.verdict(runs("das", [True] * 10, nets) + runs("random", [False] * 10, ["bad"] * 10), truth, "das", {})
+    assert (counted.supernet_picks.good, counted.supernet_picks.seeds) == (6, 9)  # the reference's supernets only
+
+
+def test_top_in_good_is_whether_the_best_scored_subset_is_good():
+    assert stats.top_in_good([0.2, 0.9, 0.5], [False, True, False]) is True
+    assert stats.top_in_good([0.2, 0.9, 0.5], [True, False, True]) is False
+    assert stats.top_in_good([0.9, 0.9, 0.5], [True, False, True]) is False  # a tie for the best: both must be good
+    assert stats.top_in_good([0.9, 0.9, 0.5], [True, True, False]) is True
+    assert stats.top_in_good([], []) is None

@@ -224,6 +224,8 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
         das = bench_results["verdict"]["good_counts"]["das"]
         assert f"{das['good']} of {das['seeds']} seeds" in text
     if marker == "which-search":
+        nets = results[-2]["verdict"]["supernet_picks"]  # the thirty-seeds bench
+        assert f"own supernet has its lowest loss in the good set at {nets['good']} of {nets['seeds']} fresh" in " ".join(text.split())
         prior = results[-1]["verdict"]["good_counts"]["das_angular"]
         assert f"`das_angular`, in the good set at {prior['good']} of {prior['seeds']} fresh seeds" in " ".join(text.split())
 
@@ -281,6 +283,9 @@ def test_the_thirty_seeds_section_is_quoted_from_its_benches():
     assert thirty["seeds"] == list(range(30, 60)) and "Monte Carlo" in test["test"]
     assert f"DAS is in the good set at {counts['das']['good']} of 30 seeds and random search at {counts['random']['good']} of 30" in text
     assert test["mean_diff"] < 0 and test["p_value"] >= 0.05 and "No: DAS is in the good set" in text
+    nets = thirty["verdict"]["supernet_picks"]
+    assert f"has its lowest loss in the good set at {nets['good']} of {nets['seeds']} seeds" in " ".join(text.split())
+    assert nets["good"] < 24 and "fewer than the goal's 24" in text
     auc = thirty["summary"]["das"]["supernet_auc"]  # the supernet's ranking over the 30 seeds: median, lower quartile
     assert f"median AUC of {auc['median']:.4f}, and below {auc['q25']:.4f} at a quarter of them" in text
     good = {(r["method"], r["seed"]): r["good"] for r in thirty["runs"]}

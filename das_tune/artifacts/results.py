@@ -135,6 +135,8 @@ class Ranking(_Result):
     sparse_kendall_tau: float | None = Field(default=None, description="τ over the pairs the truth orders beyond the retrain noise")
     separation_auc: float | None = Field(default=None, description="chance a good-set subset ranks above one outside it")
     top3_recall: float | None = Field(default=None, description="share of the 3 best-ranked among the 3 truly best")
+    top_in_good: bool | None = Field(default=None, description="the best-ranked subset is in the good set (the pick of "
+                                     "this ordering when every subset is scored)")
 
 
 class Warmup(_Result):
@@ -320,6 +322,9 @@ class Verdict(_Result):
     good_counts: dict[str, GoodCount]
     reference: str
     goals: list[GoalCheck]
+    supernet_picks: GoodCount | None = Field(
+        default=None, description="seeds at which the reference method's own supernet, scoring every reference subset, would pick "
+        "one in the good set (its lowest loss)")
 
 
 class BenchResults(_Result):

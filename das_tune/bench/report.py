@@ -238,6 +238,7 @@ def supernet_ranking(losses: dict[str, float], truth: GroundTruth | None) -> Ran
         kendall_tau=stats.kendall_tau(scores, values), spearman_rho=stats.spearman_rho(scores, values), n=len(keys),
         sparse_kendall_tau=stats.sparse_kendall_tau(scores, values, tie=stats.GOOD_WIDTH * truth.noise_std),
         separation_auc=stats.separation_auc(scores, [k in good for k in keys]), top3_recall=stats.top_k_recall(scores, values, 3),
+        top_in_good=stats.top_in_good(scores, [k in good for k in keys]),
     )
 
 
@@ -306,7 +307,10 @@ def verdict(runs: list[RunResult], truth: GroundTruth | None, reference: str, pa
             if (t := paired.get(other)) is not None:
                 met = _significant(t, ahead=True) if kind == "ahead_of" else not _significant(t, ahead=False)
                 goals.append(GoalCheck(kind=kind, other=other, target=SIGNIFICANT, met=met, mean_diff=t.mean_diff, p_value=t.p_value))
-    return Verdict(rankable=truth.rankable >= truth.rankable_goal, good_counts=counts, reference=reference, goals=goals)
+    nets = [r.supernet_ranking.top_in_good for r in runs if r.method == reference and r.supernet_ranking]
+    nets = [good for good in nets if good is not None]
+    return Verdict(rankable=truth.rankable >= truth.rankable_goal, good_counts=counts, reference=reference, goals=goals,
+                   supernet_picks=GoodCount(good=sum(nets), seeds=len(nets)) if nets else None)
 
 
 def _significant(test: PairedTest, ahead: bool) -> bool:
@@ -517,6 +521,10 @@ def verdict_lines(results: BenchResults) -> list[str]:
     if v.goals:
         own = v.good_counts[v.reference]
         lines.append(f"{v.reference}, the reference method: " + "; ".join(_goal_text(g, own) for g in v.goals) + ".")
+    if v.supernet_picks is not None:
+        nets = v.supernet_picks
+        lines.append(f"{v.reference}'s own supernet, scoring every reference subset, would pick one in the good set at "
+                     f"{fmt(nets.good)} of {fmt(nets.seeds)} seeds (its lowest loss).")
     return lines
 
 

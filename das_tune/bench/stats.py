@@ -105,6 +105,15 @@ def separation_auc(scores: Sequence[float], good: Sequence[bool]) -> float | Non
     return wins / (len(ups) * len(downs))
 
 
+def top_in_good(scores: Sequence[float], good: Sequence[bool]) -> bool | None:
+    """Whether the best-scored subset is in the good set (every subset tied for the best score must be): what an
+    ordering picks when every subset is scored; None without subsets."""
+    if not scores:
+        return None
+    best = max(scores)
+    return all(g for s, g in zip(scores, good) if s == best)
+
+
 def top_k_recall(scores: Sequence[float], truth: Sequence[float], k: int = 3) -> float:
     """The share of the ``k`` best-scored subsets that are among the true ``k`` best (a subset tied with the
     true k-th best counts as among them)."""
