@@ -82,7 +82,7 @@ def plan_ladder(config: BenchConfig) -> Plan:
     unknown = [s for s in samplers if sampler_of(s) is None] + [m for m in config.methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown sampler/method {unknown} (a range also takes {PER_SIZE}: DAS searching each size on its own)")
-    priored = [s for s in samplers if sampler_of(s) and sampler_of(s).prior]
+    priored = [s for s in samplers if sampler_of(s).prior]
     if priored:
         raise UserError(f"{priored}: a prior from training-free scores is benchmarked on one num_skip, not a range")
     single = [s for s in samplers if sampler_of(s).sampler in SINGLE_OBJECTIVE]

@@ -480,12 +480,11 @@ def _search(
     p: Plan, seed: int, sampler: str, parts: Components, warm: Warmup, opened: OpenedStorage, reporter: Reporter
 ) -> SearchRecord:
     """One sampler's search from the shared warm-up checkpoint (resumed if it was interrupted)."""
-    method = sampler_of(sampler)
+    method, options = sampler_of(sampler), None
     if method.prior:  # scored on the warm-up supernet, which is deterministic: a resumed search gets the same gates
         scores, _, _ = warm_layer_scores(p, method.prior, parts, warm)
-        spec = p.spec(seed, sampler, {"initial_gates": prior_gates(scores, method.prior_scale)})
-    else:
-        spec = p.spec(seed, sampler)
+        options = {"initial_gates": prior_gates(scores, method.prior_scale)}
+    spec = p.spec(seed, sampler, options)
     with runner.exclusive(spec, opened):
         check_not_foreign(spec, opened)
         save_spec(spec)
