@@ -7,11 +7,12 @@ A block is ``<!-- bench-table: bench/<folder> -->`` … ``<!-- /bench-table -->`
 a sampler bench (one num_skip), or a ladder bench's (a range of num_skip) with its paired tests, cost ratio,
 percentiles and, where a committed bench of one size holds every subset's retrains, its picks' values there;
 or, for a bench of ground truth alone (no method searched yet), every subset's retrains, the rankable check
-and the uniform supernets' rankings, as its results.md has them. A ``<!-- bench-verdict: bench/<folder> -->``
+and the budget supernets' rankings, as its results.md has them. A ``<!-- bench-verdict: bench/<folder> -->``
 block is a sampler bench's verdict: whether its space ranks, each method's picks in the good set and the
 reference method's goals, with a short table. The ``<!-- bench-overview: bench -->`` block is one row per
 committed bench with a verdict against random search: its space, the rankable check, the judged method's picks in
-the good set beside random search's, and their paired test.
+the good set, how often its own supernet's lowest loss is on a good subset, random search's picks, and their
+paired test.
 """
 
 from __future__ import annotations
