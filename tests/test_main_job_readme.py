@@ -363,19 +363,23 @@ def test_the_supernet_ensemble_section_is_quoted_from_its_benches():
     assert f"at {lowest.count(weakest)} of {len(lowest)} seeds" in text
 
 
-def test_the_balanced_thirty_seeds_section_is_quoted_from_its_benches():
-    """Its medians are the 30-seed balanced bench's, its counts of seeds those of the per-seed rankings recomputed from
-    the committed losses of both balanced benches, and its answer the one the goal gives."""
+def committed_rankings(folder: Path, steps: int = 300) -> list:
+    """The rankings of a bench's committed supernets of ``steps`` (runs/*<steps>-seed<k>/losses.json, by seed),
+    recomputed from their losses against the bench's ground truth."""
     from das_tune.artifacts.results import GroundTruth
     from das_tune.bench.report import supernet_ranking
 
+    truth = GroundTruth.model_validate(json.loads((folder / "results.json").read_text())["ground_truth"])
+    files = sorted((folder / "runs").glob(f"*[a-z]{steps}-seed*/losses.json"), key=lambda f: int(f.parent.name.rpartition("seed")[2]))
+    return [supernet_ranking(json.loads(f.read_text())["losses"], truth) for f in files]
+
+
+def test_the_balanced_thirty_seeds_section_is_quoted_from_its_benches():
+    """Its medians are the 30-seed balanced bench's, its counts of seeds those of the per-seed rankings recomputed from
+    the committed losses of both balanced benches, and its answer the one the goal gives."""
+
     bench = ROOT / "bench"
     fresh, first = (bench / f for f in ("minilm_vqa_sublayers-skip11-balanced-seeds30-59", "minilm_vqa_sublayers-skip11-balanced"))
-
-    def rankings(folder: Path):
-        truth = GroundTruth.model_validate(json.loads((folder / "results.json").read_text())["ground_truth"])
-        files = (folder / "runs").glob("*-balanced300-seed*/losses.json")
-        return [supernet_ranking(json.loads(f.read_text())["losses"], truth) for f in files]
 
     budget = json.loads((fresh / "results.json").read_text())["supernet_budgets"]["300"]
     assert budget["seeds"] == list(range(30, 60))
@@ -386,7 +390,7 @@ def test_the_balanced_thirty_seeds_section_is_quoted_from_its_benches():
     assert (f"median sparse τ {tau['median']:.4f} and median AUC {auc['median']:.4f} (lower quartile {auc['q25']:.4f})") in flat
     counts = []
     for folder, seeds in ((fresh, 30), (first, 10)):
-        ranked = rankings(folder)
+        ranked = committed_rankings(folder)
         assert len(ranked) == seeds
         counts.append([sum(r.separation_auc >= 0.8 for r in ranked), sum(r.separation_auc < 0.5 for r in ranked),
                        sum(r.top_in_good for r in ranked)])
@@ -401,8 +405,6 @@ def test_the_balanced_thirty_seeds_section_is_quoted_from_its_benches():
 def test_the_balanced_warm_up_section_is_quoted_from_its_benches():
     """Its numbers are those of the balanced and the uniform 300-step supernets (their results, or the paired test and
     per-seed AUCs recomputed from their committed losses), and its answers are the ones the medians give."""
-    from das_tune.artifacts.results import GroundTruth
-    from das_tune.bench.report import supernet_ranking
     from das_tune.bench.stats import paired_test
 
     bench = ROOT / "bench"
@@ -412,9 +414,7 @@ def test_the_balanced_warm_up_section_is_quoted_from_its_benches():
     values = [v for r in results.values() for v in leaves(r)]
 
     def aucs(folder: Path) -> list[float]:
-        truth = GroundTruth.model_validate(results[folder]["ground_truth"])
-        files = sorted((folder / "runs").glob("*[a-z]300-seed*/losses.json"), key=lambda f: int(f.parent.name.rpartition("seed")[2]))
-        return [supernet_ranking(json.loads(f.read_text())["losses"], truth).separation_auc for f in files]
+        return [r.separation_auc for r in committed_rankings(folder)]
 
     sub_balanced, sub_uniform = (aucs(f) for f in pairs["minilm_vqa_sublayers-skip11"])
     test = paired_test(sub_balanced, sub_uniform)
