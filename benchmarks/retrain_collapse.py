@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -36,17 +35,17 @@ from das_tune.training.components import build_components
 from das_tune.training.retrain import retrain
 
 OUT = Path(__file__).resolve().parent / "retrain_collapse"
-EPOCH_LINE = re.compile(r"retrain epoch (\d+): val \w+ ([0-9.]+), loss ([0-9.]+)")
 
 
 class CurveReporter(Reporter):
-    """Keeps what a retrain reports: the val metric and loss after every epoch, the mean training loss of each."""
+    """Prints what a retrain reports and keeps the mean training loss of every epoch."""
 
     def __init__(self) -> None:
-        self.val: list[float] = []
-        self.val_loss: list[float] = []
         self.train_loss: list[float] = []
         self._losses: list[float] = []
+
+    def phase(self, name: str, total: int) -> None:  # a retrain starts each epoch with a phase
+        self.close()
 
     def advance(self, loss: float | None = None, probabilities: Any = None) -> None:
         if loss is not None:
@@ -54,10 +53,10 @@ class CurveReporter(Reporter):
 
     def log(self, message: str) -> None:
         print(f"  {message}", flush=True)
-        match = EPOCH_LINE.match(message)
-        if match:
-            self.val.append(float(match[2]))
-            self.val_loss.append(float(match[3]))
+
+    def close(self) -> None:
+        """Ends the epoch under way."""
+        if self._losses:
             self.train_loss.append(statistics.fmean(self._losses))
             self._losses = []
 
@@ -70,10 +69,12 @@ def run_one(study: str, overrides: dict[str, Any], subset: list[str], seed: int)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         metrics = retrain(spec, parts, skipped, FoundBy(sampler="retrain_collapse"), curve, out_dir=Path(scratch))
+    curve.close()
     return {
         "subset": "+".join(metrics.skipped), "seed": seed, "overrides": overrides, "retrain": spec.retrain.recorded(),
         "value": metrics.value, "best_epoch": metrics.best_epoch, "epochs_run": metrics.epochs_run, "val": metrics.val,
-        "val_curve": curve.val, "val_loss_curve": curve.val_loss, "train_loss_curve": curve.train_loss,
+        "val_curve": [val[metrics.metric] for val in metrics.val_history], "val_loss_curve": [val["loss"] for val in metrics.val_history],
+        "train_loss_curve": curve.train_loss,
         "seconds": time.perf_counter() - start,
     }
 

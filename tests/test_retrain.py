@@ -37,6 +37,7 @@ def test_retrain_stops_on_a_plateau_and_restores_the_best_epoch(tmp_path):
     warnings = Warnings()
     metrics = retrain(spec, parts, frozenset({"En1", "En2"}), FoundBy(sampler="test"), warnings)
     assert metrics.epochs_run == 2 and metrics.best_epoch == 1
+    assert len(metrics.val_history) == 2 and metrics.val_history[0] == metrics.val  # every epoch's val; the kept one is epoch 1's
     assert warnings.lines == [warnings.lines[0]] and "stopped at epoch 2 of 4 on a plateau from epoch 1" in warnings.lines[0]
 
     loop.seed_everything(spec.seed)  # the same tiny random frozen weights as the retrain's

@@ -95,6 +95,9 @@ class RetrainMetrics(Outcome, CostCounts):
     retrain_seconds: float
     best_epoch: int  # the epoch whose weights are the result (best val metric)
     epochs_run: int  # fewer than retrain.epochs when patience stopped it
+    val_history: list[dict[str, float]] = Field(
+        default_factory=list, description="the val metrics after every epoch run, in order (empty in files written before it was kept)"
+    )
     search_seconds: float | None = None
     retrain_budget: dict[str, Any]
     checksums: dict[str, str] = Field(default_factory=dict, description="file name → sha256 of the artifacts written before it")

@@ -47,11 +47,13 @@ def retrain(
 
 @dataclass(frozen=True)
 class Trained:
-    """How a retrain's training went: the best epoch's val metrics, that epoch and the epochs run."""
+    """How a retrain's training went: the best epoch's val metrics, that epoch, the epochs run and every
+    epoch's val metrics."""
 
     val: dict[str, float]
     best_epoch: int
     epochs_run: int
+    history: tuple[dict[str, float], ...] = ()
 
 
 def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, reporter: Reporter) -> Trained:
@@ -59,7 +61,7 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
     retrain, task = spec.retrain, parts.task
     steps = loop.steps_per_epoch(task, retrain.batch_size, retrain.max_steps_per_epoch)
     trainer = loop.Trainer(subnet, retrain, steps, retrain.epochs)
-    best, best_state = None, {}
+    best, best_state, history = None, {}, []
     for epoch in range(retrain.epochs):
         reporter.phase(f"retrain {epoch + 1}/{retrain.epochs}", steps)
         batches = loop.epoch_batches(task, subnet, retrain.batch_size, seed=spec.seed, epoch=epoch, max_steps=retrain.max_steps_per_epoch)
@@ -72,6 +74,7 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
                 )
             reporter.advance(loss)
         val = loop.evaluate(subnet, task, "val", retrain.batch_size)
+        history.append(val)
         reporter.log(f"retrain epoch {epoch + 1}: val {task.metric} {val[task.metric]:.4f}, loss {val['loss']:.4f}"
                      + (f" ({groups})" if (groups := by_group(val, task.metric)) else ""))
         if best is None or val[task.metric] > best.val[task.metric] + retrain.min_delta:
@@ -85,7 +88,7 @@ def _train(spec: StudySpec, parts: Components, subnet: SkippableBackbone, report
             reporter.log(f"val {task.metric} reached its maximum ({task.metric_max:g}): stopping")
             break
     subnet.load_state_dict(best_state, strict=False)
-    trained = replace(best, epochs_run=epoch + 1)
+    trained = replace(best, epochs_run=epoch + 1, history=tuple(history))
     if warning := budget_warning(retrain, trained, task.metric, gain, task.metric_max):
         reporter.warn(warning)
     return trained
@@ -151,6 +154,6 @@ def _metrics(
         metric=parts.task.metric, value=test[parts.task.metric], test=test, val=trained.val, skipped=parts.space.ordered(skipped),
         **cost.model_dump(), additional_gmacs=cost.additional_gmacs, flops_saved=1 - cost.flops / unskipped.flops,
         **_latency_fields(full_latency, subnet_latency), retrain_seconds=seconds,
-        best_epoch=trained.best_epoch, epochs_run=trained.epochs_run,
+        best_epoch=trained.best_epoch, epochs_run=trained.epochs_run, val_history=list(trained.history),
         search_seconds=search_seconds, retrain_budget=retrain_budget(spec),
     )
