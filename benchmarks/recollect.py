@@ -19,8 +19,8 @@ from das_tune.bench.runs import BenchConfig, SupernetBudget, plan
 
 
 def config_of(out: Path) -> BenchConfig:
-    """The config that produced ``out``: its study as plan.yaml resolved it, its methods, seeds (a ground truth alone:
-    none, so seed 0), retrain seeds and uniform supernets."""
+    """The config that produced ``out``: its study as plan.yaml resolved it (tiny, if it was), its methods, seeds (a
+    ground truth alone: none, so seed 0), retrain seeds and uniform supernets."""
     held = yaml.safe_load((out / "plan.yaml").read_text())
     study = {**held["truth"], **held["search"]}
     results = BenchResults.read(out / "results.json")
@@ -30,7 +30,7 @@ def config_of(out: Path) -> BenchConfig:
         retrain_seeds=len(results.budget.retrain_seeds), ground_truth=truth is not None,
         reference_size=len(truth.subsets) if truth else 40,
         overrides={**{key: study[key] for key in ("backbone", "task", "search", "retrain", "sampler", "ray")},
-                   "num_skip": results.num_skip, "storage": results.storage},
+                   "num_skip": results.num_skip, "storage": results.storage, **({"tiny": True} if results.tiny else {})},
         out=out, supernet_budgets=tuple(SupernetBudget(b.steps, b.supernets) for b in budgets),
         supernet_seeds=tuple(sorted({s for b in budgets for s in b.seeds})) or None,
         reference=results.reference,

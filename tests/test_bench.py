@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import readme_tables  # noqa: E402
 import recollect  # noqa: E402
+import supernet_val_scores  # noqa: E402
 
 # -- statistics -------------------------------------------------------------------------------------
 
@@ -257,6 +258,13 @@ def test_tiny_bench_in_two_pieces_writes_agreeing_json_markdown_and_plots(tmp_pa
 
     changed = bench(tmp_path, *args, "--seeds", "2", "--retrain-seeds", "3")
     assert changed.returncode == 2 and "retrain seeds" in changed.stderr
+
+    # benchmarks/supernet_val_scores.py: every subset of each seed's warm-up supernet on the whole val split
+    scores = supernet_val_scores.score_folder(out, tmp_path / "scores.json")
+    assert set(scores) == {"0", "1"} and all(set(row) == set(gt["subsets"]) for row in scores.values())
+    assert all({"accuracy", "loss"} <= set(metrics) for row in scores.values() for metrics in row.values())
+    assert len({row[subset]["loss"] for row in scores.values() for subset in row}) > 1  # the subnets, not one model
+    assert supernet_val_scores.score_folder(out, tmp_path / "scores.json") == scores  # resumed: nothing scored again
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "race-replication": "docs/benchmarks.md",
     "thirty-seeds": "docs/benchmarks.md",
     "angular-prior": "docs/benchmarks.md",
+    "supernet-blind": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
@@ -431,6 +432,84 @@ def test_the_balanced_warm_up_section_is_quoted_from_its_benches():
 
     assert better("minilm_vqa_sublayers-skip11") and "On the sublayers, by the medians it was asked about, yes" in text
     assert not better("minilm_vqa-skip5-e24-min12") and "On whole layers, no" in text
+
+
+def best_so_far_gap(curves: dict[str, list[float]], good: set[str], epoch: int) -> float:
+    """How far the good set's worst best-val-so-far is above the other subsets' best, after ``epoch`` epochs (a
+    retrain that stopped earlier keeps its best)."""
+    best = {subset: max(curve[:epoch]) for subset, curve in curves.items()}
+    return min(v for s, v in best.items() if s in good) - max(v for s, v in best.items() if s not in good)
+
+
+def first_epoch_apart(curves: dict[str, list[float]], good: set[str], margin: float) -> int | None:
+    """The first epoch from which the good set stays more than ``margin`` above every other subset (None: never)."""
+    epochs = max(map(len, curves.values()))
+    return next((e for e in range(1, epochs + 1) if all(best_so_far_gap(curves, good, k) > margin for k in range(e, epochs + 1))), None)
+
+
+def test_first_epoch_apart_on_hand_made_curves():
+    curves = {"a": [0.5, 0.8, 0.95], "b": [0.6, 0.8], "c": [0.4, 0.79, 0.99]}
+    assert first_epoch_apart(curves, {"a", "c"}, 0.0) == 3  # epoch 2: c's 0.79 is below b's 0.8
+    assert best_so_far_gap(curves, {"a"}, 3) == pytest.approx(-0.04) and first_epoch_apart(curves, {"a"}, 0.0) is None  # c passes a
+    assert first_epoch_apart({"a": [0.5, 0.75, 0.875], "b": [0.5, 0.625]}, {"a"}, 0.125) == 3  # 0.125 above at epoch 2 is not more
+    assert first_epoch_apart({"a": [0.5, 0.75, 0.75], "b": [0.5, 0.5, 0.875]}, {"a"}, 0.0) is None  # apart at epoch 2 only
+
+
+def test_the_supernet_blind_section_is_quoted_from_its_measurements():
+    """The whole-val pick count and the yes/no figures are the 30 fresh supernets' scores; the epochs are those at which
+    the skip-11 retrains' val curves come apart, recomputed from the committed curves."""
+    bench = ROOT / "bench"
+    truth = json.loads((bench / "minilm_vqa_sublayers-skip11" / "results.json").read_text())["ground_truth"]
+    good = set(truth["good_set"])
+    blocks = [c for c in load_space("minilm_vqa_sublayers").candidates]
+    kept = {subset: next(b for b in blocks if b not in subset.split(",")) for subset in truth["subsets"]}
+    assert {s for s, block in kept.items() if block.startswith("A")} == good  # "keeps attention" is the good set
+
+    scores = json.loads((bench / "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59" / "supernet_val_scores.json").read_text())
+    assert sorted(map(int, scores)) == list(range(30, 60))
+    by_loss = sum(min(row, key=lambda s: row[s]["loss"]) in good for row in scores.values())
+    by_accuracy = sum(max(row, key=lambda s: (row[s]["accuracy"], -row[s]["loss"])) in good for row in scores.values())
+    yes_no = [v["accuracy[yes/no]"] for row in scores.values() for v in row.values()]
+    feed_forward_plateau = json.loads((bench / "minilm_vqa_sublayers-skip11" / "retrain" / "seed0" / "+".join(
+        b for b in blocks if b != "F5") / "metrics.json").read_text())["val"]["accuracy[yes/no]"]
+    on_plateau = sum(v == feed_forward_plateau for v in yes_no)
+    no_better = sum(max(row[s]["accuracy[yes/no]"] for s in good) <= max(row[s]["accuracy[yes/no]"] for s in row if s not in good)
+                    for row in scores.values())
+
+    curves = {json.loads(f.read_text())["subset"].replace("+", ","): json.loads(f.read_text())["val_curve"]
+              for f in (ROOT / "benchmarks" / "skip11_curves" / "e24min12").glob("*-seed0.json")}
+    assert set(curves) == set(truth["subsets"])
+    width = 2 * truth["noise_std"]
+    touching, apart = first_epoch_apart(curves, good, 0.0), first_epoch_apart(curves, good, width)
+    at_four = [c[3] for c in curves.values()]
+    others_best = max(max(c) for s, c in curves.items() if s not in good)
+    others_best_epoch = next(c.index(others_best) + 1 for s, c in curves.items() if s not in good and others_best in c)
+    steps = 40  # retrain.max_steps_per_epoch of the study
+    committed = [truth["subsets"][s]["values"]["0"] for s in curves]
+    rerun = {s: json.loads(f.read_text())["value"] for f in (ROOT / "benchmarks" / "skip11_curves" / "e24min12").glob("*-seed0.json")
+             for s in [json.loads(f.read_text())["subset"].replace("+", ",")]}
+    equal = sum(rerun[s] == truth["subsets"][s]["values"]["0"] for s in curves)
+    furthest = max(abs(rerun[s] - truth["subsets"][s]["values"]["0"]) for s in curves)
+
+    (text,) = sections("supernet-blind")
+    flat = " ".join(text.split())
+    assert f"good set at {by_loss} of 30 fresh seeds (its highest accuracy: {by_accuracy} of 30)" in flat
+    assert f"ends on val yes/no accuracy {feed_forward_plateau:.4f}" in flat and f"more than {max(yes_no):.4f}" in flat
+    assert f"{on_plateau} of their {len(yes_no)} scores are exactly {feed_forward_plateau:.4f}" in flat
+    assert f"at {no_better} of 30 seeds the good set's best yes/no score is no higher" in flat
+    assert f"val accuracy {min(at_four):.4f}–{max(at_four):.4f}" in flat
+    assert f"From epoch {touching} every subset that keeps attention is above" in flat
+    assert f"— by {best_so_far_gap(curves, good, touching):.3f} (one question)" in flat  # 1 of 512 val questions
+    assert f"from epoch {apart} ({apart * steps} steps) by more than the good set's width ({width:.4g})" in flat
+    assert f"reaches {others_best:.4f} at epoch {others_best_epoch}" in flat
+    assert f"each of the twelve subsets {apart} epochs is {len(curves) * apart * steps // 960} retrains' steps" in flat
+    assert f"after {touching * steps}–{apart * steps} steps" in flat
+    assert f"equal test accuracy at {equal} of 12, at most {furthest:.3f} apart" in flat
+    values = [by_loss, by_accuracy, max(yes_no), feed_forward_plateau, on_plateau, len(yes_no), no_better, *at_four, touching, apart,
+              apart * steps, width, others_best, others_best_epoch, len(curves) * apart * steps // 960, touching * steps, equal, furthest,
+              best_so_far_gap(curves, good, touching), *committed, 0.99, 0.85, 300, 25, 512, 30, 59, 0, 19, 18, 20, 12, 1, 4, 11, 24, 8]
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the supernet-blind section that are not in its measurements: {strays}"
 
 
 def default_retrains() -> tuple[list[dict], list[dict]]:
