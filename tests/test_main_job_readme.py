@@ -465,6 +465,12 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
     kept = {subset: next(b for b in blocks if b not in subset.split(",")) for subset in truth["subsets"]}
     assert {s for s, block in kept.items() if block.startswith("A")} == good  # "keeps attention" is the good set
 
+    def lowest_loss_in_good(folder: str) -> tuple[int, int]:
+        scores = json.loads((bench / folder / "supernet_val_scores.json").read_text())
+        return sum(min(row, key=lambda s: row[s]["loss"]) in good for row in scores.values()), len(scores)
+
+    tuning = [lowest_loss_in_good(f"minilm_vqa_sublayers-skip11-warm300-obs4{tail}") for tail in ("", "-seeds10-19")]
+    tuned, tuning_seeds = sum(hits for hits, _ in tuning), sum(n for _, n in tuning)
     scores = json.loads((bench / "minilm_vqa_sublayers-skip11-warm300-obs4-seeds30-59" / "supernet_val_scores.json").read_text())
     assert sorted(map(int, scores)) == list(range(30, 60))
     by_loss = sum(min(row, key=lambda s: row[s]["loss"]) in good for row in scores.values())
@@ -494,6 +500,7 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
     (text,) = sections("supernet-blind")
     flat = " ".join(text.split())
     assert f"good set at {by_loss} of 30 fresh seeds (its highest accuracy: {by_accuracy} of 30)" in flat
+    assert f"tuning seeds 0–19 that rule had picked from the good set at {tuned} of {tuning_seeds} seeds" in flat
     assert f"ends on val yes/no accuracy {feed_forward_plateau:.4f}" in flat and f"more than {max(yes_no):.4f}" in flat
     assert f"{on_plateau} of their {len(yes_no)} scores are exactly {feed_forward_plateau:.4f}" in flat
     assert f"at {no_better} of 30 seeds the good set's best yes/no score is no higher" in flat
@@ -505,9 +512,11 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
     assert f"each of the twelve subsets {apart} epochs is {len(curves) * apart * steps // 960} retrains' steps" in flat
     assert f"after {touching * steps}–{apart * steps} steps" in flat
     assert f"equal test accuracy at {equal} of 12, at most {furthest:.3f} apart" in flat
-    values = [by_loss, by_accuracy, max(yes_no), feed_forward_plateau, on_plateau, len(yes_no), no_better, *at_four, touching, apart,
+    values = [by_loss, by_accuracy, max(yes_no), feed_forward_plateau, on_plateau, len(yes_no), no_better, *at_four,
+              touching, apart,
               apart * steps, width, others_best, others_best_epoch, len(curves) * apart * steps // 960, touching * steps, equal, furthest,
-              best_so_far_gap(curves, good, touching), *committed, 0.99, 0.85, 300, 25, 512, 30, 59, 0, 19, 18, 20, 12, 1, 4, 11, 24, 8]
+              best_so_far_gap(curves, good, touching), *committed, tuned, tuning_seeds,
+              0.99, 0.85, 300, 25, 512, 30, 59, 0, 19, 12, 1, 4, 11, 24, 8]
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the supernet-blind section that are not in its measurements: {strays}"
 
