@@ -119,10 +119,11 @@ class DASSampler(BaseSampler):
     ) -> None:
         if round_size < 1:
             raise ValueError(f"round_size: expected an integer ≥ 1, got {round_size}")
-        unknown = sorted(set(initial_gates or {}) - set(space.candidates))
+        given = dict(initial_gates or {})
+        unknown = sorted(set(given) - set(space.candidates))
         if unknown:
             raise ValueError(f"initial_gates: {unknown} are not candidates of the space")
-        start = np.array([float((initial_gates or {}).get(name, 0.0)) for name in space.candidates])
+        start = np.array([float(given.get(name, 0.0)) for name in space.candidates])
         if not np.isfinite(start).all():
             raise ValueError("initial_gates: expected finite numbers")
         self.space = space
