@@ -38,7 +38,7 @@ def score_folder(folder: Path, out: Path, seeds: tuple[int, int] | None = None) 
     for seed, warm in saved_warmups(p, [s for s in p.config.seeds if first <= s <= last]).items():
         if str(seed) in scores:
             continue
-        parts = parts or build_components(p.spec(seed))
+        parts = parts or build_components(p.spec(seed))  # a checkpoint holds every trained tensor; the rest is pre-trained
         load_warm(parts, warm.checkpoint)
         scores[str(seed)] = {subset_key(p.space, s): score(parts, s, p.base.search.batch_size) for s in p.reference}
         out.write_text(json.dumps(scores, indent=1, sort_keys=True) + "\n")
