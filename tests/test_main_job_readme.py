@@ -38,6 +38,7 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "thirty-seeds": "docs/benchmarks.md",
     "angular-prior": "docs/benchmarks.md",
     "supernet-blind": "docs/benchmarks.md",
+    "race-long": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
@@ -519,6 +520,36 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
               0.99, 0.85, 300, 25, 512, 30, 59, 0, 19, 12, 1, 4, 11, 24, 8]
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the supernet-blind section that are not in its measurements: {strays}"
+
+
+def test_the_long_race_section_is_quoted_from_its_bench():
+    """Its counts, paired tests and racing steps are the pre-registered bench's, and its answer is the verdict's."""
+    folder = ROOT / "bench" / "minilm_vqa_sublayers-skip11-warm300-race240-seeds30-39"
+    results = json.loads((folder / "results.json").read_text())
+    plan = yaml.safe_load((folder / "plan.yaml").read_text())
+    verdict, tests = results["verdict"], results["paired_tests"]
+    assert results["reference"] == "asha" and results["seeds"] == list(range(30, 40))
+    assert plan["search"]["ray"]["steps_per_trial"] == 240 and plan["search"]["search"]["observation_batches"] == 8
+    (text,) = sections("race-long")
+    flat = " ".join(text.split())
+    counts = verdict["good_counts"]
+    assert all(goal["met"] for goal in verdict["goals"]) == ("It meets every goal of the verdict" in text)
+    assert f"good set at {counts['asha']['good']} of {counts['asha']['seeds']} seeds (random search {counts['random']['good']}, DAS " \
+           f"{counts['das']['good']}, Block Influence {counts['block_influence']['good']}, last-k {counts['last_k']['good']})" in flat
+    random = tests["random"]
+    assert f"({random['wins']} wins, {random['losses']} losses, Δ {random['mean_diff']:.4g}, p = {random['p_value']:.4g})" in flat
+    for other, name in (("last_k", "last-k"), ("block_influence", "Block Influence")):
+        assert f"{name} (Δ {tests[other]['mean_diff']:.4g}, p = {tests[other]['p_value']:.4g})" in flat
+    races = [r for r in results["runs"] if r["method"] == "asha"]
+    steps = sorted(r["search_steps"] for r in races)
+    median = (steps[4] + steps[5]) // 2
+    assert f"{steps[0]}–{steps[-1]} training steps of racing after the warm-up (median {median}" in flat
+    assert ("Every pick keeps an attention block" in text) == all(not all(f"A{i}" in r["chosen"] for i in range(6)) for r in races)
+    others = {r["search_steps"] for r in results["runs"] if r["kind"] == "sampler" and r["method"] != "asha"}
+    assert others == {30} and "DAS and random search take 30" in flat
+    values = [v for doc in (results, plan) for v in leaves(doc)] + [median, 2, 3, 120, 240, 320, 10]
+    strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
+    assert not strays, f"numbers in the race-long section that are not in its bench: {strays}"
 
 
 def default_retrains() -> tuple[list[dict], list[dict]]:
