@@ -212,6 +212,9 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
     values += [r["budget"]["steps_per_epoch"] * r["budget"]["warmup_epochs"] for r in results]
+    race = json.loads((bench / "minilm_vqa_sublayers-skip11-warm300-race240-seeds30-39" / "results.json").read_text())
+    if marker == "which-search":  # and the long race, and when the subsets' own training tells them apart
+        values += [*leaves(race), 240, 320, 2]
     (text,) = sections(marker)
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the {marker} section that are not in the skip-11 results: {strays}"
@@ -233,6 +236,10 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
         balanced = results[-1]["supernet_budgets"]["300"]["separation_auc"]["median"]
         assert f"not on 30 fresh seeds (median AUC {balanced:.4f}" in " ".join(text.split())
         assert f"`das_angular`, in the good set at {prior['good']} of {prior['seeds']} fresh seeds" in " ".join(text.split())
+        asha, ahead = race["verdict"]["good_counts"]["asha"], race["paired_tests"]["random"]
+        assert all(goal["met"] for goal in race["verdict"]["goals"])
+        assert f"in the good set at {asha['good']} of {asha['seeds']} seeds, ahead of random search at p = {ahead['p_value']:.4g}" in (
+            " ".join(text.split()))
 
 
 def paired_from_runs(results: dict, method: str, other: str) -> dict:
