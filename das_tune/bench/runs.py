@@ -51,7 +51,7 @@ from das_tune.bench.baselines import METHODS, SIMILARITY_METHODS, layer_scores, 
 from das_tune.errors import FolderInUse, UserError, shorten
 from das_tune.jobs import runner
 from das_tune.progress import Reporter
-from das_tune.samplers import SAMPLERS, SkipPolicy
+from das_tune.samplers import SAMPLERS
 from das_tune.samplers.das import prior_gates
 from das_tune.search import ONESHOT
 from das_tune.search.base import STEPS_ATTR
@@ -490,12 +490,9 @@ def _search(
         save_spec(spec)
         found = runner.search(spec, parts, reporter=reporter, storage=opened, warmup_checkpoint=Path(warm.checkpoint))
     complete = found.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    # a race's pick is its best subset that trained every step, not the sampler's (its gates never moved)
-    race = sampler in RACES
-    chosen = SkipPolicy(parts.space).chosen(found.study) if race else found.chosen
-    return SearchRecord(
+    return SearchRecord(  # a race's pick is its best trial that trained every step (runner.is_race), with no layer scores
         method=sampler, kind="sampler", seed=seed, study_name=spec.resolved_study_name,
-        chosen=parts.space.ordered(chosen), layer_scores=None if race else found.found_by.probabilities,
+        chosen=parts.space.ordered(found.chosen), layer_scores=found.found_by.probabilities,
         observations=len(complete), observed=[t.value for t in complete], scoring_batches=0,
         warmup_steps=warm.steps, warmup_seconds=warm.seconds,
         search_steps=search_steps(p, spec, found.study), search_seconds=found.found_by.search_seconds,

@@ -128,7 +128,8 @@ def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options:
     get_executor(executor_name(spec.search))(run)
     study, policy = run.study, run.policy
     _check_observed(study)
-    probabilities = policy.probabilities(study)
+    race = is_race(spec)
+    probabilities = None if race else policy.probabilities(study)
     tied = parts.space.tied_at_cut(probabilities) if probabilities and not parts.space.is_range else []
     found_by = FoundBy(
         sampler=spec.sampler.name, executor=executor_name(spec.search), workers=spec.search.workers,
@@ -136,7 +137,14 @@ def search(spec: StudySpec, parts: Components, *, reporter: Reporter, **options:
         observations=len(study.trials), search_seconds=time.perf_counter() - start, probabilities=probabilities,
         tie_break=tied or None,
     )
-    return Searched(study, policy, policy.chosen(study), found_by)
+    return Searched(study, policy, SkipPolicy(parts.space).chosen(study) if race else policy.chosen(study), found_by)
+
+
+def is_race(spec: StudySpec) -> bool:
+    """A Ray search whose trials are all one round of its sampler (``search.round_size ≥ ray.num_trials``): the
+    sampler learns nothing during it, so its pick is the best trial that trained every step (the scheduler prunes the
+    others), not the sampler's choice."""
+    return executor_name(spec.search) == "ray" and spec.search.round_size >= spec.ray.num_trials
 
 
 def _check_observed(study: optuna.Study) -> None:

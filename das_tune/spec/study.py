@@ -360,14 +360,19 @@ def _make_tiny(data: dict[str, Any], *, backbone: str | None, task: str | None) 
 
 
 def default_study_for_space(space: str) -> str:
-    """The built-in study of a space: the one named like it, else the only one that uses it."""
+    """The built-in study of a space: the one named like it, else the only one that uses it, else the only one of
+    those that extends none of the others (its variants say ``extends:`` it)."""
     load_space(space)  # an unknown space is reported as such
     names = resources.builtin_names("studies")
     if space in names:
         return space
-    users = [n for n in names if read_study_yaml(resources.builtin_dir("studies") / f"{n}.yaml").get("space") == space]
+    folder = resources.builtin_dir("studies")
+    users = [n for n in names if read_study_yaml(folder / f"{n}.yaml").get("space") == space]
     if len(users) == 1:
         return users[0]
+    bases = [n for n in users if yaml_reader.read_yaml(folder / f"{n}.yaml").get("extends") not in users]
+    if len(bases) == 1:
+        return bases[0]
     if not users:
         raise UserError(f"no built-in study uses space {space!r}; pass --study with a study file")
     raise UserError(f"several built-in studies use space {space!r} ({', '.join(users)}); pass --study")
