@@ -91,6 +91,26 @@ def test_cli_run_killed_then_resumed(tmp_path):
             assert t.user_attrs["skipped"] == by_number[t.user_attrs["retry_of"]].user_attrs["skipped"]
 
 
+# before the module's in-process Ray starts: its CLI starts a local Ray of its own
+def test_a_race_picks_its_best_finished_trial_not_the_samplers_choice(tmp_path):
+    """The keep-one-block study races every subset in one round of DAS (whose gates then never move): `das-tune run`
+    keeps the best subset that trained every step, as the bench measured it, and reports no skip probabilities."""
+    race = ["--set", "ray.num_trials=4", "--set", "search.round_size=4", "--set", "ray.steps_per_trial=6",
+            "--set", "ray.report_every=2", "--set", "ray.grace_period=1", "--set", "retrain.epochs=1", "--set", "retrain.min_epochs=1"]
+    done = subprocess.run([*python(), "-m", "das_tune.cli", "run", "--study", "easyvqa_minilm_keep_one_block", "--tiny", "--quiet", *race],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    name = "easyvqa_minilm_keep_one_block-das-seed0-tiny"
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'das_tune.db'}").trials
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 4 and len({tuple(t.user_attrs["skipped"]) for t in trials}) == 4  # four distinct subsets
+    assert any(t.state == TrialState.PRUNED for t in trials), "ASHA stopped no trial early"
+    best = min(finished, key=lambda t: t.value)
+    subnet = json.loads((tmp_path / "runs" / name / "subnet.json").read_text())
+    assert sorted(subnet["skipped"]) == sorted(best.user_attrs["skipped"])
+    assert subnet["probabilities"] is None and subnet["tie_break"] is None
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """A local Ray on 127.0.0.1; the environment is put back afterwards (``ray.init`` writes e.g.
@@ -207,21 +227,3 @@ def test_a_local_ray_session_runs_its_workers_at_the_drivers_priority(monkeypatc
     with ray_session(RaySpec()):
         assert ray.get(niceness.remote()) == os.nice(0)  # Ray's default: 15 levels lower, and starved under load
 
-
-def test_a_race_picks_its_best_finished_trial_not_the_samplers_choice(tmp_path):
-    """The keep-one-block study races every subset in one round of DAS (whose gates then never move): `das-tune run`
-    keeps the best subset that trained every step, as the bench measured it, and reports no skip probabilities."""
-    race = ["--set", "ray.num_trials=4", "--set", "search.round_size=4", "--set", "ray.steps_per_trial=6",
-            "--set", "ray.report_every=2", "--set", "ray.grace_period=1", "--set", "retrain.epochs=1", "--set", "retrain.min_epochs=1"]
-    done = subprocess.run([*python(), "-m", "das_tune.cli", "run", "--study", "easyvqa_minilm_keep_one_block", "--tiny", "--quiet", *race],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    name = "easyvqa_minilm_keep_one_block-das-seed0-tiny"
-    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'das_tune.db'}").trials
-    finished = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(trials) == 4 and len({tuple(t.user_attrs["skipped"]) for t in trials}) == 4  # four distinct subsets
-    assert any(t.state == TrialState.PRUNED for t in trials), "ASHA stopped no trial early"
-    best = min(finished, key=lambda t: t.value)
-    subnet = json.loads((tmp_path / "runs" / name / "subnet.json").read_text())
-    assert sorted(subnet["skipped"]) == sorted(best.user_attrs["skipped"])
-    assert subnet["probabilities"] is None and subnet["tie_break"] is None
