@@ -93,7 +93,7 @@ def test_cli_run_killed_then_resumed(tmp_path):
 
 # before the module's in-process Ray starts: its CLI starts a local Ray of its own
 def test_a_race_picks_its_best_finished_trial_not_the_samplers_choice(tmp_path):
-    """The keep-one-block study races every subset in one round of DAS (whose gates then never move): `das-tune run`
+    """The keep-one-block study races every subset in one round of DAS (which learns nothing while they run): `das-tune run`
     keeps the best subset that trained every step, as the bench measured it, and reports no skip probabilities."""
     race = ["--set", "ray.num_trials=4", "--set", "search.round_size=4", "--set", "ray.steps_per_trial=6",
             "--set", "ray.report_every=2", "--set", "ray.grace_period=1", "--set", "retrain.epochs=1", "--set", "retrain.min_epochs=1"]
