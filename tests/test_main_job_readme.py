@@ -490,18 +490,20 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
     no_better = sum(max(row[s]["accuracy[yes/no]"] for s in good) <= max(row[s]["accuracy[yes/no]"] for s in row if s not in good)
                     for row in scores.values())
 
-    curves = {json.loads(f.read_text())["subset"].replace("+", ","): json.loads(f.read_text())["val_curve"]
-              for f in (ROOT / "benchmarks" / "skip11_curves" / "e24min12").glob("*-seed0.json")}
+    reruns = {r["subset"].replace("+", ","): r for r in (json.loads(f.read_text())
+                                                      for f in (ROOT / "benchmarks" / "skip11_curves" / "e24min12").glob("*-seed0.json"))}
+    curves = {subset: r["val_curve"] for subset, r in reruns.items()}
     assert set(curves) == set(truth["subsets"])
     width = 2 * truth["noise_std"]
     touching, apart = first_epoch_apart(curves, good, 0.0), first_epoch_apart(curves, good, width)
     at_four = [c[3] for c in curves.values()]
     others_best = max(max(c) for s, c in curves.items() if s not in good)
     others_best_epoch = next(c.index(others_best) + 1 for s, c in curves.items() if s not in good and others_best in c)
-    steps = 40  # retrain.max_steps_per_epoch of the study
+    (budget,) = {json.dumps(r["retrain"], sort_keys=True) for r in reruns.values()}
+    steps = json.loads(budget)["max_steps_per_epoch"]
+    one_retrain = steps * json.loads(budget)["epochs"]  # the bench's "× one retrain": its whole epoch budget
     committed = [truth["subsets"][s]["values"]["0"] for s in curves]
-    rerun = {s: json.loads(f.read_text())["value"] for f in (ROOT / "benchmarks" / "skip11_curves" / "e24min12").glob("*-seed0.json")
-             for s in [json.loads(f.read_text())["subset"].replace("+", ",")]}
+    rerun = {subset: r["value"] for subset, r in reruns.items()}
     equal = sum(rerun[s] == truth["subsets"][s]["values"]["0"] for s in curves)
     furthest = max(abs(rerun[s] - truth["subsets"][s]["values"]["0"]) for s in curves)
 
@@ -517,12 +519,13 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
     assert f"— by {best_so_far_gap(curves, good, touching):.3f} (one question)" in flat  # 1 of 512 val questions
     assert f"from epoch {apart} ({apart * steps} steps) by more than the good set's width ({width:.4g})" in flat
     assert f"reaches {others_best:.4f} at epoch {others_best_epoch}" in flat
-    assert f"each of the twelve subsets {apart} epochs is {len(curves) * apart * steps // 960} retrains' steps" in flat
+    assert f"each of the twelve subsets {apart} epochs is {len(curves) * apart * steps // one_retrain} retrains' steps" in flat
     assert f"after {touching * steps}–{apart * steps} steps" in flat
     assert f"equal test accuracy at {equal} of 12, at most {furthest:.3f} apart" in flat
     values = [by_loss, by_accuracy, max(yes_no), feed_forward_plateau, on_plateau, len(yes_no), no_better, *at_four,
               touching, apart,
-              apart * steps, width, others_best, others_best_epoch, len(curves) * apart * steps // 960, touching * steps, equal, furthest,
+              apart * steps, width, others_best, others_best_epoch, len(curves) * apart * steps // one_retrain, touching * steps,
+              equal, furthest,
               best_so_far_gap(curves, good, touching), *committed, tuned, tuning_seeds,
               0.99, 0.85, 300, 25, 512, 30, 59, 0, 19, 12, 1, 4, 11, 24, 8]
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
