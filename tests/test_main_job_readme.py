@@ -39,9 +39,11 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "angular-prior": "docs/benchmarks.md",
     "supernet-blind": "docs/benchmarks.md",
     "race-long": "docs/benchmarks.md",
+    "race-long-again": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
+LONG_RACES = tuple(ROOT / "bench" / f"minilm_vqa_sublayers-skip11-warm300-race240-seeds{seeds}" for seeds in ("30-39", "40-49"))
 
 
 def leaves(node):
@@ -212,9 +214,10 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
     values += [r["budget"]["steps_per_epoch"] * r["budget"]["warmup_epochs"] for r in results]
-    race = json.loads((bench / "minilm_vqa_sublayers-skip11-warm300-race240-seeds30-39" / "results.json").read_text())
-    if marker == "which-search":  # and the long race, and when the subsets' own training tells them apart
-        values += [*leaves(race), 240, 320, 2]
+    races = [json.loads((folder / "results.json").read_text()) for folder in LONG_RACES]
+    good, ahead = pooled_long_races()
+    if marker == "which-search":  # and the long races, pooled, and when the subsets' own training tells them apart
+        values += [*leaves(races), *leaves(good), *leaves(ahead), 240, 320, 2, 20]
     (text,) = sections(marker)
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the {marker} section that are not in the skip-11 results: {strays}"
@@ -236,10 +239,8 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
         balanced = results[-1]["supernet_budgets"]["300"]["separation_auc"]["median"]
         assert f"not on 30 fresh seeds (median AUC {balanced:.4f}" in " ".join(text.split())
         assert f"`das_angular`, in the good set at {prior['good']} of {prior['seeds']} fresh seeds" in " ".join(text.split())
-        asha, ahead = race["verdict"]["good_counts"]["asha"], race["paired_tests"]["random"]
-        assert all(goal["met"] for goal in race["verdict"]["goals"])
-        assert f"in the good set at {asha['good']} of {asha['seeds']} seeds, ahead of random search at p = {ahead['p_value']:.4g}" in (
-            " ".join(text.split()))
+        assert all(goal["met"] for race in races for goal in race["verdict"]["goals"])
+        assert f"in the good set at {good['asha']} of 20, ahead of random search at p = {ahead['p_value']:.3g}" in " ".join(text.split())
 
 
 def paired_from_runs(results: dict, method: str, other: str) -> dict:
@@ -532,15 +533,15 @@ def test_the_supernet_blind_section_is_quoted_from_its_measurements():
     assert not strays, f"numbers in the supernet-blind section that are not in its measurements: {strays}"
 
 
-def test_the_long_race_section_is_quoted_from_its_bench():
-    """Its counts, paired tests and racing steps are the pre-registered bench's, and its answer is the verdict's."""
-    folder = ROOT / "bench" / "minilm_vqa_sublayers-skip11-warm300-race240-seeds30-39"
+def check_race_section(marker: str, folder: Path, seeds: range, extra: list[float]) -> tuple[dict, str]:
+    """A race section's counts, paired tests and racing steps are its pre-registered bench's, and its answer is the
+    verdict's; returns the bench's results and the section's text on one line."""
     results = json.loads((folder / "results.json").read_text())
     plan = yaml.safe_load((folder / "plan.yaml").read_text())
     verdict, tests = results["verdict"], results["paired_tests"]
-    assert results["reference"] == "asha" and results["seeds"] == list(range(30, 40))
+    assert results["reference"] == "asha" and results["seeds"] == list(seeds)
     assert plan["search"]["ray"]["steps_per_trial"] == 240 and plan["search"]["search"]["observation_batches"] == 8
-    (text,) = sections("race-long")
+    (text,) = sections(marker)
     flat = " ".join(text.split())
     counts = verdict["good_counts"]
     assert all(goal["met"] for goal in verdict["goals"]) == ("It meets every goal of the verdict" in text)
@@ -557,9 +558,32 @@ def test_the_long_race_section_is_quoted_from_its_bench():
     assert ("Every pick keeps an attention block" in text) == all(not all(f"A{i}" in r["chosen"] for i in range(6)) for r in races)
     others = {r["search_steps"] for r in results["runs"] if r["kind"] == "sampler" and r["method"] != "asha"}
     assert others == {30} and "DAS and random search take 30" in flat
-    values = [v for doc in (results, plan) for v in leaves(doc)] + [median, 2, 3, 120, 240, 320, 10]
+    values = [v for doc in (results, plan) for v in leaves(doc)] + [median, *extra]
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
-    assert not strays, f"numbers in the race-long section that are not in its bench: {strays}"
+    assert not strays, f"numbers in the {marker} section that are not in its bench: {strays}"
+    return results, flat
+
+
+def test_the_long_race_section_is_quoted_from_its_bench():
+    check_race_section("race-long", LONG_RACES[0], range(30, 40), [2, 3, 120, 240, 320, 10])
+
+
+def pooled_long_races() -> tuple[dict, dict]:
+    """Both pre-registered long races as one bench of twenty seeds: the race's good-set counts per method and its
+    paired test against random search, recomputed from their runs."""
+    runs = [r for folder in LONG_RACES for r in json.loads((folder / "results.json").read_text())["runs"]]
+    good = {m: sum(r["good"] for r in runs if r["method"] == m) for m in ("asha", "random", "das", "block_influence", "last_k")}
+    return good, paired_from_runs({"runs": runs}, "asha", "random")
+
+
+def test_the_long_race_again_is_quoted_from_its_bench_and_both_pooled():
+    """The replication's numbers are its own bench's, and the twenty seeds' are recomputed from both runs."""
+    good, random = pooled_long_races()
+    _, flat = check_race_section("race-long-again", LONG_RACES[1], range(40, 50), [*leaves(good), *leaves(random), 20])
+    assert f"in the good set at {good['asha']} of 20 (random search {good['random']}, DAS {good['das']}, Block Influence " \
+           f"{good['block_influence']})" in flat
+    assert f"at {random['wins']} wins, {random['losses']} losses and {random['ties']} ties (Δ {random['mean_diff']:.4g}, " \
+           f"p = {random['p_value']:.3g})" in flat
 
 
 def default_retrains() -> tuple[list[dict], list[dict]]:
