@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,11 @@ PAGES = {  # marker -> the page that holds its section (relative to the reposito
     "supernet-blind": "docs/benchmarks.md",
     "race-long": "docs/benchmarks.md",
     "race-long-again": "docs/benchmarks.md",
+    "race-six": "docs/benchmarks.md",
     "pretraining": "docs/pretraining.md",  # checked by tests/test_pretrain.py
 }
 MARKER = re.compile(r"<!-- ([a-z0-9-]+(?:: \S+)?) -->")  # a block of one bench folder is its own marker
+SUBLAYER_BLOCKS = [f"{kind}{i}" for i in range(6) for kind in "AF"]
 LONG_RACES = tuple(ROOT / "bench" / f"minilm_vqa_sublayers-skip11-warm300-race240-seeds{seeds}" for seeds in ("30-39", "40-49"))
 
 
@@ -584,6 +587,22 @@ def test_the_long_race_again_is_quoted_from_its_bench_and_both_pooled():
            f"{good['block_influence']})" in flat
     assert f"at {random['wins']} wins, {random['losses']} losses and {random['ties']} ties (Δ {random['mean_diff']:.4g}, " \
            f"p = {random['p_value']:.3g})" in flat
+
+
+def test_the_race_of_six_is_quoted_from_its_bench():
+    """Its numbers are its pre-registered bench's; the missed seed's story is its record's and its runs', and the
+    twelve-subset races' kept blocks are counted from their runs."""
+    folder = ROOT / "bench" / "minilm_vqa_sublayers-skip11-warm300-race240x6-seeds50-59"
+    assert yaml.safe_load((folder / "plan.yaml").read_text())["search"]["ray"]["num_trials"] == 6
+    missed = json.loads((folder / "records" / "asha-seed57.json").read_text())
+    kept = Counter(next(b for b in SUBLAYER_BLOCKS if b not in r["chosen"]) for folder_ in LONG_RACES
+                   for r in json.loads((folder_ / "results.json").read_text())["runs"] if r["method"] == "asha")
+    results, flat = check_race_section("race-six", folder, range(50, 60), [*leaves(missed), *kept.values(), 924, 120, 240, 20])
+    (pick,) = [r for r in results["runs"] if r["method"] == "asha" and not r["good"]]
+    assert pick["seed"] == 57 and [b for b in SUBLAYER_BLOCKS if b not in pick["chosen"]] == ["F2"]
+    assert f"keep-F2's {min(missed['observed']):.4f} — the pick, which retrains to {pick['value']:.3f}" in flat
+    assert "A0" not in kept and "A1" not in kept
+    assert "(" + ", ".join(f"{b} {n}" for b, n in kept.most_common()) + ")" in flat
 
 
 def default_retrains() -> tuple[list[dict], list[dict]]:
