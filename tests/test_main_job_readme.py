@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -217,10 +218,9 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
     plans = [yaml.safe_load((bench / f / "plan.yaml").read_text()) for f in folders]
     values = [v for doc in [*results, *plans] for v in leaves(doc)]
     values += [r["budget"]["steps_per_epoch"] * r["budget"]["warmup_epochs"] for r in results]
-    races = [json.loads((folder / "results.json").read_text()) for folder in LONG_RACES]
-    good, ahead = pooled_long_races()
     if marker == "which-search":  # and the long races, pooled, and when the subsets' own training tells them apart
-        values += [*leaves(races), *leaves(good), *leaves(ahead), 240, 320, 2, 20]
+        good, ahead = pooled_long_races()
+        values += [*leaves(long_race_results()), *leaves(good), *leaves(ahead), 240, 320, 2, 20]
     (text,) = sections(marker)
     strays = [n for n in NUMBER.findall(text) if not shown_as(n, values)]
     assert not strays, f"numbers in the {marker} section that are not in the skip-11 results: {strays}"
@@ -242,7 +242,7 @@ def test_the_verdict_prose_is_quoted_from_the_skip11_results(marker):
         balanced = results[-1]["supernet_budgets"]["300"]["separation_auc"]["median"]
         assert f"not on 30 fresh seeds (median AUC {balanced:.4f}" in " ".join(text.split())
         assert f"`das_angular`, in the good set at {prior['good']} of {prior['seeds']} fresh seeds" in " ".join(text.split())
-        assert all(goal["met"] for race in races for goal in race["verdict"]["goals"])
+        assert all(goal["met"] for race in long_race_results() for goal in race["verdict"]["goals"])
         assert f"in the good set at {good['asha']} of 20, ahead of random search at p = {ahead['p_value']:.3g}" in " ".join(text.split())
 
 
@@ -571,10 +571,16 @@ def test_the_long_race_section_is_quoted_from_its_bench():
     check_race_section("race-long", LONG_RACES[0], range(30, 40), [2, 3, 120, 240, 320, 10])
 
 
+@cache
+def long_race_results() -> tuple[dict, ...]:
+    """The results.json of both pre-registered long races (seeds 30-39, then 40-49), each read once."""
+    return tuple(json.loads((folder / "results.json").read_text()) for folder in LONG_RACES)
+
+
 def pooled_long_races() -> tuple[dict, dict]:
     """Both pre-registered long races as one bench of twenty seeds: the race's good-set counts per method and its
     paired test against random search, recomputed from their runs."""
-    runs = [r for folder in LONG_RACES for r in json.loads((folder / "results.json").read_text())["runs"]]
+    runs = [r for results in long_race_results() for r in results["runs"]]
     good = {m: sum(r["good"] for r in runs if r["method"] == m) for m in ("asha", "random", "das", "block_influence", "last_k")}
     return good, paired_from_runs({"runs": runs}, "asha", "random")
 
@@ -595,8 +601,8 @@ def test_the_race_of_six_is_quoted_from_its_bench():
     folder = ROOT / "bench" / "minilm_vqa_sublayers-skip11-warm300-race240x6-seeds50-59"
     assert yaml.safe_load((folder / "plan.yaml").read_text())["search"]["ray"]["num_trials"] == 6
     missed = json.loads((folder / "records" / "asha-seed57.json").read_text())
-    kept = Counter(next(b for b in SUBLAYER_BLOCKS if b not in r["chosen"]) for folder_ in LONG_RACES
-                   for r in json.loads((folder_ / "results.json").read_text())["runs"] if r["method"] == "asha")
+    kept = Counter(next(b for b in SUBLAYER_BLOCKS if b not in r["chosen"])
+                   for results in long_race_results() for r in results["runs"] if r["method"] == "asha")
     results, flat = check_race_section("race-six", folder, range(50, 60), [*leaves(missed), *kept.values(), 924, 120, 240, 20])
     (pick,) = [r for r in results["runs"] if r["method"] == "asha" and not r["good"]]
     assert pick["seed"] == 57 and [b for b in SUBLAYER_BLOCKS if b not in pick["chosen"]] == ["F2"]
