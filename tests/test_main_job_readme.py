@@ -603,7 +603,14 @@ def test_the_race_of_six_is_quoted_from_its_bench():
     missed = json.loads((folder / "records" / "asha-seed57.json").read_text())
     kept = Counter(next(b for b in SUBLAYER_BLOCKS if b not in r["chosen"])
                    for results in long_race_results() for r in results["runs"] if r["method"] == "asha")
-    results, flat = check_race_section("race-six", folder, range(50, 60), [*leaves(missed), *kept.values(), 924, 120, 240, 20])
+    uncut = folder.with_name("minilm_vqa_sublayers-skip11-warm300-race240x6-nocut-seed57")
+    rerun = json.loads((uncut / "records" / "asha-seed57.json").read_text())
+    (rerun_pick,) = [r for r in json.loads((uncut / "results.json").read_text())["runs"] if r["method"] == "asha"]
+    assert yaml.safe_load((uncut / "plan.yaml").read_text())["search"]["ray"]["grace_period"] == 6
+    results, flat = check_race_section("race-six", folder, range(50, 60),
+                                       [*leaves(missed), *leaves(rerun), *kept.values(), 924, 120, 240, 20, 6, 2])
+    assert rerun_pick["seed"] == 57 and [b for b in SUBLAYER_BLOCKS if b not in rerun_pick["chosen"]] == ["A0"]
+    assert f"between {min(rerun['observed']):.4f} and {max(rerun['observed']):.4f} and A0 won (retrained {rerun_pick['value']:.3f})" in flat
     (pick,) = [r for r in results["runs"] if r["method"] == "asha" and not r["good"]]
     assert pick["seed"] == 57 and [b for b in SUBLAYER_BLOCKS if b not in pick["chosen"]] == ["F2"]
     assert f"keep-F2's {min(missed['observed']):.4f} — the pick, which retrains to {pick['value']:.3f}" in flat
