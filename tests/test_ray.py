@@ -226,4 +226,3 @@ def test_a_local_ray_session_runs_its_workers_at_the_drivers_priority(monkeypatc
 
     with ray_session(RaySpec()):
         assert ray.get(niceness.remote()) == os.nice(0)  # Ray's default: 15 levels lower, and starved under load
-
